@@ -1,0 +1,3 @@
+from contend.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""The stack: Postgres and NATS (and, when asked, the reference server) for one run.
+
+Usable from Python without the CLI::
+
+    with Stack(run_dir) as stack:
+        print(stack.info())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from contend.stack.nats import NatsServer
+from contend.stack.postgres import EmbeddedPostgres, ExternalPostgres
+from contend.stack.process import reap_orphans
+
+__all__ = ["Stack"]
+
+
+class Stack:
+    """Postgres (embedded, or external through ``dsn``) and NATS, started together, stopped together."""
+
+    def __init__(self, run_dir: Path, *, dsn: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.external_dsn = dsn
+        self.postgres: EmbeddedPostgres | ExternalPostgres | None = None
+        self.nats: NatsServer | None = None
+        self.reaped: list[str] = []
+        self._exit = contextlib.ExitStack()
+
+    @property
+    def dsn(self) -> str:
+        assert self.postgres is not None, "stack not started"
+        return self.postgres.dsn
+
+    @property
+    def nats_url(self) -> str:
+        assert self.nats is not None, "stack not started"
+        return self.nats.url
+
+    def start(self) -> None:
+        self.reaped = reap_orphans()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.external_dsn:
+                self.postgres = self._exit.enter_context(ExternalPostgres(self.external_dsn))
+            else:
+                self.postgres = self._exit.enter_context(EmbeddedPostgres(self.run_dir / "postgres"))
+            self.nats = self._exit.enter_context(NatsServer(self.run_dir / "nats"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self._exit.close()
+
+    def pids(self) -> dict[str, int]:
+        """Return the pid of each process this stack started, by name."""
+        found = {}
+        for part in (self.postgres, self.nats):
+            process = getattr(part, "process", None)
+            if process is not None and process.alive():
+                found[process.name] = process.pid
+        return found
+
+    def info(self) -> dict[str, Any]:
+        """Return how to connect to the stack (no secrets: the embedded DSN has no password)."""
+        assert self.postgres is not None and self.nats is not None
+        return {
+            "run_dir": str(self.run_dir),
+            "postgres": {
+                "dsn": self.dsn if not self.external_dsn else "(from CONTEND_DSN / --dsn)",
+                "version": self.postgres.version,
+                "embedded": self.external_dsn is None,
+            },
+            "nats": {"url": self.nats.url, "monitor_url": self.nats.monitor_url, "version": self.nats.version},
+            "pids": self.pids(),
+        }
+
+    def write_info(self, path: Path | None = None) -> Path:
+        path = path or self.run_dir / "stack.json"
+        path.write_text(json.dumps(self.info(), indent=2) + "\n")
+        return path
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
