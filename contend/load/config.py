@@ -1,0 +1,86 @@
+"""The workload configuration: what load to send, shared unchanged with the scenario format.
+
+Field names are a contract: a scenario embeds these models as they are. Every model is frozen and
+rejects unknown keys. The API token is never a field; it comes from the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class BatchedPost(BaseModel):
+    """Antenna's reproduction script (section 6.1): N results per POST, C in parallel, R waves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["batched_post"] = "batched_post"
+    batch: PositiveInt = 50
+    """Results per POST."""
+    concurrency: PositiveInt = 10
+    """Parallel POSTs (users)."""
+    rounds: PositiveInt | None = 3
+    """Waves; a wave waits for all of its requests, like the script."""
+    duration_s: PositiveFloat | None = None
+    """Instead of rounds: a closed loop for this long (or the open model's length)."""
+    arrival_rate: PositiveFloat | None = None
+    """Open model: POSTs started per second, regardless of responses (needs duration_s)."""
+    body: Literal["error", "realistic"] = "error"
+    detections_per_image: NonNegativeInt = 2
+    classifications_per_detection: NonNegativeInt = 2
+    timeout_s: PositiveFloat = 120.0
+    job: PositiveInt | None = None
+    """None: the first job of the target."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _duration_replaces_rounds(cls, data: object) -> object:
+        # rounds has a default (3); giving duration_s alone means "by duration", not "both".
+        if isinstance(data, dict) and data.get("duration_s") is not None and "rounds" not in data:
+            return {**data, "rounds": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_driver(self) -> Self:
+        if (self.rounds is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of rounds or duration_s")
+        if self.arrival_rate is not None and self.duration_s is None:
+            raise ValueError("arrival_rate needs duration_s (an open model runs for a duration)")
+        return self
+
+
+class PullWorkers(BaseModel):
+    """ADC-like GPU workers (section 7): poll jobs, reserve tasks, infer, post one result per image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["pull_workers"] = "pull_workers"
+    pollers: PositiveInt = 4
+    """GPU processes."""
+    loaders: PositiveInt = 4
+    """Task loaders per poller."""
+    batch_size: PositiveInt = 24
+    """The /tasks/ batch_size."""
+    prefetch: PositiveInt = 4
+    posters: PositiveInt = 2
+    max_pending: PositiveInt = 5
+    tasks_timeout_s: PositiveFloat = 30.0
+    result_timeout_s: PositiveFloat = 60.0
+    idle_sleep_s: NonNegativeFloat = 5.0
+    cold_start_s: NonNegativeFloat = 2.0
+    """Seeded inference-time model: first batch of a poller."""
+    per_image_s: NonNegativeFloat = 0.05
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """Relative spread of inference times (0.2 = +-20 %)."""
+    seed: NonNegativeInt = 0
+    pipeline_slug: str | None = None
+    """None: the target's pipeline."""
+    duration_s: PositiveFloat = 60.0
+
+
+Workload = Annotated[BatchedPost | PullWorkers, Field(discriminator="kind")]
