@@ -97,7 +97,9 @@ def dsn_option(required: bool = False) -> Callable[[Callable[..., Any]], Callabl
 @dsn_option()
 @click.option("--reports", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True,
               help="Folder that receives the run folder.")
-def up(dsn: str | None, reports: Path) -> None:
+@click.option("--refserver/--no-refserver", default=True, show_default=True,
+              help="Also start the reference Antenna-like server (web tier and result workers).")
+def up(dsn: str | None, reports: Path, refserver: bool) -> None:
     """Start the stack in the foreground and print how to connect; Ctrl-C stops everything.
 
     The same information is written as JSON to stack.json in the run folder.

@@ -7,6 +7,9 @@ Every process contend starts:
 - is written into a registry (one JSON file per process, removed on a clean stop); the next contend
   start stops any registered process whose owner is gone (the fallback where PDEATHSIG is missing);
 - logs into a file of the run folder, whose last lines are shown when it fails to come up.
+
+PDEATHSIG fires when the *thread* that started the child ends, not only the process: start
+processes from a thread that lives as long as they should (the main thread, in contend).
 """
 
 from __future__ import annotations
