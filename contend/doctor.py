@@ -63,9 +63,10 @@ def check_pyspy() -> Check:
     finally:
         child.kill()
         child.wait()
-    if out.returncode != 0 or "sleep" not in out.stdout and "<module>" not in out.stdout:
-        reason = (out.stderr or out.stdout).strip().splitlines()
-        return Check("py-spy", False, f"cannot attach to a child process: {reason[-1] if reason else '?'}", fix)
+    if out.returncode != 0 or ("sleep" not in out.stdout and "<module>" not in out.stdout):
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        reason = lines[-1] if lines else "no output"
+        return Check("py-spy", False, f"cannot attach to a child process: {reason}", fix)
     return Check("py-spy", True, "attached to a child process and read its stack")
 
 

@@ -77,7 +77,11 @@ class Stack:
                 "version": self.postgres.version,
                 "embedded": self.external_dsn is None,
             },
-            "nats": {"url": self.nats.url, "monitor_url": self.nats.monitor_url, "version": self.nats.version},
+            "nats": {
+                "url": self.nats.url,
+                "monitor_url": self.nats.monitor_url,
+                "version": self.nats.version,
+            },
             "pids": self.pids(),
         }
 

@@ -206,10 +206,8 @@ class ManagedProcess:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, self.stop_signal)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         kill_group(self.proc.pid, timeout=2.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)

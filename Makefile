@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SCENARIO ?= scenarios/log-persist.yaml
+
+.PHONY: demo test check fast install
+
+$(BIN)/contend: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(BIN)/contend
+
+# The main job: the log-persistence experiment on the embedded reference server, with its report.
+demo: install
+	$(BIN)/contend run $(SCENARIO)
+
+# Lint, types, then every test (slow end-to-end ones included).
+test: install check
+	$(BIN)/python -m pytest
+
+# Lint and strict types on the package.
+check: install
+	$(BIN)/ruff check contend tests benchmarks
+	$(BIN)/mypy
+
+# The fast subset: everything but the slow end-to-end tests.
+fast: install check
+	$(BIN)/python -m pytest -m "not slow"
