@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -20,21 +19,7 @@ import click
 
 from contend import __version__
 from contend.errors import ContendError, ExitCode, Interrupted, exit_code
-
-DEFAULT_REPORTS = Path("reports")
-
-
-def run_folder(name: str, root: Path = DEFAULT_REPORTS) -> Path:
-    """Return a new run folder ``<root>/<name>-<UTC timestamp>`` (created)."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = root / f"{name}-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{name}-{stamp}-{n}"
-    path.mkdir(parents=True)
-    return path
-
+from contend.runfolder import DEFAULT_REPORTS, run_folder
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise Interrupted(f"stopped by {signal.Signals(signum).name}")
@@ -147,3 +132,54 @@ def doctor() -> None:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def validate(file: Path) -> None:
+    """Check a scenario file and list the variants it expands to (exit 2 on a mistake)."""
+    from contend.scenario import describe_variants, load_scenario
+
+    scenario = load_scenario(file)
+    click.echo(f"OK {file}")
+    for line in describe_variants(scenario):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--markdown", is_flag=True, help="Print the scenario reference page (docs/scenarios.md).")
+def schema(markdown: bool) -> None:
+    """Print the JSON Schema of scenario files (for editors), or the reference page."""
+    from contend.scenario import schema as scenario_schema
+    from contend.scenario import schema_markdown
+
+    click.echo(schema_markdown() if markdown else json.dumps(scenario_schema(), indent=2), nl=not markdown)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True),
+              help="summary.json (or the run folder) of an earlier run, for 'x previous' thresholds.")
+@click.option("--junit", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write JUnit XML here (one test case per threshold and variant).")
+def gate(run_dir: Path, baseline: Path | None, junit: Path | None) -> None:
+    """Check a run's thresholds (from its scenario.yaml): exit 1 when one failed, 0 when all passed.
+
+    When GITHUB_STEP_SUMMARY is set, a markdown table is appended to that file.
+    """
+    import os
+
+    from contend.errors import ThresholdsFailed
+    from contend.gate import gate_run, render_junit, render_markdown, render_table
+
+    result = gate_run(run_dir, baseline)
+    for line in render_table(result):
+        click.echo(line)
+    if junit is not None:
+        junit.write_text(render_junit(result))
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a") as out:
+            out.write(render_markdown(result))
+    if not result.passed:
+        raise ThresholdsFailed(f"{len(result.failed)} of {len(result.checks)} thresholds failed")

@@ -16,7 +16,7 @@ from typing import Any
 
 from contend.stack.nats import NatsServer
 from contend.stack.postgres import EmbeddedPostgres, ExternalPostgres
-from contend.stack.process import reap_orphans
+from contend.stack.process import ManagedProcess, reap_orphans
 
 __all__ = ["Stack"]
 
@@ -58,14 +58,22 @@ class Stack:
     def stop(self) -> None:
         self._exit.close()
 
-    def pids(self) -> dict[str, int]:
-        """Return the pid of each process this stack started, by name."""
-        found = {}
-        for part in (self.postgres, self.nats):
-            process = getattr(part, "process", None)
-            if process is not None and process.alive():
-                found[process.name] = process.pid
+    def managed(self) -> list[ManagedProcess]:
+        """Return every process this stack started (a part may run several)."""
+        found: list[ManagedProcess] = []
+        for part in (self.postgres, self.nats, getattr(self, "refserver", None)):
+            if (process := getattr(part, "process", None)) is not None:
+                found.append(process)
+            found.extend(getattr(part, "processes", []))
         return found
+
+    def pids(self) -> dict[str, int]:
+        """Return the pid of each running process this stack started, by name."""
+        return {p.name: p.pid for p in self.managed() if p.alive()}
+
+    def dead(self) -> str | None:
+        """Return the name of a process of this stack that has died, if any."""
+        return next((p.name for p in self.managed() if p.proc is not None and not p.alive()), None)
 
     def info(self) -> dict[str, Any]:
         """Return how to connect to the stack (no secrets: the embedded DSN has no password)."""
