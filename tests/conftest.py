@@ -69,3 +69,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One Postgres + NATS stack shared by tests that do not disturb each other."""
     with Stack(tmp_path_factory.mktemp("stack")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def sample_dsn(stack: Stack) -> str:
+    """DSN of a database of its own in the shared stack, so sampler counts see only their tests."""
+    import psycopg
+
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE sample_tests")
+    return stack.dsn.rsplit("/", 1)[0] + "/sample_tests"

@@ -1,0 +1,224 @@
+"""The Postgres sampler: one snapshot of pg_stat_activity per tick, blocker graph built client-side.
+
+A polite observer (field-notes section 8): its own connection in autocommit, named
+``contend-sampler``, short ``statement_timeout`` and ``lock_timeout``, its own backend excluded, and
+``pg_blocking_pids()`` called only for backends that wait on a heavyweight lock, because each call
+takes every lock-manager partition lock. A query that fails for lack of privileges is reported once
+and then skipped. The SQL of every metric is in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from contend.errors import SamplerError
+from contend.sample.graph import build_forest
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "contend-sampler"
+STATEMENT_TIMEOUT_MS = 200
+LOCK_TIMEOUT_MS = 50
+QUERY_CHARS = 500
+
+# One read of pg_stat_activity; pg_blocking_pids() only in the CASE branch of Lock waiters
+# (CASE evaluates its branches lazily, and the function is volatile so it is never pre-computed).
+ACTIVITY_SQL = """
+SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_port, backend_type,
+       state, wait_event_type, wait_event,
+       EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_age,
+       EXTRACT(EPOCH FROM now() - query_start)::float8 AS query_age,
+       EXTRACT(EPOCH FROM now() - state_change)::float8 AS state_age,
+       backend_xid IS NOT NULL AS has_xid,
+       left(query, %(chars)s) AS query,
+       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
+
+# Relations (tables) the root blockers hold granted locks on; read only when there are roots.
+LOCKED_RELATIONS_SQL = """
+SELECT DISTINCT c.oid::regclass::text AS relation
+  FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+ WHERE l.pid = ANY(%(pids)s) AND l.granted AND l.locktype = 'relation'
+   AND c.relkind IN ('r', 'p') AND c.relnamespace <> 'pg_catalog'::regnamespace
+ ORDER BY 1
+"""
+
+PRIVILEGE_SQL = """
+SELECT rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE')
+    OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+  FROM pg_roles WHERE rolname = current_user
+"""
+
+NO_MONITOR_WARNING = (
+    "role {role!r} is neither superuser nor member of pg_monitor: sessions of other roles show no "
+    "state, wait event or query, so their lock waits, idle transactions and blockers are not counted "
+    "(GRANT pg_monitor TO {role})"
+)
+
+
+def connect(dsn: str, connect_timeout: int = 10) -> psycopg.Connection[Any]:
+    """Open the sampler's own connection (autocommit, named, short timeouts)."""
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=connect_timeout,
+            application_name=APPLICATION_NAME,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}",
+        )
+    except psycopg.Error as exc:
+        from contend.stack.postgres import redact_message
+
+        raise SamplerError(
+            f"the sampler cannot connect to Postgres: {redact_message(exc)}",
+            hint="check the DSN (CONTEND_DSN / --dsn) and that the server accepts connections",
+        ) from None
+
+
+_LITERALS = [
+    (re.compile(r"'(?:[^']|'')*'"), "?"),  # string literals
+    (re.compile(r"\$\d+"), "?"),  # bind parameters
+    (re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"), "?"),  # numbers
+    (re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)"), "(?)"),  # IN lists and VALUES rows
+    (re.compile(r"\s+"), " "),
+]
+
+
+def fingerprint(query: str | None) -> str | None:
+    """Return ``query`` with literals and parameters replaced by ``?``, whitespace collapsed.
+
+    >>> fingerprint("UPDATE jobs_job SET logs = '{}'  WHERE id IN (1, 2, 3)")
+    'UPDATE jobs_job SET logs = ? WHERE id IN (?)'
+    """
+    if query is None:
+        return None
+    text = query
+    for pattern, replacement in _LITERALS:
+        text = pattern.sub(replacement, text)
+    return text.strip()
+
+
+class PgSampler:
+    """Samples one Postgres database through a connection it owns; ``tick()`` takes one snapshot."""
+
+    def __init__(self, conn: psycopg.Connection[Any], clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.clock = clock
+        if not conn.autocommit:
+            conn.autocommit = True
+        # Idempotent when connect() already set them; needed for a connection made elsewhere.
+        conn.execute(
+            "SELECT set_config('application_name', %s, false), "
+            "set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+            (APPLICATION_NAME, f"{STATEMENT_TIMEOUT_MS}ms", f"{LOCK_TIMEOUT_MS}ms"),
+        )
+        self.warnings: list[str] = []
+        self._skipped: set[str] = set()
+        role = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+        row = conn.execute(PRIVILEGE_SQL).fetchone()
+        self.can_see_all = bool(row and row[0])
+        if not self.can_see_all:
+            self._warn(NO_MONITOR_WARNING.format(role=role))
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+    def _optional(self, name: str, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run a query the tick can do without; a privilege error is reported once, then skipped."""
+        if name in self._skipped:
+            return []
+        try:
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(sql, params).fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._skipped.add(name)
+            self._warn(f"{name} skipped from now on: {str(exc).strip().splitlines()[0]}")
+            return []
+
+    def tick(self, late_ms: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Take one snapshot; return the tick record and one record per backend (docs/records.md)."""
+        t = self.clock()
+        started = time.perf_counter()
+        try:
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                rows = cur.execute(ACTIVITY_SQL, {"chars": QUERY_CHARS}).fetchall()
+        except psycopg.errors.QueryCanceled:
+            raise SamplerError(
+                f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
+                hint="the server is overloaded; raise the sampling interval",
+            ) from None
+        blocking_calls = sum(1 for row in rows if row["wait_event_type"] == "Lock")
+        backends = [_backend_record(t, row) for row in rows]
+        forest = build_forest(backends)
+        by_pid = {b["pid"]: b for b in backends}
+        locked: list[str] = []
+        if forest.roots:
+            rows = self._optional("locked_relations", LOCKED_RELATIONS_SQL, {"pids": list(forest.roots)})
+            locked = [r["relation"] for r in rows]
+        cost_ms = (time.perf_counter() - started) * 1000.0
+        idle = [b for b in backends if b["state"] == "idle in transaction"]
+        tick = {
+            "t": t,
+            "backends": sum(1 for b in backends if b["backend_type"] == "client backend"),
+            "edges": forest.edges,
+            "blocked": forest.blocked,
+            "depth": forest.depth,
+            "roots": [_root(pid, blocks, by_pid.get(pid)) for pid, blocks in forest.roots.items()],
+            "idle_in_tx": len(idle),
+            "idle_in_tx_max_age": max((b["xact_age"] or 0.0 for b in idle), default=0.0),
+            "locked_relations": locked,
+            "wait_events": dict(sorted(Counter(
+                f"{b['wait_event_type']}:{b['wait_event']}" for b in backends if b["wait_event_type"]
+            ).items())),
+            "cost_ms": round(cost_ms, 3),
+            "late_ms": round(late_ms, 3),
+            "blocking_calls": blocking_calls,
+        }
+        return tick, backends
+
+
+def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
+    blocked_by: Sequence[int] = row["blocked_by"] or ()
+    return {
+        "t": t,
+        "pid": row["pid"],
+        "app": row["app"],
+        "client_addr": row["client_addr"],
+        "client_port": row["client_port"],
+        "backend_type": row["backend_type"],
+        "state": row["state"],
+        "wait_event_type": row["wait_event_type"],
+        "wait_event": row["wait_event"],
+        "xact_age": row["xact_age"],
+        "query_age": row["query_age"],
+        "state_age": row["state_age"],
+        "has_xid": row["has_xid"],
+        "query": row["query"],
+        "fingerprint": fingerprint(row["query"]),
+        # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
+        "blocked_by": sorted({int(p) for p in blocked_by if p}),
+    }
+
+
+def _root(pid: int, blocks: int, backend: dict[str, Any] | None) -> dict[str, Any]:
+    backend = backend or {}
+    return {
+        "pid": pid,
+        "blocks": blocks,
+        "state": backend.get("state"),
+        "app": backend.get("app"),
+        "xact_age": backend.get("xact_age"),
+        "fingerprint": backend.get("fingerprint"),
+        "query": backend.get("query"),
+    }

@@ -1,0 +1,202 @@
+"""The Postgres sampler against real contention created from background threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from contend.sample.pg import APPLICATION_NAME, PgSampler, connect, fingerprint
+from tests.conftest import wait_for
+
+HOT_UPDATE = "UPDATE sample_hot SET n = n + 1 WHERE id = 1"
+
+
+class Contention:
+    """One holder of row id=1 idle in an open transaction, and ``waiters`` UPDATEs queued behind it.
+
+    Waiters are started one at a time, each only once the previous one waits, so the queue order
+    (and so what pg_blocking_pids returns) is known. ``holder_setup`` runs on the holder's
+    connection first (e.g. to set application_name).
+    """
+
+    def __init__(self, dsn: str, waiters: int = 5, holder_setup: str | None = None) -> None:
+        self.dsn = dsn
+        self.n_waiters = waiters
+        self.holder_setup = holder_setup
+        self.holder: psycopg.Connection[Any] | None = None
+        self.waiters: list[psycopg.Connection[Any]] = []
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def __enter__(self) -> Contention:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS sample_hot (id int PRIMARY KEY, n int NOT NULL)")
+            conn.execute("INSERT INTO sample_hot VALUES (1, 0) ON CONFLICT DO NOTHING")
+        self.holder = psycopg.connect(self.dsn)
+        if self.holder_setup:
+            self.holder.execute(self.holder_setup)
+        self.holder.execute(HOT_UPDATE)
+        self.holder_started = time.time()
+        for _ in range(self.n_waiters):
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            self.waiters.append(conn)
+            thread = threading.Thread(target=self._wait, args=(conn,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+            wait_for(lambda pid=conn.info.backend_pid: self.waits(pid), timeout=20)
+        return self
+
+    def _wait(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.execute(HOT_UPDATE)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def waits(self, pid: int) -> bool:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            sql = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+            row = conn.execute(sql, (pid,)).fetchone()
+        return row is not None and row[0] == "Lock"
+
+    @property
+    def holder_pid(self) -> int:
+        assert self.holder is not None
+        return self.holder.info.backend_pid
+
+    @property
+    def waiter_pids(self) -> list[int]:
+        return [c.info.backend_pid for c in self.waiters]
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.holder is not None
+        self.holder.rollback()
+        self.holder.close()
+        for thread in self.threads:
+            thread.join(timeout=20)
+        for conn in self.waiters:
+            conn.close()
+        assert not self.errors, self.errors
+
+
+@pytest.fixture()
+def sampler(sample_dsn: str):
+    conn = connect(sample_dsn)
+    yield PgSampler(conn)
+    conn.close()
+
+
+def test_one_holder_five_queued_waiters(sample_dsn: str, sampler: PgSampler) -> None:
+    with Contention(sample_dsn, waiters=5) as c:
+        h, (w1, w2, w3, w4, w5) = c.holder_pid, c.waiter_pids
+        tick, backends = sampler.tick()
+    blocked_by = {b["pid"]: b["blocked_by"] for b in backends}
+    # Postgres queues row-lock waiters: w1 waits on h's transaction id and holds the tuple lock;
+    # w2..w5 wait on that tuple lock, blocked by w1 (holder) and by every waiter queued before them.
+    assert blocked_by == {h: [], w1: [h], w2: [w1], w3: sorted([w1, w2]), w4: sorted([w1, w2, w3]),
+                          w5: sorted([w1, w2, w3, w4])}
+    # edges = 1 + 1 + 2 + 3 + 4 = 11 pairs; blocked = the 5 waiters; depth = path
+    # w5 -> w4 -> w3 -> w2 -> w1 -> h = 5 edges; one root, h, blocking all 5 transitively.
+    assert (tick["edges"], tick["blocked"], tick["depth"]) == (11, 5, 5)
+    assert tick["blocking_calls"] == 5  # pg_blocking_pids() only for the 5 Lock waiters
+    assert [(r["pid"], r["blocks"], r["state"]) for r in tick["roots"]] == [(h, 5, "idle in transaction")]
+    assert tick["roots"][0]["fingerprint"] == "UPDATE sample_hot SET n = n + ? WHERE id = ?"
+    assert tick["locked_relations"] == ["sample_hot"]
+    assert tick["wait_events"] == {"Client:ClientRead": 1, "Lock:transactionid": 1, "Lock:tuple": 4}
+    assert tick["backends"] == 6  # the sampler's own backend is not counted
+    assert all(b["app"] != APPLICATION_NAME for b in backends)
+    holder = next(b for b in backends if b["pid"] == h)
+    assert holder["has_xid"] is True and holder["client_addr"] == "127.0.0.1" and holder["client_port"] > 0
+
+
+def test_idle_in_transaction_holder_found_with_its_age(sample_dsn: str, sampler: PgSampler) -> None:
+    with Contention(sample_dsn, waiters=1) as c:
+        time.sleep(0.5)
+        before = time.time()
+        tick, _ = sampler.tick()
+        age_bound = before - c.holder_started
+    assert tick["idle_in_tx"] == 1
+    # The holder's transaction began just before holder_started (its UPDATE returned then).
+    assert age_bound - 0.2 <= tick["idle_in_tx_max_age"] <= age_bound + 1.0
+    assert tick["roots"][0]["xact_age"] == pytest.approx(tick["idle_in_tx_max_age"])
+
+
+RUNBOOK_IDLE = """SELECT count(*) AS idle_in_tx FROM pg_stat_activity
+ WHERE datname = current_database() AND state = 'idle in transaction'"""
+RUNBOOK_CHAIN = """SELECT count(*) AS blocker_chain
+  FROM pg_stat_activity blocked
+  JOIN pg_stat_activity blocking ON blocking.pid = ANY(pg_blocking_pids(blocked.pid))
+ WHERE blocked.wait_event_type = 'Lock' AND blocked.datname = current_database()"""
+RUNBOOK_TOP = """SELECT state, wait_event,
+       substring(query, 1, 80), EXTRACT(EPOCH FROM now() - xact_start) AS xact_age_s
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND state != 'idle'
+   AND (state = 'idle in transaction' OR wait_event_type = 'Lock')
+ ORDER BY xact_start NULLS LAST LIMIT 20"""
+
+
+def test_runbook_queries_agree_with_our_records(sample_dsn: str, sampler: PgSampler) -> None:
+    # The lock state is frozen while the holder sits idle in its transaction, so the runbook's
+    # three queries and one sampler tick see the same snapshot.
+    with Contention(sample_dsn, waiters=4), psycopg.connect(sample_dsn, autocommit=True) as psql:
+        idle_in_tx = psql.execute(RUNBOOK_IDLE).fetchone()[0]
+        chain = psql.execute(RUNBOOK_CHAIN).fetchone()[0]
+        top = psql.execute(RUNBOOK_TOP).fetchall()
+        tick, backends = sampler.tick()
+    assert tick["idle_in_tx"] == idle_in_tx == 1
+    assert tick["edges"] == chain == 1 + 1 + 2 + 3
+    ours = [b for b in backends if b["state"] == "idle in transaction" or b["wait_event_type"] == "Lock"]
+    ours.sort(key=lambda b: -(b["xact_age"] or 0.0))  # oldest transaction first = xact_start order
+    assert [(b["state"], b["wait_event"], b["query"][:80]) for b in ours] == [tuple(r[:3]) for r in top]
+    for b, r in zip(ours, top, strict=True):
+        assert b["xact_age"] == pytest.approx(float(r[3]), abs=0.5)
+
+
+def test_least_privilege_role_is_warned_once_and_sampling_goes_on(sample_dsn: str) -> None:
+    with psycopg.connect(sample_dsn, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS sample_nobody")
+        admin.execute("CREATE ROLE sample_nobody LOGIN")
+    dsn = sample_dsn.replace("postgres@", "sample_nobody@")
+    try:
+        with Contention(sample_dsn, waiters=2):
+            with connect(dsn) as conn:
+                sampler = PgSampler(conn)
+                assert not sampler.can_see_all
+                assert len(sampler.warnings) == 1
+                assert "GRANT pg_monitor TO sample_nobody" in sampler.warnings[0]
+                tick, backends = sampler.tick()
+                # Other roles' sessions show no state or wait event: what the warning says.
+                assert (tick["blocked"], tick["edges"], tick["idle_in_tx"]) == (0, 0, 0)
+                assert {b["state"] for b in backends} == {None}
+            with psycopg.connect(sample_dsn, autocommit=True) as admin:
+                admin.execute("GRANT pg_monitor TO sample_nobody")
+            with connect(dsn) as conn:
+                sampler = PgSampler(conn)
+                tick, _ = sampler.tick()
+                assert sampler.warnings == []
+                assert (tick["blocked"], tick["edges"], tick["idle_in_tx"]) == (2, 2, 1)
+    finally:
+        with psycopg.connect(sample_dsn, autocommit=True) as admin:
+            admin.execute("DROP ROLE IF EXISTS sample_nobody")
+
+
+def test_sampler_connection_is_a_polite_observer(sample_dsn: str, sampler: PgSampler) -> None:
+    conn = sampler.conn
+    assert conn.autocommit
+    settings = conn.execute(
+        "SELECT current_setting('application_name'), current_setting('statement_timeout'), "
+        "current_setting('lock_timeout')"
+    ).fetchone()
+    assert settings == (APPLICATION_NAME, "200ms", "50ms")
+
+
+def test_fingerprint_normalises_literals() -> None:
+    assert fingerprint("SELECT * FROM t WHERE a = 'x''y' AND b IN (1, 2,3) AND c = $1") == (
+        "SELECT * FROM t WHERE a = ? AND b IN (?) AND c = ?"
+    )
+    assert fingerprint('UPDATE "jobs_job" SET "logs" = \'{"x": 1}\'::jsonb\n  WHERE id = 42') == (
+        'UPDATE "jobs_job" SET "logs" = ?::jsonb WHERE id = ?'
+    )
