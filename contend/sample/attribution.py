@@ -1,0 +1,188 @@
+"""Attribution: which client process and thread holds each root blocker, and what it is running.
+
+A backend is mapped to its client from ``application_name`` when the client sets it in the
+reference server's format (docs/records.md), else from its client address and port through the
+TCP socket table of ``/proc`` (``psutil.net_connections``) to the owning pid. The socket path
+reaches a process, not a thread: the thread is named only when that process has one thread.
+This module is the only one of the samplers that reads ``/proc`` (psutil).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from contend.errors import SamplerError
+
+APP_NAME_RE = re.compile(r"^contend-ref:(?P<role>\S+) pid=(?P<pid>\d+) tid=(?P<tid>\d+) ntid=(?P<ntid>\d+)")
+
+
+@dataclass(frozen=True)
+class Client:
+    """The client end of a backend: a process, and a thread when known."""
+
+    pid: int
+    role: str | None = None
+    thread_id: int | None = None
+    native_thread_id: int | None = None
+    via: str = "application_name"
+
+
+def app_name(role: str, pid: int, thread_id: int, native_thread_id: int) -> str:
+    """Return the application_name a reference-server connection sets (docs/records.md)."""
+    return f"contend-ref:{role} pid={pid} tid={thread_id} ntid={native_thread_id}"
+
+
+def parse_app_name(app: str | None) -> Client | None:
+    """Return the client named by a reference-server application_name, else None."""
+    match = APP_NAME_RE.match(app or "")
+    if match is None:
+        return None
+    return Client(
+        pid=int(match["pid"]), role=match["role"], thread_id=int(match["tid"]),
+        native_thread_id=int(match["ntid"]),
+    )
+
+
+def pid_of_socket(client_addr: str | None, client_port: int | None) -> int | None:
+    """Return the local pid whose TCP socket has local address (client_addr, client_port).
+
+    None for a Unix-socket client (port -1 or NULL address), a client on another host, or a
+    process of another user when not root.
+    """
+    if not client_addr or client_port is None or client_port < 0:
+        return None
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    for conn in connections:
+        if conn.laddr and conn.laddr.ip == client_addr and conn.laddr.port == client_port and conn.pid:
+            return int(conn.pid)
+    return None
+
+
+def resolve_client(backend: Mapping[str, Any]) -> Client | None:
+    """Return the client of a backend record: by application_name, else by its socket."""
+    client = parse_app_name(backend.get("app"))
+    if client is not None:
+        return client
+    pid = pid_of_socket(backend.get("client_addr"), backend.get("client_port"))
+    if pid is None:
+        return None
+    return Client(pid=pid, via="socket")
+
+
+def pids_matching(pattern: str) -> list[int]:
+    """Return the pids of processes whose command line matches the regular expression ``pattern``."""
+    regex = re.compile(pattern)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline and regex.search(cmdline) and proc.pid != psutil.Process().pid:
+            found.append(proc.pid)
+    return sorted(found)
+
+
+def pick_thread(client: Client, threads: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Return the thread of a dump that holds the connection, when it can be told."""
+    for thread in threads:
+        if client.native_thread_id is not None and thread.get("os_thread_id") == client.native_thread_id:
+            return thread
+        if client.thread_id is not None and thread.get("thread_id") == client.thread_id:
+            return thread
+    if client.thread_id is None and len(threads) == 1:
+        return threads[0]
+    return None
+
+
+class Attributor:
+    """Follows root blockers across ticks; attributes each one that stays root ``threshold_s``.
+
+    One record per root episode. The on-demand dump is rate-limited per client process
+    (``min_dump_interval_s``) so a long incident does not keep pausing the same server.
+    """
+
+    def __init__(
+        self,
+        threshold_s: float = 1.0,
+        *,
+        dumper: Callable[[int], list[dict[str, Any]]] | None = None,
+        resolver: Callable[[Mapping[str, Any]], Client | None] = resolve_client,
+        min_dump_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.threshold_s = threshold_s
+        self.dumper = dumper
+        self.resolver = resolver
+        self.min_dump_interval_s = min_dump_interval_s
+        self.clock = clock
+        self._since: dict[int, float] = {}
+        self._done: set[int] = set()
+        self._last_dump: dict[int, float] = {}
+
+    def due(self, tick: Mapping[str, Any]) -> list[tuple[dict[str, Any], float]]:
+        """Update root ages from a tick; return the roots to attribute now, with how long they were root."""
+        t = float(tick["t"])
+        roots = {int(r["pid"]): r for r in tick["roots"]}
+        for pid in list(self._since):
+            if pid not in roots:
+                del self._since[pid]
+                self._done.discard(pid)
+        ready = []
+        for pid, root in roots.items():
+            since = self._since.setdefault(pid, t)
+            if pid not in self._done and t - since >= self.threshold_s:
+                self._done.add(pid)
+                ready.append((dict(root), t - since))
+        return ready
+
+    def attribute(self, t: float, root: Mapping[str, Any], root_for_s: float,
+                  backend: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Return one ``samples/attribution.jsonl`` record for a root blocker."""
+        client = self.resolver(backend or root) if (backend or root) else None
+        stack = None
+        thread_id = client.thread_id if client else None
+        if client is not None and self.dumper is not None and self._may_dump(client.pid):
+            try:
+                thread = pick_thread(client, self.dumper(client.pid))
+            except SamplerError:
+                thread = None
+            if thread is not None:
+                stack = thread["frames"]
+                thread_id = thread.get("thread_id")
+        return {
+            "t": t,
+            "backend_pid": root["pid"],
+            "client_pid": client.pid if client else None,
+            "thread_id": thread_id,
+            "role": client.role if client else None,
+            "root_for_s": round(root_for_s, 3),
+            "blocks": root.get("blocks"),
+            "state": root.get("state"),
+            "query": root.get("query"),
+            "fingerprint": root.get("fingerprint"),
+            "stack": stack,
+        }
+
+    def _may_dump(self, pid: int) -> bool:
+        now = self.clock()
+        if now - self._last_dump.get(pid, float("-inf")) < self.min_dump_interval_s:
+            return False
+        self._last_dump[pid] = now
+        return True
+
+
+def attribute_all(attributor: Attributor, tick: Mapping[str, Any],
+                  backends: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Return the attribution records due at this tick (resolving and dumping inline)."""
+    by_pid = {int(b["pid"]): b for b in backends}
+    return [
+        attributor.attribute(float(tick["t"]), root, root_for, by_pid.get(int(root["pid"])))
+        for root, root_for in attributor.due(tick)
+    ]

@@ -1,0 +1,155 @@
+"""py-spy dumps and attribution of a root blocker to the client process and thread that holds it.
+
+The client is a real Python process (a script written by the test): one thread holds row id=1 of
+sample_hot idle in its transaction, another waits on it inside a query.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from contend.sample import pyspy
+from contend.sample.attribution import Attributor, app_name, parse_app_name, pid_of_socket, resolve_client
+from contend.sample.pg import PgSampler, connect
+from tests.conftest import wait_for
+from tests.test_sample_pg import HOT_UPDATE
+
+CLIENT = '''
+import json, os, sys, threading, time
+import psycopg
+
+dsn, mode, info_path = os.environ["SAMPLE_DSN"], sys.argv[1], sys.argv[2]
+info = {"pid": os.getpid()}
+
+def app(role):
+    tid, ntid = threading.get_ident(), threading.get_native_id()
+    return f"contend-ref:{role} pid={os.getpid()} tid={tid} ntid={ntid}"
+
+def hold_lock_in_test():
+    kwargs = {"application_name": app("web")} if mode == "app" else {}
+    conn = psycopg.connect(dsn, **kwargs)
+    conn.execute("UPDATE sample_hot SET n = n + 1 WHERE id = 1")
+    info.update(holder_tid=threading.get_ident(), holder_ntid=threading.get_native_id(),
+                holder_backend=conn.info.backend_pid)
+    time.sleep(600)
+
+def wait_for_row_in_test():
+    conn = psycopg.connect(dsn, autocommit=True, application_name=app("worker-0"))
+    info.update(waiter_backend=conn.info.backend_pid)
+    conn.execute("UPDATE sample_hot SET n = n + 1 WHERE id = 1")
+
+if mode == "socket":
+    threading.Timer(0.5, lambda: open(info_path, "w").write(json.dumps(info))).start()
+    hold_lock_in_test()
+else:
+    threading.Thread(target=hold_lock_in_test, name="holder", daemon=True).start()
+    time.sleep(0.5)
+    threading.Thread(target=wait_for_row_in_test, name="waiter", daemon=True).start()
+    time.sleep(0.5)
+    open(info_path, "w").write(json.dumps(info))
+    time.sleep(600)
+'''
+
+
+@pytest.fixture()
+def client(sample_dsn: str, tmp_path: Path):
+    """Start the client script in a mode; return its info (pids, thread ids); always stopped."""
+    with psycopg.connect(sample_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS sample_hot (id int PRIMARY KEY, n int NOT NULL)")
+        conn.execute("INSERT INTO sample_hot VALUES (1, 0) ON CONFLICT DO NOTHING")
+    script = tmp_path / "client_under_test.py"
+    script.write_text(CLIENT)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> dict[str, Any]:
+        info_path = tmp_path / f"info-{mode}.json"
+        procs.append(subprocess.Popen([sys.executable, str(script), mode, str(info_path)],
+                                      env={"SAMPLE_DSN": sample_dsn, "PATH": "/usr/bin:/bin"}))
+        wait_for(info_path.exists, timeout=30)
+        info = json.loads(wait_for(info_path.read_text, timeout=5))
+        info["script"] = str(script)
+        return info
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_application_name_round_trip() -> None:
+    client = parse_app_name(app_name("worker-3", 4711, 140001, 4712))
+    assert client is not None
+    assert (client.role, client.pid) == ("worker-3", 4711)
+    assert (client.thread_id, client.native_thread_id) == (140001, 4712)
+    assert parse_app_name("psql") is None and parse_app_name(None) is None
+
+
+def test_pyspy_dump_of_a_process_blocked_in_a_query(client) -> None:
+    info = client("app")
+    threads = pyspy.dump(info["pid"])
+    waiter = next(t for t in threads if t["name"] == "waiter")
+    names = [f["name"] for f in waiter["frames"]]
+    assert "wait_for_row_in_test" in names
+    assert pyspy.thread_state(waiter, [info["script"]]) == "psycopg wait"
+    holder = next(t for t in threads if t["name"] == "holder")
+    assert holder["os_thread_id"] == info["holder_ntid"] and holder["thread_id"] == info["holder_tid"]
+    record = pyspy.dump_record(1.0, info["pid"], "worker", threads)
+    sentences = pyspy.summarize_stacks([record], [info["script"]])
+    # Three threads run the script's code: main (sleeping), holder (sleeping), waiter (in psycopg).
+    assert "1 of 3 result workers in psycopg wait <- wait_for_row_in_test" in sentences
+    assert "1 of 3 result workers in idle <- hold_lock_in_test" in sentences
+
+
+def test_root_blocker_attributed_to_thread_from_application_name(client, sample_dsn: str) -> None:
+    info = client("app")
+    with connect(sample_dsn) as conn:
+        tick, backends = PgSampler(conn).tick()
+    assert [(r["pid"], r["blocks"]) for r in tick["roots"]] == [(info["holder_backend"], 1)]
+    attributor = Attributor(threshold_s=0.0, dumper=pyspy.dump)
+    by_pid = {b["pid"]: b for b in backends}
+    ((root, root_for),) = attributor.due(tick)
+    record = attributor.attribute(tick["t"], root, root_for, by_pid[root["pid"]])
+    assert record["client_pid"] == info["pid"]
+    assert record["thread_id"] == info["holder_tid"]
+    assert record["role"] == "web"
+    assert record["state"] == "idle in transaction" and record["blocks"] == 1
+    assert "hold_lock_in_test" in [f["name"] for f in record["stack"]]
+    assert pyspy.own_chain(record["stack"], [info["script"]]) == "hold_lock_in_test"
+    # Once attributed, the same root episode is not attributed again.
+    assert attributor.due({**tick, "t": tick["t"] + 5}) == []
+
+
+def test_root_blocker_attributed_through_the_socket_table(client, sample_dsn: str) -> None:
+    info = client("socket")
+    waiter = psycopg.connect(sample_dsn, autocommit=True)
+    thread = threading.Thread(target=waiter.execute, args=(HOT_UPDATE,), daemon=True)
+    thread.start()
+    try:
+        with connect(sample_dsn) as conn:
+            sampler = PgSampler(conn)
+            tick, backends = wait_for(lambda: (lambda tb: tb if tb[0]["roots"] else None)(sampler.tick()))
+        holder = next(b for b in backends if b["pid"] == info["holder_backend"])
+        assert holder["app"] == ""
+        assert pid_of_socket(holder["client_addr"], holder["client_port"]) == info["pid"]
+        resolved = resolve_client(holder)
+        assert resolved is not None and resolved.via == "socket" and resolved.pid == info["pid"]
+        attributor = Attributor(threshold_s=0.0, dumper=pyspy.dump)
+        ((root, root_for),) = attributor.due(tick)
+        record = attributor.attribute(tick["t"], root, root_for, holder)
+        # The holder process has a single thread, so the thread is known too.
+        assert record["client_pid"] == info["pid"]
+        assert (record["thread_id"], record["role"]) == (info["holder_tid"], None)
+        assert "hold_lock_in_test" in [f["name"] for f in record["stack"]]
+    finally:
+        with psycopg.connect(sample_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (info["holder_backend"],))
+        thread.join(timeout=20)
+        waiter.close()
