@@ -1,0 +1,165 @@
+"""A loaded run and its summary to one self-contained HTML page (jinja2, autoescape on)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from contend import __version__
+from contend.analysis import RunData, VariantRun, stack_summary, top_blockers
+from contend.report import figures
+from contend.report.tables import OTHER_ROWS, VERDICT_ROWS, flags_text, fmt, headlines, rows
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("contend.report", "templates"),
+    # Query texts, application names and stacks come from the database and the server: escape all.
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+STACK_FRAMES = 14
+
+
+def _when(meta: dict[str, Any]) -> str:
+    started, ended = meta.get("started"), meta.get("ended")
+    if not isinstance(started, int | float):
+        return str(started or "start unknown")
+    text = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(ended, int | float):
+        text += f", {ended - started:.0f} s"
+    return text
+
+
+def _who(att: dict[str, Any]) -> str:
+    role = att.get("role") or "client"
+    parts = [f"{role} process {att.get('client_pid', '?')} thread {att.get('thread_id', '?')}"]
+    if att.get("backend_pid") is not None:
+        parts.append(f"backend {att['backend_pid']}")
+    if att.get("state"):
+        parts.append(f"{att['state']} for {fmt(att.get('root_for_s'))} s")
+    if att.get("blocks") is not None:
+        parts.append(f"blocking {att['blocks']}")
+    return ", ".join(parts)
+
+
+def _stack(frames: list[dict[str, Any]] | None) -> str:
+    if not frames:
+        return ""
+    inner = frames[:STACK_FRAMES]
+    lines = [f"{f.get('name')}  ({f.get('filename')}:{f.get('line')})" for f in reversed(inner)]
+    if len(frames) > STACK_FRAMES:
+        lines.insert(0, f"... {len(frames) - STACK_FRAMES} outer frames")
+    return "\n".join(lines)
+
+
+def _cost(rep: VariantRun) -> str:
+    ticks = rep.ticks
+    if ticks.empty:
+        return ""
+    t = ticks["t"].to_numpy(dtype=float)
+    span = float(t[-1] - t[0]) if len(t) > 1 else 0.0
+    rate = f"{(len(t) - 1) / span:.1f} Hz" if span > 0 else "one tick"
+    cost = ticks["cost_ms"].dropna().astype(float)
+    late = ticks["late_ms"].dropna().astype(float)
+    calls = ticks["blocking_calls"].dropna().astype(float).sum()
+    text = f"{len(t):,} Postgres ticks at {rate}"
+    if not cost.empty:
+        text += (
+            f"; query time per tick p50 {fmt(cost.median())} ms, p95 {fmt(cost.quantile(0.95))} ms, "
+            f"max {fmt(cost.max())} ms ({cost.sum() / 1000 / max(span, 1e-9):.1%} of one core)"
+        )
+    if not late.empty:
+        text += f"; lateness p95 {fmt(late.quantile(0.95))} ms"
+    text += f"; {int(calls):,} pg_blocking_pids() calls; {len(rep.pyspy):,} py-spy dumps."
+    return text
+
+
+def _link(path: Path, out_dir: Path) -> str:
+    return os.path.relpath(path, out_dir)
+
+
+def variant_context(
+    name: str, reps: list[VariantRun], entry: dict[str, Any], baseline: str, out_dir: Path
+) -> dict[str, Any]:
+    rep = reps[0]
+    blockers = []
+    for b in top_blockers(rep):
+        att = None
+        if b.attribution:
+            att = {"who": _who(b.attribution), "stack": _stack(b.attribution.get("stack"))}
+        blockers.append(
+            {
+                "fingerprint": b.fingerprint,
+                "states": b.states,
+                "attribution": att,
+                "blocked_s": fmt(b.blocked_s),
+                "root_s": fmt(b.root_s),
+                "max_blocks": b.max_blocks,
+                "max_age": fmt(b.max_xact_age_s),
+            }
+        )
+    has_data = not (rep.requests.empty and rep.ticks.empty and rep.nats.empty)
+    return {
+        "name": name,
+        "is_baseline": name == baseline,
+        "status": entry["status"],
+        "reason": entry["reason"],
+        "flags": flags_text(entry),
+        "repetitions": entry["repetitions"],
+        "timeline_png": figures.timeline(rep) if has_data else None,
+        "blockers": blockers,
+        "stacks": stack_summary(rep.pyspy),
+        "speedscope": [_link(p, out_dir) for p in rep.speedscope],
+        "cost": _cost(rep),
+        "notes": entry.get("notes", []),
+    }
+
+
+def render_html(
+    run: RunData,
+    summary: dict[str, Any],
+    out_dir: Path,
+    title: str | None = None,
+    sources: list[str] | None = None,
+) -> str:
+    """Return the report page for ``run``; links (speedscope files) are relative to ``out_dir``."""
+    baseline = summary["baseline"]
+    variants = [
+        variant_context(name, reps, summary["variants"][name], baseline, out_dir)
+        for name, reps in run.variants.items()
+    ]
+    latencies = {
+        name: np.concatenate(
+            [r.requests.loc[r.requests["kind"] == "result", "latency"].to_numpy(dtype=float) for r in reps]
+        )
+        for name, reps in run.variants.items()
+    }
+    meta = run.meta
+    environment = [
+        (k, meta[k]) for k in ("contend_version", "python", "postgres", "nats", "cpus") if meta.get(k)
+    ]
+    return _ENV.get_template("report.html.j2").render(
+        title=title or run.name,
+        description=run.scenario.get("description"),
+        status=summary["status"],
+        when=_when(meta),
+        baseline=baseline,
+        sweep=run.sweep,
+        variants=variants,
+        headlines=headlines(summary),
+        verdict=rows(summary, VERDICT_ROWS),
+        other=rows(summary, OTHER_ROWS),
+        repeated=any(e["repetitions"] > 1 for e in summary["variants"].values()),
+        latency_png=figures.latency_distributions(latencies),
+        sweep_png=figures.sweep(summary, run.sweep) if run.sweep else None,
+        environment=environment,
+        notes=run.notes,
+        sources=sources or [],
+        version=__version__,
+    )

@@ -1,0 +1,62 @@
+"""summary.json to a short markdown report, sized for a pull-request comment (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contend.analysis import Blocker
+from contend.report.tables import VERDICT_ROWS, flags_text, headlines, rows
+
+
+def _md(text: str) -> str:
+    """Keep text from the database from breaking a table cell or opening markup."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def render_markdown(
+    summary: dict[str, Any], blockers: dict[str, Blocker | None], title: str | None = None
+) -> str:
+    """Return the markdown report: status, headline sentences, the verdict table, the top blocker each."""
+    names = list(summary["variants"])
+    lines = [f"## contend: {_md(title or summary['scenario'])} ({summary['status']})", ""]
+    for name, entry in summary["variants"].items():
+        if entry["status"] != "ok":
+            lines.append(
+                f"- **{_md(name)}** {entry['status']}: {_md(entry['reason'] or 'no reason recorded')}"
+            )
+    lines += [f"- {_md(line)}" for line in headlines(summary)]
+    lines.append("")
+    header = ["metric"] + [f"{_md(n)}{' (baseline)' if n == summary['baseline'] else ''}" for n in names]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows(summary, VERDICT_ROWS):
+        cells = []
+        for cell in row.cells:
+            text = cell.value + (f" [{cell.spread}]" if cell.spread else "")
+            if cell.delta:
+                mark = " ✓" if cell.real else ""
+                text += f" ({cell.delta}{mark})"
+            cells.append(_md(text))
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name in names:
+        b = blockers.get(name)
+        flags = _md(flags_text(summary["variants"][name]))
+        if b is None:
+            lines.append(f"- `{_md(name)}` ({flags}): no blocked backends seen")
+        else:
+            lines.append(
+                f"- `{_md(name)}` ({flags}): top root blocker `{_md(b.fingerprint[:120])}`, "
+                f"{b.blocked_s:.0f} blocked-s, up to {b.max_blocks} blocked"
+            )
+    repeated = any(e["repetitions"] > 1 for e in summary["variants"].values())
+    lines += [
+        "",
+        "Deltas against the baseline"
+        + (
+            "; ✓ = outside the spread of the repetitions."
+            if repeated
+            else "; single runs, no spread measured."
+        )
+        + " Full report: `report.html` in the run folder.",
+    ]
+    return "\n".join(lines) + "\n"

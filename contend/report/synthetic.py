@@ -1,0 +1,340 @@
+"""A synthetic run folder, written exactly as docs/records.md says, for tests and the report benchmark.
+
+The numbers are random but seeded; tests recompute their expectations from the files written here,
+never from this generator's parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+HOT_UPDATE = 'UPDATE "jobs_job" SET "logs" = $1 WHERE "jobs_job"."id" = $2'
+HOT_SELECT = 'SELECT ... FROM "jobs_job" WHERE "jobs_job"."id" = $1 FOR UPDATE'
+
+
+@dataclass(frozen=True)
+class SynthVariant:
+    """One variant to generate: ``contention`` from 0 (none) to 1 (the seed's pile-up)."""
+
+    name: str
+    flags: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    contention: float = 0.0
+    status: str = "ok"
+    reason: str | None = None
+
+
+DEFAULT_VARIANTS = (
+    SynthVariant("logs-on", {"JOB_LOG_PERSIST_ENABLED": "true"}, {"concurrency": 10}, contention=0.9),
+    SynthVariant("logs-off", {"JOB_LOG_PERSIST_ENABLED": "false"}, {"concurrency": 10}, contention=0.05),
+)
+
+
+def _line(fh: TextIO, row: dict[str, Any]) -> None:
+    fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+def _write_variant(
+    folder: Path,
+    v: SynthVariant,
+    rep: int,
+    start: float,
+    duration_s: float,
+    hz: float,
+    backends: int,
+    with_backends: bool,
+    query_text: str,
+    rng: random.Random,
+) -> None:
+    (folder / "load").mkdir(parents=True)
+    samples = folder / "samples"
+    samples.mkdir()
+    c = v.contention
+    end = start + duration_s
+    meta = {
+        "name": v.name,
+        "flags": v.flags,
+        "params": v.params,
+        "repetition": rep,
+        "started": start,
+        "ended": end,
+        "status": v.status,
+        "reason": v.reason,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+    concurrency = int(v.params.get("concurrency", 4))
+    with (folder / "load" / "requests-w0.jsonl").open("w") as fh:
+        for u in range(concurrency):
+            t = start + rng.random()
+            while t < end:
+                latency = rng.uniform(0.2, 1.0) + c * rng.expovariate(1 / 8.0)
+                error, status = (None, 200)
+                if latency > 30:
+                    latency, error, status = 30.0, "ReadTimeout", 0
+                elif rng.random() < 0.01 * (1 + 5 * c):
+                    error, status = "HTTP 503", 503
+                _line(
+                    fh,
+                    {
+                        "t0": t,
+                        "t1": t + latency,
+                        "kind": "result",
+                        "status": status,
+                        "sent": 51200,
+                        "recv": 120,
+                        "error": error,
+                        "job": 1,
+                        "results": 50,
+                        "tasks": 0,
+                        "dup_tasks": 0,
+                        "dup_results": rng.randint(0, 2) if c > 0.5 else 0,
+                        "worker": f"w0-u{u}",
+                        "wave": None,
+                    },
+                )
+                t += latency + 0.05
+                _line(
+                    fh,
+                    {
+                        "t0": t,
+                        "t1": t + 0.02,
+                        "kind": "tasks",
+                        "status": 200,
+                        "sent": 20,
+                        "recv": 900,
+                        "error": None,
+                        "job": 1,
+                        "results": 0,
+                        "tasks": 8,
+                        "dup_tasks": rng.randint(0, 3) if c > 0.5 else 0,
+                        "worker": f"w0-u{u}",
+                        "wave": None,
+                    },
+                )
+                t += 0.1
+
+    n_ticks = int(duration_s * hz)
+    ticks = (samples / "pg_ticks.jsonl").open("w")
+    rows = (samples / "pg_backends.jsonl").open("w") if with_backends else None
+    with ticks:
+        for i in range(n_ticks):
+            t = start + i / hz
+            wave = 0.5 + 0.5 * math.sin(i / (hz * 7.0))
+            blocked = min(backends - 1, round(c * wave * backends * 0.35 + rng.random() * c * 3))
+            edges = blocked * (1 + int(c * 3)) if blocked else 0
+            idle = round(c * wave * 9) + (1 if rng.random() < 0.05 else 0)
+            roots = []
+            if blocked:
+                roots.append(
+                    {
+                        "pid": 1000 + (i // 50) % 7,
+                        "blocks": blocked,
+                        "state": "idle in transaction",
+                        "app": "contend-ref:web pid=41 tid=7 ntid=43",
+                        "xact_age": (i % 50) / hz + 0.1,
+                        "fingerprint": HOT_UPDATE,
+                        "query": query_text,
+                    }
+                )
+                if blocked > 3:
+                    roots.append(
+                        {
+                            "pid": 2000 + i % 3,
+                            "blocks": 1,
+                            "state": "active",
+                            "app": "contend-ref:worker-1 pid=52 tid=9 ntid=54",
+                            "xact_age": 0.3,
+                            "fingerprint": HOT_SELECT,
+                            "query": HOT_SELECT.replace("$1", "1"),
+                        }
+                    )
+            _line(
+                ticks,
+                {
+                    "t": t,
+                    "backends": backends,
+                    "edges": edges,
+                    "blocked": blocked,
+                    "depth": blocked,
+                    "roots": roots,
+                    "idle_in_tx": idle,
+                    "idle_in_tx_max_age": round(idle * 0.7 * rng.random(), 3),
+                    "locked_relations": ["jobs_job"] if blocked else [],
+                    "wait_events": {"Lock:tuple": blocked, "Client:ClientRead": idle},
+                    "cost_ms": round(rng.uniform(0.8, 3.0), 3),
+                    "late_ms": round(rng.expovariate(2.0), 3),
+                    "blocking_calls": blocked,
+                },
+            )
+            if rows is not None:
+                for pid in range(backends):
+                    waiting = pid < blocked
+                    _line(
+                        rows,
+                        {
+                            "t": t,
+                            "pid": 3000 + pid,
+                            "app": f"contend-ref:web pid=41 tid={pid} ntid={pid}",
+                            "client_addr": "127.0.0.1",
+                            "client_port": 40000 + pid,
+                            "backend_type": "client backend",
+                            "state": "active" if waiting else "idle",
+                            "wait_event_type": "Lock" if waiting else "Client",
+                            "wait_event": "tuple" if waiting else "ClientRead",
+                            "xact_age": 0.5,
+                            "query_age": 0.4,
+                            "state_age": 0.4,
+                            "has_xid": waiting,
+                            "query": query_text,
+                            "fingerprint": HOT_UPDATE,
+                            "blocked_by": [1000] if waiting else [],
+                        },
+                    )
+    if rows is not None:
+        rows.close()
+
+    with (samples / "nats.jsonl").open("w") as fh:
+        redelivered = [0, 0]
+        for s in range(int(duration_s)):
+            t = start + s + 0.5
+            _line(
+                fh,
+                {
+                    "t": t,
+                    "stream": "ml_results",
+                    "consumer": "ml-results-workers",
+                    "delivered": s * 20,
+                    "ack_floor": s * 19,
+                    "num_pending": int(c * wave * 200) + rng.randint(0, 5),
+                    "num_ack_pending": 8,
+                    "num_redelivered": 0,
+                },
+            )
+            for j in range(2):
+                if rng.random() < c * 0.3:
+                    redelivered[j] += 1
+                _line(
+                    fh,
+                    {
+                        "t": t,
+                        "stream": f"job_{j + 1}",
+                        "consumer": f"job-{j + 1}-consumer",
+                        "delivered": s * 4,
+                        "ack_floor": s * 3,
+                        "num_pending": 100 - s % 100,
+                        "num_ack_pending": 4,
+                        "num_redelivered": redelivered[j],
+                    },
+                )
+
+    web_stack = [
+        {"name": "wait", "filename": "/usr/lib/python3/site-packages/psycopg/waiting.py", "line": 59},
+        {"name": "execute", "filename": "/usr/lib/python3/site-packages/psycopg/cursor.py", "line": 97},
+        {"name": "emit", "filename": "/srv/app/contend/refserver/jobs/logging.py", "line": 31},
+        {"name": "result", "filename": "/srv/app/contend/refserver/jobs/views.py", "line": 120},
+    ]
+    worker_stack = [
+        {"name": "wait", "filename": "/usr/lib/python3/site-packages/psycopg/waiting.py", "line": 59},
+        {"name": "_update_job_progress", "filename": "/srv/app/contend/refserver/jobs/tasks.py", "line": 88},
+    ]
+    idle_stack = [
+        {"name": "wait", "filename": "/usr/lib/python3.11/threading.py", "line": 320},
+        {"name": "next_task", "filename": "/srv/app/contend/refserver/worker.py", "line": 40},
+    ]
+    with (samples / "pyspy.jsonl").open("w") as fh:
+        for s in range(0, int(duration_s), 2):
+            for role, stack, pid in (("web", web_stack, 41), ("worker", worker_stack, 52)):
+                threads = [
+                    {
+                        "thread_id": 7 + k,
+                        "os_thread_id": 43 + k,
+                        "name": f"t{k}",
+                        "idle": True,
+                        "active": False,
+                        "frames": stack if rng.random() < 0.2 + 0.7 * c else idle_stack,
+                    }
+                    for k in range(8)
+                ]
+                _line(fh, {"t": start + s, "pid": pid, "role": role, "threads": threads})
+    with (samples / "attribution.jsonl").open("w") as fh:
+        if c > 0:
+            for k in range(3):
+                _line(
+                    fh,
+                    {
+                        "t": start + 10 + k,
+                        "backend_pid": 1000 + k,
+                        "client_pid": 41,
+                        "thread_id": 7,
+                        "role": "web",
+                        "root_for_s": 1.5 + k,
+                        "blocks": 5 + k,
+                        "state": "idle in transaction",
+                        "query": query_text,
+                        "fingerprint": HOT_UPDATE,
+                        "stack": web_stack,
+                    },
+                )
+
+
+def make_run(
+    root: Path,
+    variants: tuple[SynthVariant, ...] = DEFAULT_VARIANTS,
+    *,
+    scenario: str = "synthetic",
+    duration_s: float = 60.0,
+    hz: float = 10.0,
+    backends: int = 20,
+    repetitions: int = 1,
+    sweep: str | None = None,
+    status: str = "complete",
+    with_backends: bool = True,
+    query_text: str = HOT_UPDATE.replace("$1", "'[...]'").replace("$2", "1"),
+    seed: int = 1,
+) -> Path:
+    """Write a synthetic run folder under ``root`` and return it."""
+    rng = random.Random(seed)
+    run_dir = root / f"{scenario}-20260101T000000Z"
+    (run_dir / "variants").mkdir(parents=True)
+    start = 1_767_225_600.0
+    names = []
+    for v in variants:
+        for rep in range(1, repetitions + 1):
+            folder_name = v.name if repetitions == 1 else f"{v.name}~r{rep}"
+            _write_variant(
+                run_dir / "variants" / folder_name,
+                v,
+                rep,
+                start,
+                duration_s,
+                hz,
+                backends,
+                with_backends,
+                query_text,
+                rng,
+            )
+            start += duration_s + 5
+        names.append(v.name)
+    meta = {
+        "scenario": scenario,
+        "contend_version": "0.1.0",
+        "python": "3.11.2",
+        "postgres": "16.4",
+        "nats": "2.10.22",
+        "cpus": 2,
+        "started": 1_767_225_600.0,
+        "ended": start,
+        "status": status,
+        "baseline": names[0],
+        "variants": names,
+        "sweep": sweep,
+    }
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    (run_dir / "scenario.yaml").write_text(f"name: {scenario}\ndescription: synthetic run for tests\n")
+    return run_dir

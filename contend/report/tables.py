@@ -1,0 +1,157 @@
+"""summary.json to table rows and sentences, shared by the HTML and the markdown renderers (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from contend.analysis import BETTER
+
+# The verdict table, in the shape of the seed's before/after table (PR #1261's runbook).
+VERDICT_ROWS: tuple[tuple[str, str], ...] = (
+    ("edges_max", "edges (blocker chain) max"),
+    ("edges_p95", "edges p95"),
+    ("blocked_max", "blocked backends max"),
+    ("blocked_p95", "blocked backends p95"),
+    ("depth_max", "wait-chain depth max"),
+    ("idle_in_tx_max", "idle-in-tx holders max"),
+    ("idle_in_tx_max_age_s", "idle-in-tx oldest (s)"),
+    ("posts", "result POSTs ok / total"),
+    ("latency_p50_s", "POST latency p50 (s)"),
+    ("latency_p95_s", "POST latency p95 (s)"),
+    ("latency_p99_s", "POST latency p99 (s)"),
+    ("latency_max_s", "POST latency max (s)"),
+    ("results_per_s", "results / s"),
+    ("redeliveries", "NATS redeliveries"),
+    ("timeouts", "timeouts"),
+)
+OTHER_ROWS: tuple[tuple[str, str], ...] = (
+    ("post_ok_ratio", "POST ok ratio"),
+    ("requests_total", "requests (all kinds)"),
+    ("requests_failed", "requests failed"),
+    ("dup_tasks", "duplicate tasks received"),
+    ("dup_results", "duplicate results posted"),
+    ("sampler_cost_ms_p95", "sampler query p95 (ms)"),
+    ("sampler_late_ms_p95", "sampler lateness p95 (ms)"),
+)
+
+
+def fmt(value: Any, metric: str = "") -> str:
+    """Format a metric value for a human: counts as integers, seconds and rates to 3 figures."""
+    if value is None:
+        return "–"
+    if metric == "post_ok_ratio":
+        return f"{value:.0%}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 10):
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    value: str
+    spread: str = ""
+    delta: str = ""
+    tone: str = ""  # "better", "worse", "noise" or ""
+    real: bool | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    label: str
+    cells: tuple[Cell, ...]
+
+
+def _tone(metric: str, abs_: float, real: bool | None) -> str:
+    if real is False:
+        return "noise"
+    direction = BETTER.get(metric, 0) * (1 if abs_ > 0 else -1 if abs_ < 0 else 0)
+    return "better" if direction > 0 else "worse" if direction < 0 else ""
+
+
+def _delta_text(metric: str, delta: dict[str, Any]) -> str:
+    abs_ = delta["abs"]
+    if not abs_:
+        return "±0"
+    text = ("+" if abs_ > 0 else "−") + fmt(abs(abs_), metric if metric != "post_ok_ratio" else "")
+    if metric == "post_ok_ratio":
+        text = ("+" if abs_ > 0 else "−") + f"{abs(abs_) * 100:.0f} pts"
+    rel = delta.get("rel")
+    if rel is not None and metric != "post_ok_ratio":
+        text += f", {rel:+.0%}".replace("-", "−")
+    return text
+
+
+def _cell(entry: dict[str, Any], metric: str) -> Cell:
+    metrics = entry["metrics"]
+    if metric == "posts":
+        ok, total = metrics.get("posts_ok"), metrics.get("posts_total")
+        delta = entry["deltas"].get("posts_ok")
+        return Cell(
+            value=f"{fmt(ok)} / {fmt(total)}",
+            delta=_delta_text("posts_ok", delta) if delta else "",
+            tone=_tone(
+                "post_ok_ratio", entry["deltas"].get("post_ok_ratio", {}).get("abs") or 0, delta.get("real")
+            )
+            if delta
+            else "",
+            real=delta.get("real") if delta else None,
+        )
+    value = metrics.get(metric)
+    spread = entry.get("spread", {}).get(metric)
+    delta = entry["deltas"].get(metric)
+    return Cell(
+        value=fmt(value, metric),
+        spread=f"{fmt(spread[0], metric)}–{fmt(spread[1], metric)}" if spread else "",
+        delta=_delta_text(metric, delta) if delta else "",
+        tone=_tone(metric, delta["abs"] or 0, delta.get("real")) if delta else "",
+        real=delta.get("real") if delta else None,
+    )
+
+
+def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:
+    """The table rows: one per metric, one cell per variant (in summary order)."""
+    entries = list(summary["variants"].values())
+    return [Row(metric, label, tuple(_cell(e, metric) for e in entries)) for metric, label in which]
+
+
+HEADLINE = (
+    ("edges_max", "edges max"),
+    ("blocked_max", "blocked max"),
+    ("idle_in_tx_max", "idle-in-tx max"),
+    ("latency_p95_s", "POST p95 (s)"),
+    ("results_per_s", "results/s"),
+)
+
+
+def headlines(summary: dict[str, Any]) -> list[str]:
+    """One sentence per non-baseline variant: its headline figures against the baseline's."""
+    base_name = summary["baseline"]
+    base = summary["variants"].get(base_name)
+    out = []
+    for name, entry in summary["variants"].items():
+        if base is None or name == base_name:
+            continue
+        m, b = entry["metrics"], base["metrics"]
+        parts = [
+            f"{label} {fmt(b.get(k), k)} → {fmt(m.get(k), k)}"
+            for k, label in HEADLINE
+            if m.get(k) is not None or b.get(k) is not None
+        ]
+        parts.insert(
+            3,
+            f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
+            f"{fmt(m.get('posts_ok'))}/{fmt(m.get('posts_total'))}",
+        )
+        status = "" if entry["status"] == "ok" else f" [{entry['status']}]"
+        out.append(f"{name} vs {base_name}{status}: " + ", ".join(parts))
+    return out
+
+
+def flags_text(entry: dict[str, Any]) -> str:
+    items = [f"{k}={v}" for k, v in entry.get("flags", {}).items()]
+    items += [f"{k}={v}" for k, v in entry.get("params", {}).items()]
+    return ", ".join(items) or "(defaults)"
