@@ -183,3 +183,43 @@ def gate(run_dir: Path, baseline: Path | None, junit: Path | None) -> None:
             out.write(render_markdown(result))
     if not result.passed:
         raise ThresholdsFailed(f"{len(result.failed)} of {len(result.checks)} thresholds failed")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def report(run_dir: Path, as_json: bool) -> None:
+    """Re-render summary.json, report.html and report.md of RUN_DIR from its raw records.
+
+    Works on a partial run (stopped early, or killed) as well.
+    """
+    from contend.report import write_report
+
+    paths = write_report(run_dir)
+    _echo_paths(paths, as_json)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("run_b", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the comparison [default: reports/compare-<UTC timestamp>].")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def compare(run_a: Path, run_b: Path, out: Path | None, as_json: bool) -> None:
+    """Compare two runs: every variant of RUN_B (and RUN_A) against RUN_A's baseline.
+
+    For example the same scenario before and after a code change of an external server.
+    """
+    from contend.report import write_comparison
+
+    paths = write_comparison(run_a, run_b, out or run_folder("compare"))
+    _echo_paths(paths, as_json)
+
+
+def _echo_paths(paths: Any, as_json: bool) -> None:
+    if as_json:
+        echo_json({"summary": paths.summary, "html": paths.html, "markdown": paths.markdown})
+        return
+    click.echo(f"report    {paths.html}")
+    click.echo(f"markdown  {paths.markdown}")
+    click.echo(f"summary   {paths.summary}")
