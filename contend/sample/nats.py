@@ -1,0 +1,89 @@
+"""The NATS sampler: per-job consumer progress and the ``ml_results`` work-queue depth, at 1 Hz.
+
+Read from the server's HTTP monitoring endpoint (``/jsz``), so it needs no client connection and
+cannot disturb the consumers it watches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from contend.errors import SamplerError
+
+RESULTS_STREAM = "ml_results"
+JSZ_PATH = "/jsz?accounts=true&streams=true&consumers=true&config=false"
+
+
+def fetch_jsz(monitor_url: str, timeout: float = 2.0) -> dict[str, Any]:
+    """Return the parsed ``/jsz`` document of a NATS server's monitoring endpoint."""
+    try:
+        with urllib.request.urlopen(monitor_url.rstrip("/") + JSZ_PATH, timeout=timeout) as response:
+            data: dict[str, Any] = json.load(response)
+            return data
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SamplerError(
+            f"cannot read NATS monitoring at {monitor_url}: {exc}",
+            hint="the NATS server must run with an HTTP monitoring port (--http_port)",
+        ) from None
+
+
+def is_watched(stream: str) -> bool:
+    """Tell whether a stream is a job stream (``job_<id>``) or the results work queue."""
+    return stream == RESULTS_STREAM or stream.startswith("job_")
+
+
+def records_from_jsz(t: float, jsz: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one ``samples/nats.jsonl`` record per consumer of each watched stream.
+
+    A watched stream without consumers still gets one record (consumer null) whose
+    ``num_pending`` is the stream's message count: the queue depth nobody consumes yet.
+    """
+    records = []
+    for account in jsz.get("account_details") or ():
+        for stream in account.get("stream_detail") or ():
+            name = str(stream.get("name"))
+            if not is_watched(name):
+                continue
+            consumers = stream.get("consumer_detail") or ()
+            for consumer in consumers:
+                records.append({
+                    "t": t,
+                    "stream": name,
+                    "consumer": consumer.get("name"),
+                    "delivered": (consumer.get("delivered") or {}).get("consumer_seq", 0),
+                    "ack_floor": (consumer.get("ack_floor") or {}).get("consumer_seq", 0),
+                    "num_pending": consumer.get("num_pending", 0),
+                    "num_ack_pending": consumer.get("num_ack_pending", 0),
+                    "num_redelivered": consumer.get("num_redelivered", 0),
+                })
+            if not consumers:
+                records.append({
+                    "t": t, "stream": name, "consumer": None, "delivered": 0, "ack_floor": 0,
+                    "num_pending": (stream.get("state") or {}).get("messages", 0),
+                    "num_ack_pending": 0, "num_redelivered": 0,
+                })
+    return records
+
+
+class NatsSampler:
+    """Reads the monitoring endpoint once per ``tick()``."""
+
+    def __init__(
+        self,
+        monitor_url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        fetch: Callable[[str], dict[str, Any]] = fetch_jsz,
+    ) -> None:
+        self.monitor_url = monitor_url
+        self.clock = clock
+        self.fetch = fetch
+
+    def tick(self) -> list[dict[str, Any]]:
+        t = self.clock()
+        return records_from_jsz(t, self.fetch(self.monitor_url))
