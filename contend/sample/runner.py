@@ -1,0 +1,256 @@
+"""All samplers of a run, in ONE child process of their own, writing records as they go.
+
+Never inside locust (gevent would freeze on a blocking psycopg call, locust #1588) and never in
+the CLI's main thread: ``SamplerSet`` starts ``python -m contend.sample.runner`` through
+``ManagedProcess``. The DSN reaches the child through its environment, never argv (it may hold a
+password). In the child, Postgres ticks run on the main thread at ``pg_interval_s``; py-spy, NATS
+and the on-demand attribution dumps run on their own threads so a slow dump never delays a tick.
+SIGTERM stops the loops, flushes and closes every file, and the process exits within a second.
+
+Files, under ``<out_dir>/samples/`` (docs/records.md): pg_ticks.jsonl, pg_backends.jsonl,
+pyspy.jsonl, attribution.jsonl, nats.jsonl, ``pyspy-record-<role>-<pid>.speedscope.json`` when
+``pyspy_record`` is on, and sampler.log (warnings: missing privileges, py-spy not permitted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from contend.errors import ConfigError, SamplerError, StackError
+from contend.stack.process import ManagedProcess
+
+log = logging.getLogger("contend.sample")
+
+CHILD_DSN_ENV = "CONTEND_SAMPLER_DSN"
+CONFIG_FILE = "sampler-config.json"
+READY_FILE = ".sampler-ready"
+
+
+class SamplerConfig(BaseModel):
+    """What to sample and how often; the scenario format exposes these same names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dsn: SecretStr | None = Field(default=None, exclude=True)
+    """The DSN itself; passed to the child in its environment, never written anywhere."""
+    dsn_env: str = "CONTEND_DSN"
+    """Else the environment variable that holds the DSN (read by the child)."""
+    pg_interval_s: float = Field(default=0.1, gt=0)
+    pyspy_interval_s: float = Field(default=2.0, gt=0)
+    pyspy_pids: dict[str, list[int]] = Field(default_factory=dict)
+    """Role -> pids to dump, e.g. ``{"web": [...], "worker": [...]}``."""
+    pyspy_patterns: dict[str, str] = Field(default_factory=dict)
+    """Role -> regular expression on the command line, for external targets."""
+    pyspy_record: bool = False
+    """Also record the whole run as speedscope JSON (idle threads kept), one file per pid."""
+    nats_monitor_url: str | None = None
+    nats_interval_s: float = Field(default=1.0, gt=0)
+    attribution_threshold_s: float = Field(default=1.0, ge=0)
+
+
+class JsonlWriter:
+    """Appends JSON lines to one file; ``write`` flushes, so a killed run keeps every record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._lock = threading.Lock()
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        text = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records)
+        with self._lock:
+            self._file.write(text)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class SamplerSet:
+    """The samplers of one run, in a child process: ``start()``/``stop()`` or a context manager.
+
+    ``out_dir`` is the variant folder; records go to ``out_dir/samples/``.
+    """
+
+    def __init__(self, config: SamplerConfig, out_dir: Path, ready_timeout: float = 30.0) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.samples = self.out_dir / "samples"
+        self.ready_timeout = ready_timeout
+        self.process: ManagedProcess | None = None
+
+    def start(self) -> None:
+        self.samples.mkdir(parents=True, exist_ok=True)
+        (self.samples / READY_FILE).unlink(missing_ok=True)
+        (self.samples / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2) + "\n")
+        env = dict(os.environ)
+        if self.config.dsn is not None:
+            env[CHILD_DSN_ENV] = self.config.dsn.get_secret_value()
+        elif not env.get(self.config.dsn_env):
+            raise ConfigError(
+                f"no DSN for the samplers: {self.config.dsn_env} is not set",
+                hint=f"export {self.config.dsn_env}=postgresql://... or pass the DSN in SamplerConfig",
+            )
+        self.process = ManagedProcess(
+            "sampler", [sys.executable, "-m", "contend.sample.runner", str(self.samples)],
+            self.samples / "sampler.log", ready=(self.samples / READY_FILE).exists,
+            ready_timeout=self.ready_timeout, env=env,
+        )
+        try:
+            self.process.start()
+        except StackError as exc:
+            raise SamplerError(f"the samplers did not start: {exc.message}", hint=exc.hint) from None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=10.0)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def __enter__(self) -> SamplerSet:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# ---- the child process ----------------------------------------------------------------------
+
+
+def _every(interval: float, stop: threading.Event, step: Callable[[], None], name: str) -> None:
+    """Call ``step`` every ``interval`` seconds until ``stop``; an error is logged, not fatal."""
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            step()
+        except SamplerError as exc:
+            log.warning("%s: %s", name, exc.message)
+        except Exception:  # a sampler thread must not take the others down
+            log.exception("%s failed", name)
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+
+def run_child(samples: Path, stop: threading.Event) -> None:
+    """Run every configured sampler until ``stop`` is set; records go to ``samples``."""
+    from contend.sample import attribution, nats, pg, pyspy
+
+    config = SamplerConfig.model_validate_json((samples / CONFIG_FILE).read_text())
+    dsn = os.environ.get(CHILD_DSN_ENV) or os.environ.get(config.dsn_env)
+    if not dsn:
+        raise ConfigError(f"no DSN in {CHILD_DSN_ENV} or {config.dsn_env}")
+    sampler = pg.PgSampler(pg.connect(dsn))
+    writers = {
+        name: JsonlWriter(samples / f"{name}.jsonl")
+        for name in ("pg_ticks", "pg_backends", "pyspy", "attribution", "nats")
+    }
+    targets = {role: list(pids) for role, pids in config.pyspy_pids.items()}
+    for role, pattern in config.pyspy_patterns.items():
+        targets.setdefault(role, []).extend(attribution.pids_matching(pattern))
+    spy = pyspy.PySpySampler(targets, on_warning=lambda message: log.warning("py-spy: %s", message))
+    attributor = attribution.Attributor(config.attribution_threshold_s, dumper=pyspy.dump)
+    todo: queue.Queue[tuple[dict[str, Any], list[dict[str, Any]]]] = queue.Queue()
+    recorders = []
+    threads = []
+
+    def attribute() -> None:
+        while not stop.is_set():
+            try:
+                tick, backends = todo.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            attributor.dumper = None if spy.disabled else pyspy.dump
+            writers["attribution"].write(attribution.attribute_all(attributor, tick, backends))
+
+    threads.append(threading.Thread(target=attribute, name="attribution", daemon=True))
+    if any(targets.values()):
+        threads.append(threading.Thread(
+            target=_every, args=(config.pyspy_interval_s, stop, lambda: writers["pyspy"].write(spy.tick()),
+                                 "py-spy"), name="py-spy", daemon=True))
+    if config.nats_monitor_url:
+        nats_sampler = nats.NatsSampler(config.nats_monitor_url)
+        threads.append(threading.Thread(
+            target=_every, args=(config.nats_interval_s, stop,
+                                 lambda: writers["nats"].write(nats_sampler.tick()), "nats"),
+            name="nats", daemon=True))
+    try:
+        if config.pyspy_record:
+            for role, pids in targets.items():
+                for pid in pids:
+                    stem = f"pyspy-record-{role}-{pid}"
+                    out = samples / f"{stem}.speedscope.json"
+                    recorder = pyspy.recorder(pid, out, samples / f"{stem}.log")
+                    recorder.start()
+                    recorders.append(recorder)
+        for thread in threads:
+            thread.start()
+        (samples / READY_FILE).touch()
+        next_at = time.monotonic()
+        while not stop.is_set():
+            late_ms = max(0.0, time.monotonic() - next_at) * 1000.0
+            try:
+                tick, backends = sampler.tick(late_ms=late_ms)
+            except SamplerError as exc:
+                log.warning("postgres: %s", exc.message)
+            else:
+                writers["pg_ticks"].write([tick])
+                writers["pg_backends"].write(backends)
+                if tick["roots"]:
+                    todo.put((tick, backends))
+            next_at += config.pg_interval_s
+            now = time.monotonic()
+            if next_at < now:  # fell behind: the lateness is recorded, missed ticks are not replayed
+                next_at = now
+            stop.wait(next_at - now)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=3.0)
+        for recorder in recorders:
+            recorder.stop(timeout=10.0)
+        for writer in writers.values():
+            writer.close()
+        sampler.conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the sampler child: ``python -m contend.sample.runner SAMPLES_DIR``."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        run_child(Path(argv[0]), stop)
+    except (SamplerError, ConfigError) as exc:
+        log.error("%s%s", exc.message, f" (hint: {exc.hint})" if exc.hint else "")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""All samplers in their own child process: records appear while it runs, SIGTERM stops it fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from contend.errors import ConfigError
+from contend.sample.runner import SamplerConfig, SamplerSet
+from contend.stack import Stack
+from tests.conftest import wait_for
+from tests.test_sample_pg import Contention
+
+
+def lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sampler_set_records_everything_and_stops_on_sigterm(
+    stack: Stack, sample_dsn: str, tmp_path: Path
+) -> None:
+    target = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)"])
+    config = SamplerConfig(
+        dsn=sample_dsn, pg_interval_s=0.1, pyspy_interval_s=0.5, pyspy_pids={"web": [target.pid]},
+        pyspy_record=True, nats_monitor_url=stack.nats.monitor_url, attribution_threshold_s=0.3,
+    )
+    samples = tmp_path / "samples"
+    try:
+        with SamplerSet(config, tmp_path) as sampler:
+            child = psutil.Process(sampler.process.pid)
+            assert "postgresql://" not in " ".join(child.cmdline())  # the DSN is never in argv
+            with Contention(sample_dsn, waiters=3) as c:
+                holder_pid = c.holder_pid
+                # Records reach the disk while the sampler runs (flushed every write).
+                ticks = samples / "pg_ticks.jsonl"
+                contended = wait_for(lambda: [t for t in lines(ticks) if t["blocked"] == 3])
+                attributed = wait_for(lambda: lines(samples / "attribution.jsonl"), timeout=20)
+            wait_for(lambda: lines(samples / "pyspy.jsonl"), timeout=20)
+            wait_for(lambda: lines(samples / "nats.jsonl") or (samples / "nats.jsonl").exists())
+            stopping = time.monotonic()
+        stopped_in = time.monotonic() - stopping
+    finally:
+        target.kill()
+        target.wait(10)
+    assert stopped_in < 5.0
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    # 1 holder + 3 queued waiters: edges 1 + 1 + 2 = 4, depth 3 (see test_sample_pg).
+    assert (contended[0]["edges"], contended[0]["depth"]) == (4, 3)
+    assert attributed[0]["backend_pid"] == holder_pid and attributed[0]["blocks"] == 3
+    assert attributed[0]["client_pid"] == psutil.Process().pid  # this test process holds the row
+    ticks = lines(samples / "pg_ticks.jsonl")
+    assert len(ticks) >= 5 and all(t["cost_ms"] > 0 for t in ticks)
+    gaps = sorted(b["t"] - a["t"] for a, b in zip(ticks, ticks[1:], strict=False))
+    assert 0.05 < gaps[len(gaps) // 2] < 0.2  # 10 Hz
+    backends = lines(samples / "pg_backends.jsonl")
+    assert {b["t"] for b in backends} <= {t["t"] for t in ticks}
+    dumps = lines(samples / "pyspy.jsonl")
+    assert {(d["pid"], d["role"]) for d in dumps} == {(target.pid, "web")}
+    assert any(f["name"] == "<module>" for t in dumps[0]["threads"] for f in t["frames"])
+    speedscope = json.loads((samples / f"pyspy-record-web-{target.pid}.speedscope.json").read_text())
+    assert "speedscope" in speedscope["$schema"]
+    config_file = (samples / "sampler-config.json").read_text()
+    assert "dsn" not in json.loads(config_file) and "postgresql://" not in config_file
+
+
+def test_missing_dsn_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTEND_SAMPLE_TEST_DSN", raising=False)
+    with pytest.raises(ConfigError, match="CONTEND_SAMPLE_TEST_DSN"):
+        SamplerSet(SamplerConfig(dsn_env="CONTEND_SAMPLE_TEST_DSN"), tmp_path).start()
+
+
+def test_config_is_frozen_and_strict() -> None:
+    config = SamplerConfig()
+    assert (config.pg_interval_s, config.pyspy_interval_s, config.nats_interval_s) == (0.1, 2.0, 1.0)
+    with pytest.raises(ValueError):
+        SamplerConfig(pg_interval=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        config.model_copy(update={}).__setattr__("pg_interval_s", 1.0)
