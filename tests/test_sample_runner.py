@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_sampler_set_records_everything_and_stops_on_sigterm(
     assert attributed[0]["client_pid"] == psutil.Process().pid  # this test process holds the row
     ticks = lines(samples / "pg_ticks.jsonl")
     assert len(ticks) >= 5 and all(t["cost_ms"] > 0 for t in ticks)
-    gaps = sorted(b["t"] - a["t"] for a, b in zip(ticks, ticks[1:], strict=False))
+    gaps = sorted(b["t"] - a["t"] for a, b in itertools.pairwise(ticks))
     assert 0.05 < gaps[len(gaps) // 2] < 0.2  # 10 Hz
     backends = lines(samples / "pg_backends.jsonl")
     assert {b["t"] for b in backends} <= {t["t"] for t in ticks}
