@@ -17,18 +17,22 @@ from typing import Any
 from contend.stack.nats import NatsServer
 from contend.stack.postgres import EmbeddedPostgres, ExternalPostgres
 from contend.stack.process import ManagedProcess, reap_orphans
+from contend.stack.refserver import RefServer, RefServerOptions
 
-__all__ = ["Stack"]
+__all__ = ["RefServerOptions", "Stack"]
 
 
 class Stack:
     """Postgres (embedded, or external through ``dsn``) and NATS, started together, stopped together."""
 
-    def __init__(self, run_dir: Path, *, dsn: str | None = None) -> None:
+    def __init__(self, run_dir: Path, *, dsn: str | None = None,
+                 refserver: RefServerOptions | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.external_dsn = dsn
+        self.refserver_options = refserver
         self.postgres: EmbeddedPostgres | ExternalPostgres | None = None
         self.nats: NatsServer | None = None
+        self.refserver: RefServer | None = None
         self.reaped: list[str] = []
         self._exit = contextlib.ExitStack()
 
@@ -51,6 +55,9 @@ class Stack:
             else:
                 self.postgres = self._exit.enter_context(EmbeddedPostgres(self.run_dir / "postgres"))
             self.nats = self._exit.enter_context(NatsServer(self.run_dir / "nats"))
+            if self.refserver_options is not None:
+                self.refserver = self._exit.enter_context(RefServer(
+                    self.run_dir / "refserver", self.dsn, self.nats_url, self.refserver_options))
         except BaseException:
             self.stop()
             raise
@@ -61,7 +68,7 @@ class Stack:
     def managed(self) -> list[ManagedProcess]:
         """Return every process this stack started (a part may run several)."""
         found: list[ManagedProcess] = []
-        for part in (self.postgres, self.nats, getattr(self, "refserver", None)):
+        for part in (self.postgres, self.nats, self.refserver):
             if (process := getattr(part, "process", None)) is not None:
                 found.append(process)
             found.extend(getattr(part, "processes", []))
@@ -76,9 +83,9 @@ class Stack:
         return next((p.name for p in self.managed() if p.proc is not None and not p.alive()), None)
 
     def info(self) -> dict[str, Any]:
-        """Return how to connect to the stack (no secrets: the embedded DSN has no password)."""
+        """Return how to connect to the stack: no DSN password; the reference server's throw-away token."""
         assert self.postgres is not None and self.nats is not None
-        return {
+        info: dict[str, Any] = {
             "run_dir": str(self.run_dir),
             "postgres": {
                 "dsn": self.dsn if not self.external_dsn else "(from CONTEND_DSN / --dsn)",
@@ -92,6 +99,9 @@ class Stack:
             },
             "pids": self.pids(),
         }
+        if self.refserver is not None:
+            info["refserver"] = self.refserver.info()
+        return info
 
     def write_info(self, path: Path | None = None) -> Path:
         path = path or self.run_dir / "stack.json"

@@ -1,0 +1,135 @@
+"""The reference server's flags: their allowed values, defaults, meanings, and the presets of PR #1261.
+
+Flags reach the reference server's processes as environment variables of the same name; the server
+reads them once at start. The defaults are the state after PR #1261 (Antenna's current behaviour).
+This module imports no django: the CLI, scenarios and reports read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from contend.errors import ConfigError
+
+__all__ = ["FLAGS", "PRESETS", "Flag", "flag_names", "resolve_flags"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: either a choice among ``choices``, or an integer not below ``minimum``."""
+
+    name: str
+    default: str
+    meaning: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+    @property
+    def allowed(self) -> str:
+        """Return the allowed values, as shown to users."""
+        return "|".join(self.choices) if self.choices else f"integer >= {self.minimum}"
+
+    def check(self, value: str) -> str:
+        """Return ``value`` normalised, or raise ConfigError naming the allowed values."""
+        text = value.strip()
+        if self.choices:
+            if text.lower() in self.choices:
+                return text.lower()
+        else:
+            try:
+                number = int(text)
+            except ValueError:
+                number = None
+            if number is not None and (self.minimum is None or number >= self.minimum):
+                return str(number)
+        raise ConfigError(
+            f"flag {self.name}: {value!r} is not allowed (allowed: {self.allowed})",
+            hint="run `contend flags` to list every flag and its values",
+        )
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("JOB_LOG_PERSIST_ENABLED", "true",
+         "persist job log lines to the database (false: process stdout only; PR #1261's switch)",
+         choices=("true", "false")),
+    Flag("JOB_LOG_STORE", "json",
+         "where a job log line goes: json = SELECT then UPDATE of jobs_job.logs (before PR #1259), "
+         "table = one INSERT into jobs_joblog (PR #1259)",
+         choices=("json", "table")),
+    Flag("PROGRESS_LOCK", "none",
+         "progress update of a result task: select_for_update (before PR #1261), none (plain read, "
+         "narrowed save; PR #1261), none_full_save (plain read, full-row save), optimistic "
+         "(compare-and-retry), atomic (one UPDATE with jsonb arithmetic, issue #1256 option D)",
+         choices=("select_for_update", "none", "none_full_save", "optimistic", "atomic")),
+    Flag("NATS_TASK_TTR", "300", "ack_wait of each job's task consumer, seconds (30 before PR #1261)",
+         minimum=1),
+    Flag("NATS_MAX_DELIVER", "2", "deliveries of a task before NATS gives up on it", minimum=1),
+    Flag("JOBS_POLL_ORDER", "random",
+         "order of GET /api/v2/jobs/?ids_only=1: newest (-created_at, before PR #1261), oldest, random",
+         choices=("newest", "oldest", "random")),
+    Flag("JOBS_POLL_DEFAULT_LIMIT", "1",
+         "page size of an ids_only job list without ?limit= (10 before PR #1261)", minimum=1),
+    Flag("ATOMIC_REQUESTS", "true", "run each HTTP request in one database transaction",
+         choices=("true", "false")),
+    Flag("WEB_CONCURRENCY", "1", "web processes (each serves every request on its own thread)",
+         minimum=1),
+    Flag("ML_WORKER_CONCURRENCY", "8", "result worker processes on the ml_results queue", minimum=0),
+    Flag("CACHALOT", "on",
+         "modelled django-cachalot: each write to a table pays CACHALOT_INVALIDATION_MS of "
+         "invalidation work (no shared cache runs here)",
+         choices=("on", "off")),
+    Flag("CACHALOT_RESULT_TASK", "off",
+         "cachalot also inside the result task (on before PR #1261, which wrapped it in "
+         "cachalot_disabled)",
+         choices=("on", "off")),
+    Flag("CACHALOT_INVALIDATION_MS", "20", "modelled cost of one cachalot invalidation, milliseconds",
+         minimum=0),
+)
+
+_BY_NAME = {flag.name: flag for flag in FLAGS}
+
+_PR_1261 = {
+    "JOB_LOG_PERSIST_ENABLED": "true", "JOB_LOG_STORE": "json", "PROGRESS_LOCK": "none",
+    "NATS_TASK_TTR": "300", "JOBS_POLL_ORDER": "random", "JOBS_POLL_DEFAULT_LIMIT": "1",
+    "CACHALOT_RESULT_TASK": "off",
+}
+
+PRESETS: dict[str, tuple[str, dict[str, str]]] = {
+    "pre-1261": ("Antenna just before PR #1261: FOR UPDATE progress, log lines rewrite jobs_job.logs, "
+                 "30 s ack_wait, same newest-first job page for every poller",
+                 {**_PR_1261, "PROGRESS_LOCK": "select_for_update", "NATS_TASK_TTR": "30",
+                  "JOBS_POLL_ORDER": "newest", "JOBS_POLL_DEFAULT_LIMIT": "10",
+                  "CACHALOT_RESULT_TASK": "on"}),
+    "pr-1261": ("PR #1261 merged: plain read and narrowed save, 300 s ack_wait, random job, limit 1",
+                dict(_PR_1261)),
+    "pr-1261-logs-off": ("PR #1261 with JOB_LOG_PERSIST_ENABLED=false (log lines go to stdout only)",
+                         {**_PR_1261, "JOB_LOG_PERSIST_ENABLED": "false"}),
+    "joblog-1259": ("PR #1259: log lines are INSERTs into jobs_joblog, the parent row is not rewritten",
+                    {**_PR_1261, "JOB_LOG_STORE": "table"}),
+}
+
+
+def flag_names() -> list[str]:
+    return [flag.name for flag in FLAGS]
+
+
+def resolve_flags(preset: str | None, overrides: Mapping[str, str]) -> dict[str, str]:
+    """Return every flag's value: defaults, then the preset, then ``overrides`` (checked)."""
+    values = {flag.name: flag.default for flag in FLAGS}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"unknown preset {preset!r} (allowed: {', '.join(PRESETS)})",
+                hint="run `contend flags` to list the presets",
+            )
+        values.update(PRESETS[preset][1])
+    for name, value in overrides.items():
+        flag = _BY_NAME.get(name.strip().upper())
+        if flag is None:
+            raise ConfigError(
+                f"unknown flag {name!r} (allowed: {', '.join(_BY_NAME)})",
+                hint="run `contend flags` to list every flag and its values",
+            )
+        values[flag.name] = flag.check(str(value))
+    return values

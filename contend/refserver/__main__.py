@@ -1,0 +1,125 @@
+"""Entry points of the reference server's processes (started by contend.stack.refserver).
+
+    python -m contend.refserver web --port P --ready FILE [--setup FIXTURES_JSON --jobs K --images N]
+    python -m contend.refserver worker --index N --ready FILE
+    python -m contend.refserver manage <django-admin arguments>
+
+Configuration comes from the environment (CONTEND_REF_DSN, CONTEND_REF_NATS, the flags; the API
+token of --setup from CONTEND_REF_TOKEN). SIGTERM keeps its default action: the process ends at
+once and Postgres rolls back whatever it had open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _django(role: str) -> None:
+    os.environ["CONTEND_REF_ROLE"] = role
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "contend.refserver.settings")
+    import django
+
+    django.setup()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def web(args: argparse.Namespace) -> None:
+    _django("web")
+    from django.core.management import call_command
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+    from django.core.wsgi import get_wsgi_application
+
+    if args.setup:
+        from contend.refserver.fixtures import create_fixtures
+
+        call_command("migrate", verbosity=0)
+        made = create_fixtures(args.jobs, args.images, token=os.environ.pop("CONTEND_REF_TOKEN", None))
+        _write_json(Path(args.setup), {"project_id": made.project_id, "pipeline_slug": made.pipeline_slug,
+                                       "job_ids": made.job_ids})
+
+    class Handler(WSGIRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+
+    class Server(ThreadedWSGIServer):
+        # Every web process binds the same port; the kernel spreads connections over them.
+        allow_reuse_port = True
+        request_queue_size = 1024
+
+    server = Server(("127.0.0.1", args.port), Handler)
+    server.set_app(get_wsgi_application())
+    _write_json(Path(args.ready), {"pid": os.getpid()})
+    server.serve_forever()
+
+
+def worker(args: argparse.Namespace) -> None:
+    _django(f"worker-{args.index}")
+    import nats
+    from django.db import close_old_connections
+
+    from contend.refserver import queues
+    from contend.refserver.tasks import process_result
+
+    loop = asyncio.new_event_loop()
+
+    async def subscribe() -> Any:
+        nc = await nats.connect(queues.nats_url(), connect_timeout=5)
+        js = nc.jetstream()
+        await queues.ensure_results_queue(js)
+        return await js.pull_subscribe(queues.ML_RESULTS, queues.ML_RESULTS_CONSUMER,
+                                       stream=queues.ML_RESULTS)
+
+    psub = loop.run_until_complete(subscribe())
+    _write_json(Path(args.ready), {"pid": os.getpid()})
+    while True:
+        try:
+            # Prefetch 1: take the next message only when the previous task is done.
+            messages = loop.run_until_complete(psub.fetch(1, timeout=5))
+        except nats.errors.TimeoutError:
+            continue
+        for msg in messages:
+            loop.run_until_complete(msg.ack())  # Celery without acks_late acks on receipt
+            task = json.loads(msg.data)
+            process_result(task["job_id"], task["result_data"], task["reply_subject"])
+            close_old_connections()  # what Celery's Django fix-up does after each task
+
+
+def manage(argv: list[str]) -> None:
+    _django("manage")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["contend-refserver", *argv])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["manage"]:
+        manage(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="python -m contend.refserver")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("web")
+    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--ready", required=True)
+    w.add_argument("--setup")
+    w.add_argument("--jobs", type=int, default=1)
+    w.add_argument("--images", type=int, default=100)
+    k = sub.add_parser("worker")
+    k.add_argument("--index", type=int, required=True)
+    k.add_argument("--ready", required=True)
+    args = parser.parse_args(argv)
+    {"web": web, "worker": worker}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Fixtures: a project, a pipeline with a detector and a classifier, images, async_api jobs, a token."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+
+from contend.refserver import queues, state
+from contend.refserver.models import Algorithm, Job, Pipeline, ProcessingService, Project, SourceImage, Token
+
+PIPELINE_SLUG = "quebec_vermont_moths_2023"
+DETECTOR_KEY = "example_detector"
+CLASSIFIER_KEY = "example_classifier"
+
+
+@dataclass(frozen=True)
+class Fixtures:
+    project_id: int
+    pipeline_slug: str
+    job_ids: list[int]
+    image_ids: list[int]
+
+
+def create_fixtures(jobs: int, images_per_job: int, token: str | None = None,
+                    user: str = "contend") -> Fixtures:
+    """Create the fixtures and publish one NATS task per image of each job (jobs end in STARTED).
+
+    ``token`` is the API key to register (a new random one when None; read it from the Token table).
+    """
+    with transaction.atomic():
+        project = Project.objects.create(name="contend reference project")
+        detector, _ = Algorithm.objects.get_or_create(
+            key=DETECTOR_KEY, defaults={"name": "Example detector", "task_type": "detection"})
+        classifier, _ = Algorithm.objects.get_or_create(
+            key=CLASSIFIER_KEY, defaults={"name": "Example classifier", "task_type": "classification"})
+        pipeline, _ = Pipeline.objects.get_or_create(
+            slug=PIPELINE_SLUG, defaults={"name": "Quebec Vermont moths"})
+        pipeline.algorithms.add(detector, classifier)
+        pipeline.projects.add(project)
+        service = ProcessingService.objects.create(name="contend pull workers", project=project)
+        service.pipelines.add(pipeline)
+        Token.objects.update_or_create(key=token or secrets.token_hex(20), defaults={"user": user})
+        base = datetime.now() - timedelta(minutes=jobs)
+        job_rows, all_images = [], []
+        for n in range(jobs):
+            images = SourceImage.objects.bulk_create(
+                SourceImage(project=project, path=f"trap-{n}/{i:05d}.jpg") for i in range(images_per_job))
+            job = Job.objects.create(name=f"contend job {n + 1}", project=project, pipeline=pipeline,
+                                     job_type_key="ml", dispatch_mode="async_api", status="STARTED",
+                                     started_at=datetime.now())
+            # Distinct creation times make newest-first ordering deterministic.
+            Job.objects.filter(pk=job.pk).update(created_at=base + timedelta(seconds=n))
+            _collect(job, len(images))
+            state.initialize_job(job.pk, [str(img.pk) for img in images])
+            job_rows.append((job, images))
+            all_images += [img.pk for img in images]
+    flags = settings.FLAGS
+    for job, images in job_rows:
+        queues.queue_images(job.pk, ({"id": str(img.pk), "image_id": str(img.pk), "image_url": img.url(),
+                                      "reply_subject": None} for img in images),
+                            int(flags["NATS_TASK_TTR"]), int(flags["NATS_MAX_DELIVER"]))
+    return Fixtures(project.pk, pipeline.slug, [job.pk for job, _ in job_rows], all_images)
+
+
+def _collect(job: Job, total: int) -> None:
+    """Mark the collect stage done with the image count, as MLJob.run does before queuing."""
+    progress = job.progress
+    for stage in progress["stages"]:
+        if stage["key"] == "collect":
+            stage.update(status="SUCCESS", progress=1.0)
+            stage["params"][0]["value"] = total
+        else:
+            stage["status"] = "STARTED"
+    progress["summary"] = {"status": "STARTED", "progress": 1 / len(progress["stages"])}
+    Job.objects.filter(pk=job.pk).update(progress=progress)
