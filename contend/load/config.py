@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from contend.errors import ConfigError
 
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -84,3 +95,16 @@ class PullWorkers(BaseModel):
 
 
 Workload = Annotated[BatchedPost | PullWorkers, Field(discriminator="kind")]
+
+
+def workload_from(data: dict[str, object]) -> BatchedPost | PullWorkers:
+    """Return the workload described by ``data`` (keys as in a scenario), or raise a one-line ConfigError."""
+    try:
+        return TypeAdapter(Workload).validate_python(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or str(data.get("kind", "workload"))
+        message = str(first["msg"]).removeprefix("Value error, ")
+        more = len(error.errors()) - 1
+        hint = f"and {more} more problem(s)" if more else None
+        raise ConfigError(f"{where}: {message}", hint=hint) from None

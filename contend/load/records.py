@@ -1,0 +1,168 @@
+"""Per-request records (docs/records.md, ``load/requests-*.jsonl``) and the totals computed from them.
+
+No locust here: the load processes write records through ``RecordFile``, the launcher and the
+analysis read them back with ``read_records``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+FLUSH_EVERY_S = 0.5
+"""Records reach the disk at least this often (the contract says at least every second)."""
+
+
+def request_record(
+    *,
+    t0: float,
+    t1: float,
+    kind: str,
+    status: int,
+    sent: int,
+    recv: int,
+    error: str | None,
+    job: int | None,
+    worker: str,
+    results: int = 0,
+    tasks: int = 0,
+    dup_tasks: int = 0,
+    dup_results: int = 0,
+    wave: int | None = None,
+) -> dict[str, Any]:
+    """Return one record with every key of the contract, in the documented order."""
+    return {
+        "t0": round(t0, 6), "t1": round(t1, 6), "kind": kind, "status": status, "sent": sent,
+        "recv": recv, "error": error, "job": job, "results": results, "tasks": tasks,
+        "dup_tasks": dup_tasks, "dup_results": dup_results, "worker": worker, "wave": wave,
+    }
+
+
+class RecordFile:
+    """An append-only JSON-lines file, flushed to the OS at least every ``FLUSH_EVERY_S``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._flushed = time.monotonic()
+
+    def write_lines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self._file.write(line)
+            self._file.write("\n")
+        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_records(load_dir: Path) -> Iterator[dict[str, Any]]:
+    """Yield every complete record of ``load_dir/requests-*.jsonl`` (a torn last line is skipped)."""
+    for path in sorted(load_dir.glob("requests-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    yield json.loads(line)
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Return the ``q`` quantile (0..1, nearest rank) of already sorted values, None if empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class KindTotals:
+    """Totals of one request kind."""
+
+    ok: int
+    failed: int
+    p50_s: float | None
+    p95_s: float | None
+    p99_s: float | None
+    max_s: float | None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """What a load run did, computed from its records."""
+
+    kinds: dict[str, KindTotals]
+    results_posted: int
+    """Result entries in POSTs that got a 2xx."""
+    tasks_received: int
+    dup_tasks: int
+    dup_results: int
+    timeouts: int
+    first_t0: float | None
+    last_t1: float | None
+    status: str = "ok"
+    """ok, or partial when the run was stopped before its plan was done."""
+
+    @property
+    def requests_ok(self) -> int:
+        return sum(k.ok for k in self.kinds.values())
+
+    @property
+    def requests_failed(self) -> int:
+        return sum(k.failed for k in self.kinds.values())
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.first_t0 is None or self.last_t1 is None:
+            return 0.0
+        return self.last_t1 - self.first_t0
+
+    @property
+    def results_per_s(self) -> float:
+        return self.results_posted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]], status: str = "ok") -> LoadSummary:
+        durations: dict[str, list[float]] = {}
+        failed: dict[str, int] = {}
+        errors: dict[str, dict[str, int]] = {}
+        results = tasks = dup_tasks = dup_results = timeouts = 0
+        first: float | None = None
+        last: float | None = None
+        for r in records:
+            kind = r["kind"]
+            durations.setdefault(kind, [])
+            failed.setdefault(kind, 0)
+            errors.setdefault(kind, {})
+            if r["error"] is None:
+                durations[kind].append(r["t1"] - r["t0"])
+                results += r["results"]
+            else:
+                failed[kind] += 1
+                errors[kind][r["error"]] = errors[kind].get(r["error"], 0) + 1
+                timeouts += "Timeout" in r["error"]
+            tasks += r["tasks"]
+            dup_tasks += r["dup_tasks"]
+            dup_results += r["dup_results"]
+            first = r["t0"] if first is None else min(first, r["t0"])
+            last = r["t1"] if last is None else max(last, r["t1"])
+        kinds = {}
+        for kind, values in sorted(durations.items()):
+            values.sort()
+            kinds[kind] = KindTotals(
+                ok=len(values), failed=failed[kind], p50_s=percentile(values, 0.5),
+                p95_s=percentile(values, 0.95), p99_s=percentile(values, 0.99),
+                max_s=values[-1] if values else None, errors=errors[kind],
+            )
+        return cls(kinds, results, tasks, dup_tasks, dup_results, timeouts, first, last, status)
