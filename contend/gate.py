@@ -1,0 +1,312 @@
+"""Thresholds and baselines to a verdict: the CI gate on contention.
+
+A threshold reads as one line, ``<metric> <op> <limit>``:
+
+    edges_max < 5                        absolute
+    latency_p95_s <= 1.2x baseline       relative to the run's baseline variant
+    blocked_p95 <= 1x previous ±10%      relative to the same variant of an earlier run (--baseline)
+
+A tolerance (``±10%``, or the ``tolerance``/``tolerance_abs`` keys of the scenario) loosens the limit
+in the passing direction by ``max(|limit| * tolerance, tolerance_abs)``, the noise allowance teams
+hand-roll as "p95 < max(1.3 x baseline, baseline + 50 ms)" (field notes, k6 section).
+
+``evaluate`` is pure (dicts in, ``GateResult`` out); the renderers return text; ``gate_run`` reads a
+run folder. The CLI prints, writes and maps ``ThresholdsFailed`` to exit code 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from contend.errors import ConfigError
+
+# The metric names of summary.json, as docs/records.md lists them ("Metric names").
+METRICS: tuple[str, ...] = (
+    "edges_max", "edges_p95", "blocked_max", "blocked_p95", "depth_max", "idle_in_tx_max",
+    "idle_in_tx_max_age_s", "posts_ok", "posts_total", "post_ok_ratio", "latency_p50_s",
+    "latency_p95_s", "latency_p99_s", "latency_max_s", "results_per_s", "redeliveries", "dup_tasks",
+    "dup_results", "timeouts", "requests_total", "requests_failed", "sampler_cost_ms_p95",
+    "sampler_late_ms_p95",
+)
+
+Op = Literal["<", "<=", ">", ">=", "=="]
+Ref = Literal["baseline", "previous"]
+Verdict = Literal["pass", "fail", "skip"]
+
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_SYNTAX = re.compile(
+    rf"""^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*
+    (?P<op><=|>=|==|<|>)\s*
+    (?P<number>{_NUMBER})?\s*
+    (?P<times>[x×*])?\s*
+    (?P<ref>baseline|previous)?\s*
+    (?:(?:±|\+-|\+/-)\s*(?P<tolerance>{_NUMBER})\s*%)?\s*$""",
+    re.VERBOSE,
+)
+SYNTAX_HELP = "'<metric> <op> <number>' or '<metric> <op> <factor>x baseline|previous [±<n>%]'"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One parsed threshold: ``metric op factor [x ref]``, loosened by the tolerance."""
+
+    metric: str
+    op: Op
+    number: float
+    ref: Ref | None = None
+    tolerance: float = 0.0
+    tolerance_abs: float = 0.0
+    variants: tuple[str, ...] = ()
+    """Variant names or fnmatch patterns it applies to; empty: every variant."""
+    text: str | None = None
+    """A label that replaces the rendered form (the gate's own "status == ok" check)."""
+
+    def __str__(self) -> str:
+        if self.text:
+            return self.text
+        limit = f"{_fmt(self.number)}x {self.ref}" if self.ref else _fmt(self.number)
+        text = f"{self.metric} {self.op} {limit}"
+        if self.tolerance:
+            text += f" ±{_fmt(self.tolerance * 100)}%"
+        if self.tolerance_abs:
+            text += f" (±{_fmt(self.tolerance_abs)} abs)"
+        return text
+
+    def applies_to(self, variant: str) -> bool:
+        return not self.variants or matches_variant(variant, self.variants)
+
+
+def matches_variant(name: str, patterns: Iterable[str]) -> bool:
+    """Return True when the variant ``name`` matches one of ``patterns`` (fnmatch, case-sensitive)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def parse_threshold(text: str, tolerance: float | None = None, tolerance_abs: float = 0.0,
+                    variants: Sequence[str] = ()) -> Threshold:
+    """Return the Threshold a line such as ``latency_p95_s <= 1.2x baseline ±10%`` describes.
+
+    Raises ValueError with a message that says what was expected (the scenario loader adds the line).
+    """
+    match = _SYNTAX.match(text)
+    if not match:
+        raise ValueError(f"cannot read threshold {text!r}; expected {SYNTAX_HELP}")
+    metric, number = match["metric"], match["number"]
+    ref = cast(Ref | None, match["ref"])
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}")
+    if ref is None and (number is None or match["times"]):
+        raise ValueError(f"threshold {text!r} needs a number, or '<factor>x baseline|previous'")
+    if ref is not None and number is not None and not match["times"]:
+        raise ValueError(f"threshold {text!r}: write the factor as '{number}x {ref}'")
+    if match["tolerance"] is not None and tolerance is not None:
+        raise ValueError(f"threshold {text!r} gives a tolerance twice (in the text and as a key)")
+    if match["tolerance"] is not None:
+        tolerance = float(match["tolerance"]) / 100
+    if (tolerance or 0) < 0 or tolerance_abs < 0:
+        raise ValueError("a tolerance cannot be negative")
+    return Threshold(metric=metric, op=cast(Op, match["op"]), number=float(number) if number else 1.0,
+                     ref=ref, tolerance=tolerance or 0.0, tolerance_abs=tolerance_abs,
+                     variants=tuple(variants))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One threshold applied to one variant."""
+
+    variant: str
+    threshold: Threshold
+    verdict: Verdict
+    value: float | None = None
+    limit: float | None = None
+    """The limit after the ``x ref`` factor, before the tolerance."""
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    scenario: str
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.verdict == "fail")
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
+def evaluate(summary: Mapping[str, Any],
+             thresholds: Mapping[str, Sequence[Threshold]] | Sequence[Threshold],
+             baseline_summary: Mapping[str, Any] | None = None) -> GateResult:
+    """Return the verdict of every threshold on every variant of ``summary`` (summary.json's shape).
+
+    ``thresholds`` is either one list for all variants (each filtered by its ``variants`` patterns)
+    or a mapping variant name -> its thresholds (``Scenario.thresholds_by_variant()``); a variant
+    named there but absent from the summary fails. A variant whose status is ``failed`` fails every
+    threshold (and one ``status`` check when it has none). ``baseline_summary`` is an earlier run's
+    summary.json, needed by ``x previous`` thresholds (skipped without it).
+    """
+    variants: Mapping[str, Any] = summary.get("variants") or {}
+    if isinstance(thresholds, Mapping):
+        per_variant = {name: list(ts) for name, ts in thresholds.items()}
+        for name in variants:
+            per_variant.setdefault(name, [])
+    else:
+        per_variant = {name: [t for t in thresholds if t.applies_to(name)] for name in variants}
+    checks: list[Check] = []
+    for name, ts in per_variant.items():
+        entry = variants.get(name)
+        if entry is None:
+            checks += [Check(name, t, "fail", reason="variant missing from summary.json") for t in ts]
+            continue
+        if entry.get("status") == "failed":
+            why = f"variant failed: {entry.get('reason') or 'no reason recorded'}"
+            ts = ts or [Threshold("status", "==", 0.0, text="status == ok")]
+            checks += [Check(name, t, "fail", reason=why) for t in ts]
+            continue
+        checks += [_check(name, t, summary, baseline_summary) for t in ts]
+    return GateResult(scenario=str(summary.get("scenario", "")), checks=tuple(checks))
+
+
+def _check(name: str, t: Threshold, summary: Mapping[str, Any],
+           previous: Mapping[str, Any] | None) -> Check:
+    value = _metric(summary, name, t.metric)
+    if value is None:
+        return Check(name, t, "fail", reason=f"metric {t.metric} is missing or not a number")
+    limit = t.number
+    if t.ref == "baseline":
+        base_name = summary.get("baseline")
+        if base_name == name:
+            return Check(name, t, "skip", value, reason="this is the baseline variant")
+        base = _metric(summary, str(base_name), t.metric)
+        if base is None:
+            return Check(name, t, "fail", value,
+                         reason=f"baseline variant {base_name!r} has no value for {t.metric}")
+        limit *= base
+    elif t.ref == "previous":
+        if previous is None:
+            return Check(name, t, "skip", value, reason="no earlier run given with --baseline")
+        base = _metric(previous, name, t.metric)
+        if base is None:
+            return Check(name, t, "fail", value,
+                         reason=f"the earlier run has no value of {t.metric} for variant {name!r}")
+        limit *= base
+    slack = max(abs(limit) * t.tolerance, t.tolerance_abs)
+    ok = {
+        "<": value < limit + slack,
+        "<=": value <= limit + slack,
+        ">": value > limit - slack,
+        ">=": value >= limit - slack,
+        "==": abs(value - limit) <= slack or math.isclose(value, limit, rel_tol=1e-9, abs_tol=1e-12),
+    }[t.op]
+    return Check(name, t, "pass" if ok else "fail", value, limit)
+
+
+def _metric(summary: Mapping[str, Any], variant: str, metric: str) -> float | None:
+    entry = (summary.get("variants") or {}).get(variant) or {}
+    value = (entry.get("metrics") or {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def render_table(result: GateResult) -> list[str]:
+    """Return the terminal table: one line per check, then a verdict line."""
+    rows = [("variant", "threshold", "value", "limit", "verdict")]
+    for c in result.checks:
+        verdict = c.verdict.upper() + (f" ({c.reason})" if c.reason else "")
+        rows.append((c.variant, str(c.threshold), _fmt(c.value), _fmt(c.limit), verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+             for r in rows]
+    return [*lines, _headline(result)]
+
+
+def render_markdown(result: GateResult) -> str:
+    """Return a markdown summary (for $GITHUB_STEP_SUMMARY or a pull request)."""
+    icon = {"pass": "✅", "fail": "❌", "skip": "⏭️"}
+    out = [f"### contend gate: {result.scenario or 'run'}", "", _headline(result), "",
+           "| | variant | threshold | value | limit | note |", "|---|---|---|---|---|---|"]
+    for c in result.checks:
+        cells = [icon[c.verdict], c.variant, f"`{c.threshold}`", _fmt(c.value), _fmt(c.limit),
+                 c.reason or ""]
+        out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def render_junit(result: GateResult) -> str:
+    """Return JUnit XML: one testsuite, one testcase per threshold per variant."""
+    suite = ET.Element("testsuite", name=f"contend gate {result.scenario}".strip(),
+                       tests=str(len(result.checks)), failures=str(len(result.failed)),
+                       errors="0", skipped=str(sum(c.verdict == "skip" for c in result.checks)))
+    for c in result.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"contend.{result.scenario}.{c.variant}",
+                             name=str(c.threshold))
+        detail = f"value {_fmt(c.value)}, limit {_fmt(c.limit)}" + (f": {c.reason}" if c.reason else "")
+        if c.verdict == "fail":
+            ET.SubElement(case, "failure", message=detail, type="ThresholdFailed").text = detail
+        elif c.verdict == "skip":
+            ET.SubElement(case, "skipped", message=c.reason or "")
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def gate_run(run_dir: Path, baseline: Path | None = None) -> GateResult:
+    """Return the verdict for a run folder: thresholds of its scenario.yaml on its summary.json."""
+    from contend.scenario import load_scenario
+
+    summary = read_summary(run_dir / "summary.json")
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    if baseline is not None and baseline.is_dir():
+        baseline = baseline / "summary.json"
+    previous = read_summary(baseline) if baseline is not None else None
+    return evaluate(summary, scenario.thresholds_by_variant(), previous)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """Return a summary.json as a dict; ConfigError when it is missing or not a summary."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file",
+                          hint="give a run folder written by `contend run` (it holds summary.json)"
+                          ) from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
+        raise ConfigError(f"{path}: not a contend summary.json (no 'variants' mapping)",
+                          hint="the keys of summary.json are in docs/records.md")
+    return data
+
+
+def _headline(result: GateResult) -> str:
+    n, bad = len(result.checks), len(result.failed)
+    skipped = sum(c.verdict == "skip" for c in result.checks)
+    tail = f", {skipped} skipped" if skipped else ""
+    if bad:
+        return f"FAILED: {bad} of {n} thresholds failed{tail}"
+    return f"PASSED: {n - skipped} of {n} thresholds passed{tail}"
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}" if isinstance(x, float) and not float(x).is_integer() else str(int(x))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the nearest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
