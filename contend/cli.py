@@ -338,3 +338,22 @@ def _echo_paths(paths: Any, as_json: bool) -> None:
     click.echo(f"report    {paths.html}")
     click.echo(f"markdown  {paths.markdown}")
     click.echo(f"summary   {paths.summary}")
+
+
+@cli.command()
+@dsn_option(required=True)
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Seconds between two snapshots.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Stream each snapshot's tick metrics as one JSON line (docs/records.md, pg_ticks).")
+def watch(dsn: str, interval: float, as_json: bool) -> None:
+    """Watch the blocker forest of a Postgres database live, read-only, until Ctrl-C.
+
+    Shows each root blocker with its state, transaction age and query, its waiters below it, the
+    idle-in-transaction holders and the tick metrics (docs/metrics.md). Needs a role with
+    pg_monitor to see other roles' sessions, and says so when it lacks it. Ctrl-C ends the
+    watch with exit code 0.
+    """
+    from contend.sample.watch import watch as watch_database
+
+    watch_database(dsn, interval=interval, as_json=as_json)

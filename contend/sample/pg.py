@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 
 from contend.errors import SamplerError
 from contend.sample.graph import build_forest
+from contend.stack.postgres import redact_message
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,12 @@ def connect(dsn: str, connect_timeout: int = 10) -> psycopg.Connection[Any]:
             autocommit=True,
             connect_timeout=connect_timeout,
             application_name=APPLICATION_NAME,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}",
+            options=(
+                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+                " -c default_transaction_read_only=on"  # an observer never writes
+            ),
         )
     except psycopg.Error as exc:
-        from contend.stack.postgres import redact_message
-
         raise SamplerError(
             f"the sampler cannot connect to Postgres: {redact_message(exc)}",
             hint="check the DSN (CONTEND_DSN / --dsn) and that the server accepts connections",
