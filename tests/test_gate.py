@@ -238,3 +238,37 @@ def test_cli_baseline_accepts_a_run_folder(tmp_path: Path) -> None:
     result = contend("gate", str(DEMO), "--baseline", str(earlier))
     assert result.returncode == 1
     assert "logs-off  blocked_p95 <= 1x previous (±0.5 abs)  0      0      PASS" in result.stdout.splitlines()
+
+
+def test_relative_and_absolute_allowance_take_the_larger() -> None:
+    # "p95 under max(1.3 x previous, previous + 50 ms)", as docs/ci-gating.md writes it
+    threshold = parse_threshold("latency_p95_s <= previous", 0.3, 0.05)
+    earlier = summary({"base": {"latency_p95_s": 0.01}, "new": {"latency_p95_s": 1.0}})
+    verdicts = {p95: evaluate(summary({"base": {"latency_p95_s": p95}, "new": {"latency_p95_s": 1.3}}),
+                              [threshold], earlier).checks[0].verdict for p95 in (0.059, 0.061)}
+    assert verdicts == {0.059: "pass", 0.061: "fail"}  # 0.01 + 0.05 wins over 1.3 x 0.01
+    big = evaluate(summary({"new": {"latency_p95_s": 1.29}}), [threshold], earlier).checks[0]
+    assert big.verdict == "pass"  # 1.0 x 1.3 wins over 1.0 + 0.05
+
+
+def test_the_examples_of_the_gating_guide_are_valid_scenarios() -> None:
+    from contend.scenario import parse_scenario
+
+    guide = (ROOT / "docs" / "ci-gating.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        assert all(parse_scenario(block, "docs/ci-gating.md").thresholds_by_variant().values())
+
+
+def test_the_example_workflow_runs_the_smoke_scenario_and_gates() -> None:
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "contention-gate.yml").read_text())
+    steps = workflow["jobs"]["gate"]["steps"]
+    commands = "\n".join(step.get("run", "") for step in steps)
+    assert "pip install ." in commands
+    assert "contend run scenarios/ci-smoke.yaml" in commands
+    assert "contend gate" in commands and "--junit" in commands
+    upload = [s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert upload and upload[0]["if"] == "always()"
