@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,24 @@ def test_the_reference_example_is_a_valid_scenario() -> None:
     from contend.scenario import EXAMPLE
 
     assert isinstance(parse_scenario(EXAMPLE), Scenario)
+
+
+def contend(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "contend", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_cli_validate_and_schema() -> None:
+    ok = contend("validate", str(DATA / "log-persist.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == [f"OK {DATA / 'log-persist.yaml'}",
+                                      *describe_variants(load_scenario(DATA / "log-persist.yaml"))]
+    bad = contend("validate", str(DATA / "typo.yaml"))
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[0] == (f"Error: {DATA / 'typo.yaml'}:5: workloads[0].concurrancy: "
+                                          "unknown key (did you mean 'concurrency'?)")
+    assert bad.stderr.splitlines()[1].startswith("Hint: valid keys here: ")
+    assert contend("validate", str(DATA / "missing.yaml")).returncode == 2
+    printed = contend("schema")
+    assert printed.returncode == 0 and json.loads(printed.stdout) == schema()
+    assert contend("schema", "--markdown").stdout == schema_markdown()
