@@ -84,16 +84,36 @@ def dsn_option(required: bool = False) -> Callable[[Callable[..., Any]], Callabl
               help="Folder that receives the run folder.")
 @click.option("--refserver/--no-refserver", default=True, show_default=True,
               help="Also start the reference Antenna-like server (web tier and result workers).")
-def up(dsn: str | None, reports: Path, refserver: bool) -> None:
+@click.option("--preset", default="pr-1261", show_default=True,
+              help="Flag preset of the reference server (see `contend flags`).")
+@click.option("--flag", "flag_pairs", multiple=True, metavar="NAME=VALUE",
+              help="Override one flag of the preset; repeatable.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="async_api jobs created in STARTED.")
+@click.option("--images", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Source images (and NATS tasks) per job.")
+@click.option("--web-concurrency", type=click.IntRange(min=1), default=None,
+              help="Web processes (default: the WEB_CONCURRENCY flag).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Result worker processes (default: the ML_WORKER_CONCURRENCY flag).")
+def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs: tuple[str, ...],
+       jobs: int, images: int, web_concurrency: int | None, workers: int | None) -> None:
     """Start the stack in the foreground and print how to connect; Ctrl-C stops everything.
 
     The same information is written as JSON to stack.json in the run folder.
     """
-    from contend.stack import Stack
+    from contend.flags import parse_overrides
+    from contend.stack import RefServerOptions, Stack
 
+    options = None
+    if refserver:
+        options = RefServerOptions(preset=preset, flags=parse_overrides(flag_pairs), jobs=jobs,
+                                   images_per_job=images, web_concurrency=web_concurrency,
+                                   worker_concurrency=workers)
+        options.resolved_flags()  # a bad flag is a usage error before anything starts
     folder = run_folder("up", reports)
     started = time.monotonic()
-    with Stack(folder, dsn=dsn) as stack:
+    with Stack(folder, dsn=dsn, refserver=options) as stack:
         for line in stack.reaped:
             click.echo(f"stopped a leftover of an earlier run: {line}", err=True)
         info_path = stack.write_info()
@@ -101,6 +121,11 @@ def up(dsn: str | None, reports: Path, refserver: bool) -> None:
         click.echo(f"contend stack up in {time.monotonic() - started:.1f} s (run folder {folder})")
         click.echo(f"  Postgres  {info['postgres']['dsn']}  (server {info['postgres']['version']})")
         click.echo(f"  NATS      {info['nats']['url']}  (monitoring {info['nats']['monitor_url']})")
+        if ref := info.get("refserver"):
+            click.echo(f"  API       {ref['url']}/api/v2/  (pipeline {ref['pipeline_slug']})")
+            click.echo(f"  token     {ref['token']}  (throw-away, this stack only)")
+            click.echo(f"  jobs      {', '.join(map(str, ref['job_ids']))}")
+            click.echo(f"  flags     {' '.join(f'{k}={v}' for k, v in ref['flags'].items())}")
         click.echo(f"  details   {info_path}")
         click.echo("Press Ctrl-C to stop.")
         try:
@@ -111,6 +136,20 @@ def up(dsn: str | None, reports: Path, refserver: bool) -> None:
         except Interrupted:
             pass
     click.echo("stack stopped")
+
+
+@cli.command()
+def flags() -> None:
+    """List the reference server's flags (default, allowed values, meaning) and the presets."""
+    from contend.flags import FLAGS, PRESETS
+
+    for flag in FLAGS:
+        click.echo(f"{flag.name}  default {flag.default}  allowed {flag.allowed}")
+        click.echo(f"    {flag.meaning}")
+    click.echo("\nPresets (--preset NAME; flags not named keep their default):")
+    for name, (meaning, values) in PRESETS.items():
+        click.echo(f"{name}  {meaning}")
+        click.echo("    " + " ".join(f"{k}={v}" for k, v in values.items()))
 
 
 @cli.command()

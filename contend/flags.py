@@ -7,12 +7,12 @@ This module imports no django: the CLI, scenarios and reports read it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from contend.errors import ConfigError
 
-__all__ = ["FLAGS", "PRESETS", "Flag", "flag_names", "resolve_flags"]
+__all__ = ["FLAGS", "PRESETS", "Flag", "flag_names", "parse_overrides", "resolve_flags"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,15 @@ def resolve_flags(preset: str | None, overrides: Mapping[str, str]) -> dict[str,
             )
         values[flag.name] = flag.check(str(value))
     return values
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """Return ``{"NAME": "value"}`` from ``NAME=value`` strings (as given to ``--flag``)."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--flag {pair!r} is not NAME=VALUE",
+                              hint="for example --flag PROGRESS_LOCK=atomic")
+        overrides[name.strip().upper()] = value
+    return overrides
