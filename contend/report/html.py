@@ -96,6 +96,7 @@ def variant_context(
         blockers.append(
             {
                 "fingerprint": b.fingerprint,
+                "example": b.query[:300] if b.query != b.fingerprint else "",
                 "states": b.states,
                 "attribution": att,
                 "blocked_s": fmt(b.blocked_s),

@@ -113,6 +113,7 @@ def _write_variant(
                         "results": 0,
                         "tasks": 8,
                         "dup_tasks": rng.randint(0, 3) if c > 0.5 else 0,
+                        "dup_results": 0,
                         "worker": f"w0-u{u}",
                         "wave": None,
                     },

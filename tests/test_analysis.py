@@ -1,0 +1,165 @@
+"""summary.json against numbers recomputed here, independently, from the raw records of synthetic runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contend.analysis import load_run, summarize
+from contend.errors import ConfigError
+from contend.report.synthetic import DEFAULT_VARIANTS, make_run
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def expected(folder: Path) -> dict:
+    """The documented metric definitions, applied with plain numpy to the files of one variant folder."""
+    reqs = [r for p in sorted((folder / "load").glob("requests-*.jsonl")) for r in lines(p)]
+    ticks = lines(folder / "samples" / "pg_ticks.jsonl")
+    nats = lines(folder / "samples" / "nats.jsonl")
+    start, end = min(r["t0"] for r in reqs), max(r["t1"] for r in reqs)
+    window = [t for t in ticks if start <= t["t"] <= end]
+    posts = [r for r in reqs if r["kind"] == "result"]
+    ok = [r for r in posts if r["error"] is None]
+    latency = np.array([r["t1"] - r["t0"] for r in posts])
+    per_consumer: dict[tuple, int] = {}
+    for n in nats:
+        if n["stream"] != "ml_results":
+            key = (n["stream"], n["consumer"])
+            per_consumer[key] = max(per_consumer.get(key, 0), n["num_redelivered"])
+    return {
+        "edges_max": max(t["edges"] for t in window),
+        "edges_p95": float(np.percentile([t["edges"] for t in window], 95)),
+        "blocked_max": max(t["blocked"] for t in window),
+        "blocked_p95": float(np.percentile([t["blocked"] for t in window], 95)),
+        "depth_max": max(t["depth"] for t in window),
+        "idle_in_tx_max": max(t["idle_in_tx"] for t in window),
+        "idle_in_tx_max_age_s": max(t["idle_in_tx_max_age"] for t in window),
+        "posts_ok": len(ok),
+        "posts_total": len(posts),
+        "post_ok_ratio": len(ok) / len(posts),
+        "latency_p50_s": float(np.percentile(latency, 50)),
+        "latency_p95_s": float(np.percentile(latency, 95)),
+        "latency_p99_s": float(np.percentile(latency, 99)),
+        "latency_max_s": float(latency.max()),
+        "results_per_s": sum(r["results"] for r in ok) / (end - start),
+        "redeliveries": sum(per_consumer.values()),
+        "dup_tasks": sum(r["dup_tasks"] for r in reqs),
+        "dup_results": sum(r["dup_results"] for r in reqs),
+        "timeouts": sum(1 for r in reqs if r["error"] and "timeout" in r["error"].lower()),
+        "requests_total": len(reqs),
+        "requests_failed": sum(1 for r in reqs if r["error"] is not None),
+        "sampler_cost_ms_p95": float(np.percentile([t["cost_ms"] for t in ticks], 95)),
+        "sampler_late_ms_p95": float(np.percentile([t["late_ms"] for t in ticks], 95)),
+    }
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("single"), duration_s=40, backends=10, with_backends=False)
+
+
+@pytest.fixture(scope="module")
+def repeated_dir(tmp_path_factory) -> Path:
+    return make_run(
+        tmp_path_factory.mktemp("rep"), duration_s=20, backends=8, repetitions=3, with_backends=False
+    )
+
+
+def test_summary_metrics_equal_the_raw_records(run_dir):
+    summary = summarize(load_run(run_dir))
+    assert summary["scenario"] == "synthetic" and summary["status"] == "complete"
+    assert summary["baseline"] == DEFAULT_VARIANTS[0].name
+    assert list(summary["variants"]) == [v.name for v in DEFAULT_VARIANTS]
+    for v in DEFAULT_VARIANTS:
+        entry = summary["variants"][v.name]
+        want = expected(run_dir / "variants" / v.name)
+        assert set(entry["metrics"]) == set(want)
+        for metric, value in want.items():
+            assert entry["metrics"][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), metric
+        assert entry["flags"] == v.flags and entry["params"] == v.params and entry["repetitions"] == 1
+        assert "spread" not in entry
+
+
+def test_the_synthetic_contention_shows_in_the_metrics(run_dir):
+    # Guards the fixture itself: the contended variant must differ, or the tests above prove little.
+    m = {name: e["metrics"] for name, e in summarize(load_run(run_dir))["variants"].items()}
+    assert m["logs-on"]["edges_max"] > 5 > m["logs-off"]["edges_max"]
+    assert m["logs-on"]["timeouts"] > 0
+
+
+def test_deltas_are_against_the_baseline_and_unknown_without_spread(run_dir):
+    summary = summarize(load_run(run_dir))
+    base = summary["variants"]["logs-on"]
+    assert base["deltas"] == {}
+    other = summary["variants"]["logs-off"]
+    for metric, delta in other["deltas"].items():
+        b, v = base["metrics"][metric], other["metrics"][metric]
+        assert delta["abs"] == pytest.approx(v - b, abs=1e-5)
+        assert delta["rel"] == (pytest.approx((v - b) / b, abs=1e-5) if b else None)
+        assert delta["real"] is None
+
+
+def test_repetitions_give_median_spread_and_real_only_outside_it(repeated_dir):
+    summary = summarize(load_run(repeated_dir))
+    for name in ("logs-on", "logs-off"):
+        per_rep = [expected(repeated_dir / "variants" / f"{name}~r{k}") for k in (1, 2, 3)]
+        entry = summary["variants"][name]
+        assert entry["repetitions"] == 3
+        for metric in ("edges_max", "posts_total", "latency_p95_s", "sampler_cost_ms_p95"):
+            values = [r[metric] for r in per_rep]
+            assert entry["metrics"][metric] == pytest.approx(statistics.median(values), rel=1e-5)
+            assert entry["spread"][metric] == pytest.approx([min(values), max(values)], rel=1e-5)
+    on, off = summary["variants"]["logs-on"], summary["variants"]["logs-off"]
+    for metric, delta in off["deltas"].items():
+        lo, hi = off["spread"][metric]
+        blo, bhi = on["spread"][metric]
+        assert delta["real"] is (lo > bhi or hi < blo), metric
+    assert off["deltas"]["edges_max"]["real"] is True
+
+
+def test_a_killed_run_still_loads_and_says_what_is_missing(run_dir, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    ticks_path = partial / "variants" / "logs-on" / "samples" / "pg_ticks.jsonl"
+    text = ticks_path.read_text()
+    n_complete = len(text.splitlines())
+    ticks_path.write_text(text + text.splitlines()[0][:37])  # a line cut mid-write
+    (partial / "variants" / "logs-off" / "samples" / "nats.jsonl").unlink()
+    (partial / "variants" / "logs-off" / "meta.json").unlink()
+    meta = json.loads((partial / "meta.json").read_text())
+    (partial / "meta.json").write_text(json.dumps(meta | {"status": "partial"}))
+
+    run = load_run(partial)
+    assert len(run.variants["logs-on"][0].ticks) == n_complete
+    summary = summarize(run)
+    assert summary["status"] == "partial"
+    on, off = summary["variants"]["logs-on"], summary["variants"]["logs-off"]
+    assert any("pg_ticks.jsonl: skipped 1 unreadable line" in n for n in on["notes"])
+    assert off["status"] == "partial" and off["metrics"]["redeliveries"] is None
+    assert any("nats.jsonl missing" in n for n in off["notes"])
+    assert off["metrics"]["posts_total"] == expected(run_dir / "variants" / "logs-off")["posts_total"]
+
+
+def test_a_variant_without_any_records_still_summarizes(run_dir, tmp_path):
+    partial = tmp_path / "early"
+    shutil.copytree(run_dir, partial)
+    shutil.rmtree(partial / "variants" / "logs-off" / "load")
+    shutil.rmtree(partial / "variants" / "logs-off" / "samples")
+    entry = summarize(load_run(partial))["variants"]["logs-off"]
+    assert entry["metrics"]["posts_total"] == 0 and entry["metrics"]["latency_p95_s"] is None
+    assert "latency_p95_s" not in entry["deltas"]
+
+
+def test_not_a_run_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no variants"):
+        load_run(tmp_path)
+    with pytest.raises(ConfigError, match="not a run folder"):
+        load_run(tmp_path / "nope")
