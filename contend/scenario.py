@@ -172,6 +172,14 @@ def to_threshold(spec: str | ThresholdCheck, variants: Sequence[str] = ()) -> Th
     return parse_threshold(spec.check, spec.tolerance, spec.tolerance_abs, spec.variants or variants)
 
 
+def _distinct(values: list[Scalar]) -> list[Scalar]:
+    texts = [_text(v) for v in values]
+    doubles = sorted({t for t in texts if texts.count(t) > 1})
+    if doubles:
+        raise ValueError(f"each value once; repeated: {', '.join(doubles)}")
+    return values
+
+
 class VariantSpec(_Model):
     """One named variant: flags (and workload parameters) that differ from the target's."""
 
@@ -213,7 +221,7 @@ class Scenario(_Model):
     """What the samplers observe and how often."""
     variants: list[VariantSpec] = []
     """Named variants; exactly one may say baseline: true (else the first is the baseline)."""
-    matrix: dict[str, Annotated[list[Scalar], Field(min_length=1)]] = {}
+    matrix: dict[str, Annotated[list[Scalar], Field(min_length=1), AfterValidator(_distinct)]] = {}
     """Cartesian product instead of variants: FLAG_NAME, preset, or a workload parameter -> values.
     The first combination is the baseline; names read like JOB_LOG_PERSIST_ENABLED=true,concurrency=5."""
     repetitions: PositiveInt = 1
@@ -250,6 +258,7 @@ class Scenario(_Model):
         external = isinstance(self.target, ExternalTarget)
         if isinstance(self.target, ExternalTarget):
             _at(("target", "base_url"), check_target, self.target.base_url, self.target.allow_remote)
+        target_preset = self.target.preset if isinstance(self.target, EmbeddedTarget) else None
         specs = list(self._specs())
         variants = []
         for path, spec in specs:
@@ -265,7 +274,8 @@ class Scenario(_Model):
             shared = [t for t in map(to_threshold, self.thresholds) if t.applies_to(spec.name)]
             variants.append(Variant(name=spec.name, flags=flags, workloads=tuple(workloads),
                                     baseline=spec.baseline, repetitions=self.repetitions,
-                                    preset=spec.preset, params=dict(spec.params),
+                                    preset=spec.preset or target_preset,
+                                    params=dict(spec.params),
                                     thresholds=(*shared, *own), external=external))
         if not any(v.baseline for v in variants):
             variants[0] = dataclasses.replace(variants[0], baseline=True)
@@ -300,11 +310,16 @@ class Scenario(_Model):
             chosen = dict(zip(self.matrix, combo, strict=True))
             name = ",".join(f"{k}={_text(v)}" for k, v in chosen.items())
             preset = chosen.pop("preset", None)
-            specs.append((("matrix",), VariantSpec.model_validate({
-                "name": name, "baseline": i == 0, "preset": preset,
-                "flags": {k: v for k, v in chosen.items() if k.isupper()},
-                "params": {k: v for k, v in chosen.items() if not k.isupper()},
-            })))
+            try:
+                spec = VariantSpec.model_validate({
+                    "name": name, "baseline": i == 0, "preset": preset,
+                    "flags": {k: v for k, v in chosen.items() if k.isupper()},
+                    "params": {k: v for k, v in chosen.items() if not k.isupper()},
+                })
+            except ValidationError:
+                raise ScenarioError(("matrix",), f"the variant name {name!r} cannot name a folder",
+                                    hint="use values without spaces, '/' or '~'") from None
+            specs.append((("matrix",), spec))
         return specs
 
     def _flags(self, path: tuple[str | int, ...], spec: VariantSpec) -> dict[str, str]:
@@ -312,7 +327,6 @@ class Scenario(_Model):
         target = self.target
         preset = spec.preset or target.preset
         matrix = path == ("matrix",)
-        where = {"preset": (*path, "preset") if spec.preset else ("target", "preset")}
         overrides: dict[str, str] = {}
         for name, value, at in [
             ("WEB_CONCURRENCY", target.web_concurrency, ("target", "web_concurrency")),
@@ -328,7 +342,8 @@ class Scenario(_Model):
                                     hint="run `contend flags` to list every flag and its values")
             _at(at, resolve_flags, None, {name: text})
             overrides[name] = text
-        resolved: dict[str, str] = _at(where["preset"], resolve_flags, preset, overrides)
+        where = (*path, "preset") if spec.preset else ("target", "preset")
+        resolved: dict[str, str] = _at(where, resolve_flags, preset, overrides)
         return resolved
 
 
@@ -343,6 +358,7 @@ class Variant:
     baseline: bool
     repetitions: int
     preset: str | None = None
+    """The preset its flags start from (the variant's, else the target's)."""
     params: dict[str, Scalar] = dataclasses.field(default_factory=dict)
     """The workload parameters this variant sets (a matrix sweep's x axis)."""
     thresholds: tuple[Threshold, ...] = ()

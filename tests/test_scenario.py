@@ -152,6 +152,11 @@ MISTAKES = [
      "batched_post workload)", None),
     (W + "matrix:\n  concurrency: []\n",
      "s.yaml:5: matrix.concurrency: List should have at least 1 item after validation, not 0", None),
+    (W + "matrix:\n  CACHALOT: [on, off, on]\n",
+     "s.yaml:5: matrix.CACHALOT: each value once; repeated: on", None),
+    ("name: x\nworkloads:\n  - kind: pull_workers\nmatrix:\n  pipeline_slug: [a, 'b c']\n",
+     "s.yaml:4: matrix: the variant name 'pipeline_slug=b c' cannot name a folder",
+     "use values without spaces, '/' or '~'"),
     (W + "variants:\n  - name: a\n    params: {pollers: 3}\n",
      "s.yaml:6: variants[0].params.pollers: no workload has a parameter 'pollers'", None),
     # thresholds
@@ -227,8 +232,8 @@ def test_describe_variants_lists_what_differs() -> None:
     lines = describe_variants(load_scenario(DATA / "log-persist.yaml"))
     assert lines == [
         "scenario log-persist: 2 variant(s) x 2 repetition(s) = 4 run(s)",
-        "  logs-on  2 threshold(s)",
-        "  logs-off (baseline)  flags JOB_LOG_PERSIST_ENABLED=false  2 threshold(s)",
+        "  logs-on  preset pr-1261  2 threshold(s)",
+        "  logs-off (baseline)  preset pr-1261  flags JOB_LOG_PERSIST_ENABLED=false  2 threshold(s)",
     ]
 
 
