@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-# The reference server registers these two algorithms on its pipeline; a real Antenna target
-# needs them registered too, or save_results fails (section 5: PipelineNotConfigured).
-DETECTOR = {"name": "contend detector", "key": "contend-detector"}
-CLASSIFIER = {"name": "contend classifier", "key": "contend-classifier"}
+# The algorithms the reference server registers on its pipeline (contend/refserver/fixtures.py); a
+# real Antenna target needs them registered too, or save_results fails (PipelineNotConfigured).
+DETECTOR = {"name": "Example detector", "key": "example_detector"}
+CLASSIFIER = {"name": "Example classifier", "key": "example_classifier"}
 
 
 def dumps(data: Any) -> bytes:
