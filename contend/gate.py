@@ -188,6 +188,9 @@ def _check(name: str, t: Threshold, summary: Mapping[str, Any],
         base_name = summary.get("baseline")
         if base_name == name:
             return Check(name, t, "skip", value, reason="this is the baseline variant")
+        base_entry = (summary.get("variants") or {}).get(base_name) or {}
+        if base_entry.get("status") == "failed":
+            return Check(name, t, "fail", value, reason=f"baseline variant {base_name!r} failed")
         base = _metric(summary, str(base_name), t.metric)
         if base is None:
             return Check(name, t, "fail", value,

@@ -107,6 +107,13 @@ def test_a_variant_missing_from_the_summary_fails() -> None:
     assert check.reason == "variant missing from summary.json"
 
 
+def test_relative_to_a_failed_baseline_fails() -> None:
+    run = summary({"base": {"latency_p95_s": 1.0}, "new": {"latency_p95_s": 1.0}}, base="failed")
+    checks = evaluate(run, [parse_threshold("latency_p95_s <= 2x baseline")]).checks
+    assert [(c.variant, c.verdict, c.reason) for c in checks] == [
+        ("base", "fail", "variant failed: web died"), ("new", "fail", "baseline variant 'base' failed")]
+
+
 def test_relative_to_a_baseline_without_value_fails() -> None:
     run = summary({"base": {"latency_p95_s": None}, "new": {"latency_p95_s": 1.0}})
     (_, check) = evaluate(run, [parse_threshold("latency_p95_s <= 2x baseline")]).checks
