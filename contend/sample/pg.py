@@ -9,6 +9,7 @@ and then skipped. The SQL of every metric is in docs/metrics.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ APPLICATION_NAME = "contend-sampler"
 STATEMENT_TIMEOUT_MS = 200
 LOCK_TIMEOUT_MS = 50
 QUERY_CHARS = 500
+LOCKED_RELATIONS_MAX_AGE_S = 1.0
 
 # One read of pg_stat_activity; pg_blocking_pids() only in the CASE branch of Lock waiters
 # (CASE evaluates its branches lazily, and the function is volatile so it is never pre-computed).
@@ -96,6 +98,7 @@ _LITERALS = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # the same few statements repeat on every tick
 def fingerprint(query: str | None) -> str | None:
     """Return ``query`` with literals and parameters replaced by ``?``, whitespace collapsed.
 
@@ -126,6 +129,7 @@ class PgSampler:
         )
         self.warnings: list[str] = []
         self._skipped: set[str] = set()
+        self._locked_cache: tuple[frozenset[int], float, list[str]] = (frozenset(), 0.0, [])
         role = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         row = conn.execute(PRIVILEGE_SQL).fetchone()
         self.can_see_all = bool(row and row[0])
@@ -148,6 +152,22 @@ class PgSampler:
             self._warn(f"{name} skipped from now on: {str(exc).strip().splitlines()[0]}")
             return []
 
+    def _locked_relations(self, roots: frozenset[int]) -> list[str]:
+        """Return the tables the roots hold locks on; re-read when the roots change, else every second.
+
+        A root blocker keeps its locks until its transaction ends (and then it is no longer the
+        same root), so re-reading pg_locks at 10 Hz would cost lock-manager time for nothing.
+        """
+        if not roots:
+            return []
+        cached_roots, read_at, relations = self._locked_cache
+        if roots == cached_roots and time.monotonic() - read_at < LOCKED_RELATIONS_MAX_AGE_S:
+            return relations
+        rows = self._optional("locked_relations", LOCKED_RELATIONS_SQL, {"pids": sorted(roots)})
+        relations = [r["relation"] for r in rows]
+        self._locked_cache = (roots, time.monotonic(), relations)
+        return relations
+
     def tick(self, late_ms: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Take one snapshot; return the tick record and one record per backend (docs/records.md)."""
         t = self.clock()
@@ -164,10 +184,7 @@ class PgSampler:
         backends = [_backend_record(t, row) for row in rows]
         forest = build_forest(backends)
         by_pid = {b["pid"]: b for b in backends}
-        locked: list[str] = []
-        if forest.roots:
-            rows = self._optional("locked_relations", LOCKED_RELATIONS_SQL, {"pids": list(forest.roots)})
-            locked = [r["relation"] for r in rows]
+        locked = self._locked_relations(frozenset(forest.roots))
         cost_ms = (time.perf_counter() - started) * 1000.0
         idle = [b for b in backends if b["state"] == "idle in transaction"]
         tick = {
@@ -209,7 +226,7 @@ def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
         "query": row["query"],
         "fingerprint": fingerprint(row["query"]),
         # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
-        "blocked_by": sorted({int(p) for p in blocked_by if p}),
+        "blocked_by": sorted(set(blocked_by) - {0}) if blocked_by else [],
     }
 
 
