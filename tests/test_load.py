@@ -20,13 +20,27 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from contend.errors import ConfigError, UnsafeTargetError
+from contend.errors import ConfigError
 from contend.load import BatchedPost, LoadRun, LoadTarget, PullWorkers, read_records, run_load
 from contend.load.config import workload_from
 
 TOKEN = "f00dfeedc0ffee15a5ecre7ba5e40hexchars00"
-RECORD_KEYS = ["t0", "t1", "kind", "status", "sent", "recv", "error", "job", "results", "tasks",
-               "dup_tasks", "dup_results", "worker", "wave"]
+RECORD_KEYS = [
+    "t0",
+    "t1",
+    "kind",
+    "status",
+    "sent",
+    "recv",
+    "error",
+    "job",
+    "results",
+    "tasks",
+    "dup_tasks",
+    "dup_results",
+    "worker",
+    "wave",
+]
 
 
 class FakeAntenna:
@@ -35,7 +49,9 @@ class FakeAntenna:
     ``redeliver`` puts every task back once after it was handed out (a NATS redelivery).
     """
 
-    def __init__(self, jobs: dict[int, int] | None = None, delay_s: float = 0.0, redeliver: bool = False) -> None:
+    def __init__(
+        self, jobs: dict[int, int] | None = None, delay_s: float = 0.0, redeliver: bool = False
+    ) -> None:
         self.delay_s, self.redeliver = delay_s, redeliver
         self.lock = threading.Lock()
         self.requests: list[dict] = []
@@ -83,8 +99,12 @@ class FakeAntenna:
         elif kind == "poll":
             with self.lock:
                 ids = [job for job, queue in self.queues.items() if queue]
-            body = {"count": len(ids), "next": None, "previous": None,
-                    "results": [{"id": j, "pipeline_slug": "moths", "user_permissions": []} for j in ids]}
+            body = {
+                "count": len(ids),
+                "next": None,
+                "previous": None,
+                "results": [{"id": j, "pipeline_slug": "moths", "user_permissions": []} for j in ids],
+            }
         elif kind == "tasks":
             job, size = int(parts[3]), json.loads(raw)["batch_size"]
             with self.lock:
@@ -93,8 +113,17 @@ class FakeAntenna:
                 again = [i for i in taken if i not in self.redelivered] if self.redeliver else []
                 self.redelivered.update(again)
                 queue.extend(again)
-            body = {"tasks": [{"id": i, "image_id": i, "image_url": f"http://127.0.0.1/{i}.jpg",
-                               "reply_subject": f"$JS.ACK.job_{job}.c.1.{i}"} for i in taken]}
+            body = {
+                "tasks": [
+                    {
+                        "id": i,
+                        "image_id": i,
+                        "image_url": f"http://127.0.0.1/{i}.jpg",
+                        "reply_subject": f"$JS.ACK.job_{job}.c.1.{i}",
+                    }
+                    for i in taken
+                ]
+            }
         elif kind == "result":
             entry["results"] = len(json.loads(raw)["results"])
             time.sleep(self.delay_s)
@@ -121,8 +150,9 @@ def records(out: Path) -> list[dict]:
 
 def test_batched_post_sends_batch_x_concurrency_x_rounds_in_waves(tmp_path):
     with FakeAntenna() as app:
-        summary = run_load([BatchedPost(batch=7, concurrency=3, rounds=4, job=1)], LoadTarget(app.url),
-                           tmp_path)
+        summary = run_load(
+            [BatchedPost(batch=7, concurrency=3, rounds=4, job=1)], LoadTarget(app.url), tmp_path
+        )
     assert app.count("result") == 3 * 4
     assert sum(r["results"] for r in app.requests) == 7 * 3 * 4
     assert all(r["auth_ok"] for r in app.requests)
@@ -131,7 +161,9 @@ def test_batched_post_sends_batch_x_concurrency_x_rounds_in_waves(tmp_path):
     recs = records(tmp_path)
     assert len(recs) == 12
     assert all(list(r) == RECORD_KEYS for r in recs)
-    assert {(r["kind"], r["status"], r["job"], r["results"], r["error"]) for r in recs} == {("result", 200, 1, 7, None)}
+    assert {(r["kind"], r["status"], r["job"], r["results"], r["error"]) for r in recs} == {
+        ("result", 200, 1, 7, None)
+    }
     # A wave starts only when every POST of the previous wave has its response.
     for wave in range(2, 5):
         previous_end = max(r["t1"] for r in recs if r["wave"] == wave - 1)
@@ -145,11 +177,22 @@ def test_two_load_workers_give_the_same_totals_as_one(tmp_path):
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         with FakeAntenna() as app:
-            summary = run_load([BatchedPost(batch=5, concurrency=4, rounds=3, job=1)], LoadTarget(app.url), out,
-                               load_workers=workers)
+            summary = run_load(
+                [BatchedPost(batch=5, concurrency=4, rounds=3, job=1)],
+                LoadTarget(app.url),
+                out,
+                load_workers=workers,
+            )
         recs = records(out)
-        totals.append((app.count("result"), sum(r["results"] for r in app.requests), summary.requests_ok,
-                       summary.results_posted, len(recs)))
+        totals.append(
+            (
+                app.count("result"),
+                sum(r["results"] for r in app.requests),
+                summary.requests_ok,
+                summary.results_posted,
+                len(recs),
+            )
+        )
         assert len(list(out.glob("requests-*.jsonl"))) == workers  # one file per load worker, in this folder
         assert sorted(r["wave"] for r in recs) == [1] * 4 + [2] * 4 + [3] * 4
     assert totals[0] == totals[1] == (12, 60, 12, 60, 12)
@@ -157,8 +200,12 @@ def test_two_load_workers_give_the_same_totals_as_one(tmp_path):
 
 def test_token_is_in_no_file_and_no_command_line(tmp_path):
     with FakeAntenna(delay_s=0.05) as app:
-        run = LoadRun([BatchedPost(batch=2, concurrency=2, duration_s=2.5, job=1)], LoadTarget(app.url), tmp_path,
-                      load_workers=1)
+        run = LoadRun(
+            [BatchedPost(batch=2, concurrency=2, duration_s=2.5, job=1)],
+            LoadTarget(app.url),
+            tmp_path,
+            load_workers=1,
+        )
         run.start()
         try:
             seen = []
@@ -172,23 +219,36 @@ def test_token_is_in_no_file_and_no_command_line(tmp_path):
     assert any("contend.load.child" in listing for listing in seen)
     assert not any(TOKEN in listing for listing in seen)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {"plan.json", "progress.json", "hub.log", "worker-0.log", "requests-w0.jsonl"}
+    assert {p.name for p in files} >= {
+        "plan.json",
+        "progress.json",
+        "hub.log",
+        "worker-0.log",
+        "requests-w0.jsonl",
+    }
     for path in files:
         assert TOKEN not in path.read_text(errors="replace"), path
 
 
-@pytest.mark.parametrize("make", [
-    lambda url: run_load([BatchedPost(job=1)], LoadTarget(url.replace("127.0.0.1", "antenna.invalid")), Path("x")),
-    lambda url: run_load([BatchedPost(job=1)], LoadTarget(url, token_env="CONTEND_TEST_NO_SUCH_TOKEN"), Path("x")),
-    lambda url: run_load([BatchedPost()], LoadTarget(url), Path("x")),
-    lambda url: run_load([BatchedPost(job=1, body="realistic")], LoadTarget(url), Path("x")),
-    lambda url: run_load([PullWorkers()], LoadTarget(url), Path("x")),
-    lambda url: run_load([], LoadTarget(url), Path("x")),
-    lambda url: workload_from({"kind": "batched_post", "batch": 0}),
-    lambda url: workload_from({"kind": "batched_post", "rounds": 2, "duration_s": 5}),
-    lambda url: workload_from({"kind": "pull_workers", "pollers": -1}),
-    lambda url: workload_from({"kind": "batched_post", "token": "abc"}),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda url: run_load(
+            [BatchedPost(job=1)], LoadTarget(url.replace("127.0.0.1", "antenna.invalid")), Path("x")
+        ),
+        lambda url: run_load(
+            [BatchedPost(job=1)], LoadTarget(url, token_env="CONTEND_TEST_NO_SUCH_TOKEN"), Path("x")
+        ),
+        lambda url: run_load([BatchedPost()], LoadTarget(url), Path("x")),
+        lambda url: run_load([BatchedPost(job=1, body="realistic")], LoadTarget(url), Path("x")),
+        lambda url: run_load([PullWorkers()], LoadTarget(url), Path("x")),
+        lambda url: run_load([], LoadTarget(url), Path("x")),
+        lambda url: workload_from({"kind": "batched_post", "batch": 0}),
+        lambda url: workload_from({"kind": "batched_post", "rounds": 2, "duration_s": 5}),
+        lambda url: workload_from({"kind": "pull_workers", "pollers": -1}),
+        lambda url: workload_from({"kind": "batched_post", "token": "abc"}),
+    ],
+)
 def test_bad_inputs_are_one_line_errors_and_send_nothing(tmp_path, monkeypatch, make):
     monkeypatch.chdir(tmp_path)
     with FakeAntenna() as app:
@@ -201,20 +261,60 @@ def test_bad_inputs_are_one_line_errors_and_send_nothing(tmp_path, monkeypatch, 
 
 def test_cli_refuses_remote_target_with_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "ANTENNA_TOKEN": TOKEN}
-    done = subprocess.run([sys.executable, "-m", "contend", "load", "batched-post", "--url",
-                           "http://antenna.invalid:8000", "--job", "1"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "contend",
+            "load",
+            "batched-post",
+            "--url",
+            "http://antenna.invalid:8000",
+            "--job",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert done.returncode == 2
-    assert done.stderr.splitlines()[0] == "Error: refusing to send load to antenna.invalid: not a loopback address"
+    assert (
+        done.stderr.splitlines()[0]
+        == "Error: refusing to send load to antenna.invalid: not a loopback address"
+    )
     assert "Traceback" not in done.stderr and not (tmp_path / "reports").exists()
 
 
 def test_cli_prints_summary_table(tmp_path):
     env = {**os.environ, "ANTENNA_TOKEN": TOKEN}
     with FakeAntenna() as app:
-        done = subprocess.run([sys.executable, "-m", "contend", "load", "batched-post", "--url", app.url,
-                               "--job", "1", "--batch", "3", "--concurrency", "2", "--rounds", "2", "--out",
-                               str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "contend",
+                "load",
+                "batched-post",
+                "--url",
+                app.url,
+                "--job",
+                "1",
+                "--batch",
+                "3",
+                "--concurrency",
+                "2",
+                "--rounds",
+                "2",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if "result" in line and "│" in line)
     assert row.split("│")[2].strip() == "4" and row.split("│")[3].strip() == "0"
@@ -224,8 +324,12 @@ def test_cli_prints_summary_table(tmp_path):
 
 def test_killed_run_keeps_complete_records_on_disk(tmp_path):
     with FakeAntenna(delay_s=0.02) as app:
-        run = LoadRun([BatchedPost(batch=2, concurrency=2, duration_s=60, job=1)], LoadTarget(app.url), tmp_path,
-                      load_workers=1)
+        run = LoadRun(
+            [BatchedPost(batch=2, concurrency=2, duration_s=60, job=1)],
+            LoadTarget(app.url),
+            tmp_path,
+            load_workers=1,
+        )
         run.start()
         try:
             deadline = time.monotonic() + 30
@@ -259,18 +363,33 @@ def test_stop_event_ends_the_run_cleanly_and_keeps_records(tmp_path):
 
     with FakeAntenna(delay_s=0.02) as app:
         started = time.monotonic()
-        summary = run_load([BatchedPost(batch=2, concurrency=2, duration_s=120, job=1)], LoadTarget(app.url),
-                           tmp_path, progress=progress, stop=stop)
+        summary = run_load(
+            [BatchedPost(batch=2, concurrency=2, duration_s=120, job=1)],
+            LoadTarget(app.url),
+            tmp_path,
+            progress=progress,
+            stop=stop,
+        )
     assert time.monotonic() - started < 60
     assert summary.status == "partial" and summary.requests_ok >= 5
     assert summary.requests_ok + summary.requests_failed == len(records(tmp_path))
     assert any(p.in_flight > 0 for p in seen) and seen[-1].state == "stopped"
-    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_pull_workers_drain_jobs_and_count_redeliveries(tmp_path):
-    workload = PullWorkers(pollers=2, loaders=2, batch_size=8, prefetch=2, cold_start_s=0.05, per_image_s=0.001,
-                           idle_sleep_s=0.2, duration_s=4)
+    workload = PullWorkers(
+        pollers=2,
+        loaders=2,
+        batch_size=8,
+        prefetch=2,
+        cold_start_s=0.05,
+        per_image_s=0.001,
+        idle_sleep_s=0.2,
+        duration_s=4,
+    )
     with FakeAntenna(jobs={1: 40, 2: 24}, redeliver=True) as app:
         summary = run_load([workload], LoadTarget(app.url, pipeline_slug="moths"), tmp_path)
     recs = records(tmp_path)

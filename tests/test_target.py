@@ -22,18 +22,32 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:8000", "http://127.8.9.10/", "https://localhost:443/api", "http://LOCALHOST",
-    "http://[::1]:8000", "http://localhost.:80",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000",
+        "http://127.8.9.10/",
+        "https://localhost:443/api",
+        "http://LOCALHOST",
+        "http://[::1]:8000",
+        "http://localhost.:80",
+    ],
+)
 def test_loopback_targets_pass(no_network, url):
     check_target(url, allow_remote=False)
 
 
-@pytest.mark.parametrize("url", [
-    "http://antenna.invalid:8000", "http://10.0.0.1", "http://[2001:db8::1]/", "http://localhost.invalid",
-    "http://127.0.0.1.invalid", "http://0.0.0.0:8000",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://antenna.invalid:8000",
+        "http://10.0.0.1",
+        "http://[2001:db8::1]/",
+        "http://localhost.invalid",
+        "http://127.0.0.1.invalid",
+        "http://0.0.0.0:8000",
+    ],
+)
 def test_remote_targets_refused_without_lookup(no_network, url):
     with pytest.raises(UnsafeTargetError) as refused:
         check_target(url, allow_remote=False)
@@ -45,8 +59,10 @@ def test_allow_remote_passes_without_lookup(no_network):
     check_target("https://antenna.invalid/api", allow_remote=True)
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1", "127.0.0.1:8000", "http://", "http://127.0.0.1:99999",
-                                 "http://user:pw@127.0.0.1"])
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://127.0.0.1", "127.0.0.1:8000", "http://", "http://127.0.0.1:99999", "http://user:pw@127.0.0.1"],
+)
 def test_malformed_targets_are_config_errors(no_network, url):
     with pytest.raises(ConfigError) as bad:
         check_target(url, allow_remote=True)

@@ -35,7 +35,7 @@ class LoadTarget:
     base_url: str
     token_env: str | None = None
     """The variable holding the API token; None: ANTENNA_TOKEN, then CONTEND_TOKEN."""
-    job_ids: tuple[int, ...] = ()
+    job_ids: Sequence[int] = ()
     pipeline_slug: str | None = None
     image_ids: Mapping[int, Sequence[str]] = field(default_factory=dict)
     """Per job, for realistic bodies of batched POSTs."""
