@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ from pydantic import (
 )
 
 from contend.errors import ConfigError
-from contend.flags import FLAGS, flag_names, resolve_flags
+from contend.flags import FLAGS, PRESETS, flag_names, resolve_flags
 from contend.gate import Threshold, did_you_mean, matches_variant, parse_threshold
 from contend.load.config import BatchedPost, PullWorkers, Workload
 from contend.target import check_target
@@ -114,6 +115,7 @@ class Sampling(_Model):
     nats: bool = True
     """Sample the NATS consumers (queue depth, redeliveries)."""
     nats_interval_s: PositiveFloat = 1.0
+    """Seconds between reads of the NATS consumers."""
     attribution_threshold_s: NonNegativeFloat = 1.0
     """A root blocker held this long gets its client thread's stack dumped."""
 
@@ -124,7 +126,9 @@ class ReportOptions(_Model):
     title: str | None = None
     """Title of report.html; none: the scenario name."""
     html: bool = True
+    """Write report.html."""
     markdown: bool = True
+    """Write report.md (short, for a pull request)."""
     top_statements: PositiveInt = 10
     """Root-blocker statements listed."""
 
@@ -184,11 +188,13 @@ class VariantSpec(_Model):
     """One named variant: flags (and workload parameters) that differ from the target's."""
 
     name: Name
+    """Names its run folder: letters, digits and . _ = , + : @ - (no spaces, no '/')."""
     baseline: bool = False
     """The variant others are compared to; none marked: the first."""
     preset: str | None = None
     """Replaces the target's preset for this variant."""
     flags: dict[str, Scalar] = {}
+    """Flags of the reference server for this variant, over the target's (see Flags below)."""
     params: dict[str, Scalar] = {}
     """Workload parameters: {concurrency: 5} (every workload with that key) or {pull_workers.pollers: 2}."""
     thresholds: list[ThresholdSpec] = []
@@ -206,7 +212,7 @@ class Scenario(_Model):
     """An experiment: a target, the load, what to sample, and the variants to compare."""
 
     name: Name
-    """Used in the run folder's name."""
+    """Names the run folder (reports/<name>-<UTC time>/)."""
     description: str = ""
     """What the scenario shows and what outcome to expect (shown in the report)."""
     target: Target = EmbeddedTarget()
@@ -667,14 +673,29 @@ def schema_markdown() -> str:
         "",
         "A scenario is a YAML file; `contend validate FILE` checks it and lists its variants,",
         "`contend schema` prints the JSON Schema (point your editor's YAML extension at it).",
-        "Thresholds are described in [ci-gating.md](ci-gating.md).",
+        "A threshold is one line, `<metric> <op> <number>` or `<metric> <op> <factor>x baseline|previous`,",
+        "optionally ending in `±<n>%`; [ci-gating.md](ci-gating.md) explains them, and",
+        "[records.md](records.md) lists the metrics.",
         "",
         "```yaml",
         EXAMPLE.strip(),
         "```",
         "",
+        "Variants come from a `variants:` list (named flag sets; the one with `baseline: true`, else the",
+        "first, is the baseline) or from a `matrix:`, the cartesian product of its keys' values, in",
+        "the order written. A matrix key is a flag (upper case), `preset`, or a workload parameter:",
+        "`concurrency` sets every workload that has it, `batched_post.concurrency` only that kind.",
+        "The first combination is the baseline, and each variant is named after its values, e.g.",
+        "`JOB_LOG_PERSIST_ENABLED=true,concurrency=5`. A variant's flags start from its preset (the",
+        "variant's, else the target's), then the target's `web_concurrency`/`worker_concurrency` and",
+        "`flags`, then its own. YAML's `on`/`off`/`yes`/`no` are read as words, not booleans.",
+        "",
     ]
-    sections = [("Scenario", full), *sorted(defs.items())]
+    order = ["Scenario"]
+    # sections in the order the scenario's keys refer to them
+    for name in [*re.findall(r'"#/\$defs/(\w+)"', json.dumps(full["properties"])), *defs]:
+        order += [name] if name not in order else []
+    sections = [(name, full if name == "Scenario" else defs[name]) for name in order]
     for title, section in sections:
         if "properties" not in section:
             continue
@@ -690,7 +711,14 @@ def schema_markdown() -> str:
             desc = " ".join(prop.get("description", "").split()).replace("|", "\\|")
             out.append(f"| `{key}` | {_type(prop).replace('|', ' or ')} | {default} | {desc} |")
         out.append("")
-    return "\n".join(out)
+    out += ["## Flags of the reference server", "",
+            "Keys of `flags:` and upper-case keys of `matrix:`; `contend flags` prints the same list.", "",
+            "| flag | values | default | meaning |", "|---|---|---|---|"]
+    out += [f"| `{f.name}` | {f.allowed.replace('|', ' or ')} | `{f.default}` | {f.meaning} |" for f in FLAGS]
+    out += ["", "## Presets", "", "| preset | flags it sets | what it is |", "|---|---|---|"]
+    for name, (meaning, values) in PRESETS.items():
+        out.append(f"| `{name}` | {', '.join(f'{k}={v}' for k, v in values.items())} | {meaning} |")
+    return "\n".join(out) + "\n"
 
 
 def _type(prop: Mapping[str, Any]) -> str:
@@ -705,9 +733,9 @@ def _type(prop: Mapping[str, Any]) -> str:
         if key in prop:
             return " or ".join(dict.fromkeys(_type(p) for p in prop[key]))
     kind = prop.get("type", "any")
-    for bound, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<=")):
-        if bound in prop:
-            kind += f" {sign} {_json(prop[bound])}"
+    bounds = [f"{sign} {_json(prop[b])}" for b, sign in
+              (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<=")) if b in prop]
+    kind += (" " + ", ".join(bounds)) if bounds else ""
     if kind == "array":
         return f"list of {_type(prop.get('items', {}))}"
     if kind == "object" and isinstance(prop.get("additionalProperties"), dict):
@@ -716,8 +744,6 @@ def _type(prop: Mapping[str, Any]) -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value)
 
 
