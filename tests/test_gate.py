@@ -279,3 +279,27 @@ def test_the_example_workflow_runs_the_smoke_scenario_and_gates() -> None:
     assert "contend gate" in commands and "--junit" in commands
     upload = [s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact")]
     assert upload and upload[0]["if"] == "always()"
+
+
+def test_gate_reads_what_analysis_writes(tmp_path: Path) -> None:
+    # The contract between the parts: summary.json as contend.analysis builds it from raw records,
+    # thresholds as a scenario states them. The synthetic "logs-on" variant piles up, "logs-off" not.
+    import json
+
+    from contend.analysis import load_run, summarize
+    from contend.report.synthetic import make_run
+
+    run_dir = make_run(tmp_path, duration_s=20, backends=12)
+    (run_dir / "summary.json").write_text(json.dumps(summarize(load_run(run_dir))))
+    (run_dir / "scenario.yaml").write_text(
+        "name: synthetic\nworkloads:\n  - {kind: batched_post}\n"
+        "variants:\n  - name: logs-on\n  - name: logs-off\n"
+        "thresholds:\n  - edges_max < 5\n  - {check: edges_max <= 0.5x baseline, variants: [logs-off]}\n")
+    result = gate_run(run_dir)
+    verdicts = [(c.variant, str(c.threshold), c.verdict) for c in result.checks]
+    assert verdicts == [("logs-on", "edges_max < 5", "fail"),
+                        ("logs-off", "edges_max < 5", "pass"),
+                        ("logs-off", "edges_max <= 0.5x baseline", "pass")]
+    summary_json = json.loads((run_dir / "summary.json").read_text())
+    on = summary_json["variants"]["logs-on"]["metrics"]["edges_max"]
+    assert result.checks[0].value == on and on >= 5
