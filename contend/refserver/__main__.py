@@ -1,7 +1,8 @@
 """Entry points of the reference server's processes (started by contend.stack.refserver).
 
-    python -m contend.refserver web --port P --ready FILE [--setup FIXTURES_JSON --jobs K --images N]
-    python -m contend.refserver worker --index N --ready FILE
+    python -m contend.refserver web --port P [--host H] [--ready FILE]
+                                [--setup FIXTURES_JSON --jobs K --images N]
+    python -m contend.refserver worker --index N [--ready FILE]
     python -m contend.refserver manage <django-admin arguments>
 
 Configuration comes from the environment (CONTEND_REF_DSN, CONTEND_REF_NATS, the flags; the API
@@ -28,7 +29,9 @@ def _django(role: str) -> None:
     django.setup()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
@@ -56,9 +59,9 @@ def web(args: argparse.Namespace) -> None:
         allow_reuse_port = True
         request_queue_size = 1024
 
-    server = Server(("127.0.0.1", args.port), Handler)
+    server = Server((args.host, args.port), Handler)
     server.set_app(get_wsgi_application())
-    _write_json(Path(args.ready), {"pid": os.getpid()})
+    _write_json(args.ready, {"pid": os.getpid()})
     server.serve_forever()
 
 
@@ -80,7 +83,7 @@ def worker(args: argparse.Namespace) -> None:
                                        stream=queues.ML_RESULTS)
 
     psub = loop.run_until_complete(subscribe())
-    _write_json(Path(args.ready), {"pid": os.getpid()})
+    _write_json(args.ready, {"pid": os.getpid()})
     while True:
         try:
             # Prefetch 1: take the next message only when the previous task is done.
@@ -101,23 +104,30 @@ def manage(argv: list[str]) -> None:
     execute_from_command_line(["contend-refserver", *argv])
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["manage"]:
-        manage(argv[1:])
-        return
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of the web and worker entry points (``manage`` passes through to Django)."""
     parser = argparse.ArgumentParser(prog="python -m contend.refserver")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("web")
     w.add_argument("--port", type=int, required=True)
-    w.add_argument("--ready", required=True)
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--ready", type=Path)
     w.add_argument("--setup")
     w.add_argument("--jobs", type=int, default=1)
     w.add_argument("--images", type=int, default=100)
     k = sub.add_parser("worker")
     k.add_argument("--index", type=int, required=True)
-    k.add_argument("--ready", required=True)
-    args = parser.parse_args(argv)
+    k.add_argument("--ready", type=Path)
+    sub.add_parser("manage", help="django-admin commands: migrate, contend_fixtures, ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["manage"]:
+        manage(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
     {"web": web, "worker": worker}[args.command](args)
 
 

@@ -1,0 +1,83 @@
+"""The flag table, presets and resolution (no server needed)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from contend.errors import ConfigError
+from contend.flags import FLAGS, PRESETS, flag_names, parse_overrides, resolve_flags
+from tests.conftest import CONTEND
+
+
+def test_every_flag_resolves_to_its_default_without_preset():
+    values = resolve_flags(None, {})
+    assert values == {flag.name: flag.default for flag in FLAGS}
+    for flag in FLAGS:
+        assert flag.check(flag.default) == flag.default
+
+
+def test_issue_flags_are_all_present():
+    assert {"JOB_LOG_PERSIST_ENABLED", "JOB_LOG_STORE", "PROGRESS_LOCK", "NATS_TASK_TTR", "NATS_MAX_DELIVER",
+            "JOBS_POLL_ORDER", "JOBS_POLL_DEFAULT_LIMIT", "ATOMIC_REQUESTS", "WEB_CONCURRENCY",
+            "ML_WORKER_CONCURRENCY", "CACHALOT"} <= set(flag_names())
+
+
+def test_presets_bundle_the_chronology():
+    pre = resolve_flags("pre-1261", {})
+    assert (pre["PROGRESS_LOCK"], pre["NATS_TASK_TTR"], pre["JOBS_POLL_ORDER"],
+            pre["JOBS_POLL_DEFAULT_LIMIT"], pre["JOB_LOG_STORE"]) == ("select_for_update", "30", "newest", "10", "json")
+    pr = resolve_flags("pr-1261", {})
+    assert (pr["PROGRESS_LOCK"], pr["NATS_TASK_TTR"], pr["JOBS_POLL_ORDER"], pr["JOBS_POLL_DEFAULT_LIMIT"]) == (
+        "none", "300", "random", "1")
+    assert resolve_flags("pr-1261-logs-off", {})["JOB_LOG_PERSIST_ENABLED"] == "false"
+    assert resolve_flags("joblog-1259", {})["JOB_LOG_STORE"] == "table"
+    assert set(PRESETS) == {"pre-1261", "pr-1261", "pr-1261-logs-off", "joblog-1259"}
+
+
+def test_overrides_win_and_are_normalised():
+    values = resolve_flags("pre-1261", {"progress_lock": "ATOMIC", "NATS_TASK_TTR": " 2 "})
+    assert values["PROGRESS_LOCK"] == "atomic"
+    assert values["NATS_TASK_TTR"] == "2"
+    assert values["JOBS_POLL_ORDER"] == "newest"
+
+
+@pytest.mark.parametrize(("preset", "overrides", "expected"), [
+    ("nope", {}, "unknown preset 'nope' (allowed: pre-1261, pr-1261, pr-1261-logs-off, joblog-1259)"),
+    (None, {"FOO": "1"}, "unknown flag 'FOO' (allowed: JOB_LOG_PERSIST_ENABLED,"),
+    (None, {"PROGRESS_LOCK": "sometimes"},
+     "flag PROGRESS_LOCK: 'sometimes' is not allowed (allowed: select_for_update|none|none_full_save|"
+     "optimistic|atomic)"),
+    (None, {"NATS_TASK_TTR": "0"}, "flag NATS_TASK_TTR: '0' is not allowed (allowed: integer >= 1)"),
+    (None, {"WEB_CONCURRENCY": "two"}, "flag WEB_CONCURRENCY: 'two' is not allowed (allowed: integer >= 1)"),
+])
+def test_bad_input_is_one_line_naming_the_allowed_values(preset, overrides, expected):
+    with pytest.raises(ConfigError) as raised:
+        resolve_flags(preset, overrides)
+    assert raised.value.message.startswith(expected)
+    assert "\n" not in raised.value.message
+
+
+def test_parse_overrides():
+    assert parse_overrides(["progress_lock=atomic", "NATS_TASK_TTR=5"]) == {
+        "PROGRESS_LOCK": "atomic", "NATS_TASK_TTR": "5"}
+    with pytest.raises(ConfigError, match="is not NAME=VALUE"):
+        parse_overrides(["PROGRESS_LOCK"])
+
+
+def test_flags_command_lists_flags_and_presets():
+    out = subprocess.run([*CONTEND, "flags"], capture_output=True, text=True, check=True).stdout
+    for flag in FLAGS:
+        assert f"{flag.name}  default {flag.default}  allowed {flag.allowed}" in out
+        assert flag.meaning in out
+    for name in PRESETS:
+        assert f"\n{name}  " in out
+
+
+def test_up_rejects_a_bad_flag_before_starting_anything(tmp_path):
+    done = subprocess.run([*CONTEND, "up", "--reports", str(tmp_path), "--flag", "JOBS_POLL_ORDER=sideways"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "allowed: newest|oldest|random" in done.stderr
+    assert list(tmp_path.iterdir()) == []

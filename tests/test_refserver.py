@@ -1,0 +1,313 @@
+"""Contract of the reference server against real Postgres + NATS + the real web tier and workers.
+
+One stack (preset pr-1261, 2 web processes, 2 workers, 10 jobs) is shared by the tests of this
+module; tests whose flags must differ live in test_refserver_flags.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from contend.stack import RefServerOptions, Stack
+from tests.conftest import wait_for
+
+APP_NAME = re.compile(r"^contend-ref:(?P<role>\S+) pid=(?P<pid>\d+) tid=(?P<tid>\d+) ntid=(?P<ntid>\d+)")
+
+# Section 5 of the behaviour reference, verbatim: ids that do not exist are accepted by the view.
+EXAMPLE_BODY: dict[str, Any] = {
+    "results": [
+        {
+            "reply_subject": "$JS.ACK.job_42.job-42-consumer.1.7.7.1713790000000000000.93",
+            "result": {
+                "pipeline": "quebec_vermont_moths_2023",
+                "total_time": 0.8,
+                "source_images": [{"id": "5001", "url": "https://example.org/traps/5001.jpg"}],
+                "detections": [
+                    {
+                        "source_image_id": "5001",
+                        "bbox": {"x1": 12.0, "y1": 30.5, "x2": 96.0, "y2": 140.0},
+                        "algorithm": {"name": "Example detector", "key": "example_detector"},
+                        "timestamp": "2026-04-22T10:15:00",
+                        "classifications": [
+                            {
+                                "classification": "Example species",
+                                "scores": [0.87],
+                                "algorithm": {"name": "Example classifier", "key": "example_classifier"},
+                                "terminal": True,
+                                "timestamp": "2026-04-22T10:15:01",
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+        {
+            "reply_subject": "$JS.ACK.job_42.job-42-consumer.1.8.8.1713790000000000000.92",
+            "result": {"error": "failed to load image", "image_id": "5002"},
+        },
+    ]
+}
+
+
+@contextlib.contextmanager
+def refstack(folder: Path, **options: Any) -> Iterator[Stack]:
+    with Stack(folder, refserver=RefServerOptions(**options)) as stack:
+        yield stack
+
+
+class Api:
+    """A client of one reference server, with its token."""
+
+    def __init__(self, stack: Stack) -> None:
+        info = stack.info()["refserver"]
+        self.info = info
+        self.dsn = stack.dsn
+        self.run_dir = stack.run_dir
+        assert stack.nats is not None
+        self.nats_monitor = stack.nats.monitor_url
+        self.client = httpx.Client(base_url=info["url"] + "/api/v2",
+                                   headers={"Authorization": f"Token {info['token']}"}, timeout=60)
+
+    def jobs(self, **params: Any) -> dict[str, Any]:
+        response = self.client.get("/jobs/", params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def tasks(self, job: int, batch_size: int) -> list[dict[str, Any]]:
+        response = self.client.post(f"/jobs/{job}/tasks/", json={"batch_size": batch_size})
+        assert response.status_code == 200, response.text
+        return response.json()["tasks"]
+
+    def result(self, job: int, body: dict[str, Any], **kw: Any) -> httpx.Response:
+        return self.client.post(f"/jobs/{job}/result/", json=body, **kw)
+
+    def consumer(self, job: int) -> dict[str, Any]:
+        """Return the NATS monitoring view of the job's task consumer."""
+        data = httpx.get(f"{self.nats_monitor}/jsz", params={"consumers": "true"}).json()
+        for stream in data["account_details"][0]["stream_detail"]:
+            for consumer in stream.get("consumer_detail", []):
+                if consumer["name"] == f"job-{job}-consumer":
+                    return consumer
+        raise AssertionError(f"no consumer for job {job}")
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
+
+
+def error_results(prefix: str, n: int) -> dict[str, Any]:
+    """A body like Antenna's load script sends: error results with fake image ids and reply subjects."""
+    return {"results": [{"reply_subject": f"{prefix}.r{i}.deadbeef",
+                         "result": {"error": "load-test", "image_id": f"img-{prefix}-{i}"}} for i in range(n)]}
+
+
+def table_counter(api: Api, table: str, column: str) -> int:
+    return int(api.sql(f"SELECT {column} FROM pg_stat_user_tables WHERE relname = %s", table)[0][0])
+
+
+def settled(api: Api, table: str, column: str, quiet: float = 1.5, timeout: float = 60.0) -> int:
+    """Return a statistics counter once it has stopped moving for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = table_counter(api, table, column), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = table_counter(api, table, column)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    pytest.fail(f"{table}.{column} kept changing for {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    started = time.monotonic()
+    with refstack(tmp_path_factory.mktemp("ref"), preset="pr-1261", web_concurrency=2, worker_concurrency=2,
+                  jobs=10, images_per_job=4) as stack:
+        client = Api(stack)
+        client.info["startup_s"] = time.monotonic() - started
+        yield client
+        client.client.close()
+
+
+def test_stack_info_names_everything_a_sampler_needs(api):
+    info = api.info
+    assert info["url"].startswith("http://127.0.0.1:")
+    assert re.fullmatch(r"[0-9a-f]{40}", info["token"])
+    assert len(info["job_ids"]) == 10
+    assert info["pipeline_slug"] == "quebec_vermont_moths_2023"
+    assert info["flags"]["PROGRESS_LOCK"] == "none" and info["flags"]["WEB_CONCURRENCY"] == "2"
+    assert len(info["pids"]["web"]) == 2 and len(info["pids"]["workers"]) == 2
+    assert info["startup_s"] < 60
+
+
+def test_fixtures_are_started_async_jobs_with_one_task_per_image(api):
+    rows = api.sql("SELECT status, dispatch_mode, progress FROM jobs_job ORDER BY id")
+    assert [(r[0], r[1]) for r in rows] == [("STARTED", "async_api")] * 10
+    collect = rows[0][2]["stages"][0]
+    assert collect["key"] == "collect" and collect["params"][0]["value"] == 4
+    detail = api.client.get(f"/jobs/{api.info['job_ids'][9]}/").json()
+    assert detail["status"] == "STARTED" and detail["pipeline_slug"] == "quebec_vermont_moths_2023"
+    assert set(detail["logs"]) == {"stdout", "stderr"}
+
+
+def test_example_body_and_error_body_are_accepted_with_antennas_shape(api):
+    job = api.info["job_ids"][0]
+    for body in (EXAMPLE_BODY, error_results("contract", 3)):
+        response = api.result(job, body)
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert data["status"] == "accepted" and data["job_id"] == job
+        assert data["results_queued"] == len(body["results"])
+        assert [t["reply_subject"] for t in data["tasks"]] == [r["reply_subject"] for r in body["results"]]
+        assert all(t["status"] == "queued" and t["task_id"] for t in data["tasks"])
+
+
+def test_real_tasks_round_trip_saves_detections_and_acks(api):
+    job = api.info["job_ids"][1]
+    tasks = api.tasks(job, 2)
+    assert len(tasks) == 2
+    assert all(t["reply_subject"].startswith(f"$JS.ACK.job_{job}.job-{job}-consumer.1.") for t in tasks)
+    ok, failed = tasks
+    result = json.loads(json.dumps(EXAMPLE_BODY["results"][0]["result"]))
+    result["source_images"] = [{"id": ok["image_id"], "url": ok["image_url"]}]
+    result["detections"][0]["source_image_id"] = ok["image_id"]
+    body = {"results": [{"reply_subject": ok["reply_subject"], "result": result},
+                        {"reply_subject": failed["reply_subject"],
+                         "result": {"error": "failed to load image", "image_id": failed["image_id"]}}]}
+    assert api.result(job, body).status_code == 200
+
+    # Acked at the end of each result task: nothing of this job is pending an ack any more.
+    wait_for(lambda: api.consumer(job)["num_ack_pending"] == 0, timeout=30)
+    assert api.consumer(job)["ack_floor"]["stream_seq"] >= 2
+    assert api.sql("SELECT count(*) FROM main_detection d JOIN main_classification c ON c.detection_id = d.id "
+                   "WHERE d.source_image_id = %s", int(ok["image_id"]))[0][0] == 1
+    process = api.sql("SELECT progress FROM jobs_job WHERE id = %s", job)[0][0]["stages"][1]
+    params = {p["key"]: p["value"] for p in process["params"]}
+    assert params == {"processed": 2, "remaining": 2, "failed": 1}
+    # Both messages were acked, so the two other images are all that is left to hand out.
+    rest = api.tasks(job, 10)
+    assert len(rest) == 2 and not {t["image_id"] for t in rest} & {ok["image_id"], failed["image_id"]}
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("result", {}, "results"),
+    ("result", {"results": [{"reply_subject": "x", "result": {"pipeline": "p"}}]}, "results"),
+    ("result", {"results": [{"result": {"error": "e", "image_id": "1"}}]}, "results"),
+    ("tasks", {}, "batch_size"),
+    ("tasks", {"batch_size": 0}, "batch_size"),
+])
+def test_invalid_bodies_give_400(api, path, body, field):
+    response = api.client.post(f"/jobs/{api.info['job_ids'][2]}/{path}/", json=body)
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_non_json_body_gives_400(api):
+    response = api.client.post(f"/jobs/{api.info['job_ids'][2]}/result/", content=b"{not json",
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("JSON parse error")
+
+
+@pytest.mark.parametrize(("headers", "detail"), [
+    ({}, "Authentication credentials were not provided."),
+    ({"Authorization": "Token " + "0" * 40}, "Invalid token."),
+    ({"Authorization": "Bearer abc"}, "Authentication credentials were not provided."),
+])
+def test_missing_or_wrong_token_gives_401(api, headers, detail):
+    job = api.info["job_ids"][2]
+    for method, path in (("GET", "/jobs/"), ("POST", f"/jobs/{job}/result/"), ("POST", f"/jobs/{job}/tasks/")):
+        response = httpx.request(method, api.info["url"] + "/api/v2" + path, headers=headers,
+                                 json=error_results("auth", 1))
+        assert response.status_code == 401
+        assert response.json() == {"detail": detail}
+        assert response.headers["WWW-Authenticate"] == "Token"
+
+
+def test_list_envelope_filters_and_slash_handling(api):
+    page = api.client.get("/jobs", params={"pipeline__slug__in": "quebec_vermont_moths_2023,other",
+                                           "ids_only": 1, "incomplete_only": 1, "dispatch_mode": "async_api"})
+    assert page.status_code == 200
+    data = page.json()
+    assert set(data) == {"count", "next", "previous", "results", "user_permissions"}
+    # Job 0 got mostly failed results from other tests: its results stage is FAILURE, so not incomplete.
+    incomplete = api.sql("SELECT count(*) FROM jobs_job WHERE NOT progress @> "
+                         "'{\"stages\": [{\"key\": \"results\", \"status\": \"FAILURE\"}]}'")[0][0]
+    assert data["count"] == incomplete and len(data["results"]) == 1  # PR #1261: limit 1 by default
+    assert set(data["results"][0]) == {"id", "pipeline_slug", "user_permissions"}
+    assert "limit=1" in data["next"] and "offset=1" in data["next"]
+    assert api.jobs(ids_only=1, limit=20)["count"] == 10
+    assert api.jobs(ids_only=1, pipeline__slug__in="other")["count"] == 0
+    assert api.jobs(ids_only=1, dispatch_mode="internal")["count"] == 0
+    full = api.jobs(limit=3)
+    assert len(full["results"]) == 3 and "progress" in full["results"][0]
+
+
+def test_incomplete_only_excludes_a_job_whose_results_stage_is_final(api):
+    job = api.info["job_ids"][8]
+    before = {r["id"] for r in api.jobs(ids_only=1, incomplete_only=1, limit=20)["results"]}
+    api.sql("UPDATE jobs_job SET progress = jsonb_set(progress, '{stages,2,status}', '\"SUCCESS\"') "
+            "WHERE id = %s RETURNING id", job)
+    ids = {r["id"] for r in api.jobs(ids_only=1, incomplete_only=1, limit=20)["results"]}
+    assert job in before and ids == before - {job}
+    assert job in {r["id"] for r in api.jobs(ids_only=1, limit=20)["results"]}
+    api.sql("UPDATE jobs_job SET progress = jsonb_set(progress, '{stages,2,status}', '\"STARTED\"') "
+            "WHERE id = %s RETURNING id", job)
+
+
+def test_random_order_with_limit_1_spreads_polls(api):
+    seen = [api.jobs(ids_only=1, incomplete_only=1)["results"][0]["id"] for _ in range(20)]
+    assert len(set(seen)) >= 5
+
+
+def test_timed_out_client_does_not_abort_the_server_transaction(api):
+    """Hold the job row; a POST that times out on the client must still commit later.
+
+    While it waits, its backend (and a worker's) carry application names that point at the
+    process and thread a sampler should look at.
+    """
+    job = api.info["job_ids"][3]
+    marker = f"timeout-{time.monotonic_ns()}"
+    with psycopg.connect(api.dsn) as holder:
+        holder.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", (job,))
+        with pytest.raises(httpx.ReadTimeout):
+            api.result(job, error_results(marker, 1), timeout=1.5)
+
+        def waiting() -> list[str]:
+            rows = api.sql("SELECT application_name FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND application_name LIKE 'contend-ref:%%'")
+            roles = [r[0] for r in rows]
+            return roles if any(":web " in r for r in roles) and any(":worker-" in r for r in roles) else []
+
+        names = wait_for(waiting, timeout=30)
+        for name in names:
+            match = APP_NAME.match(name)
+            assert match, name
+            tier = "web" if match["role"] == "web" else "workers"
+            assert match["role"] == "web" or re.fullmatch(r"worker-\d+", match["role"])
+            assert int(match["pid"]) in api.info["pids"][tier]
+        holder.rollback()
+
+    def committed() -> bool:
+        logs = api.sql("SELECT logs FROM jobs_job WHERE id = %s", job)[0][0]["stdout"]
+        return any(f"reply_subject={marker}.r0.deadbeef" in line for line in logs)
+
+    wait_for(committed, timeout=30)
+
+
+def test_token_is_in_no_log_file(api):
+    logs = list(api.run_dir.glob("**/*.log"))
+    assert any("refserver-web-0" in p.name for p in logs) and any("refserver-worker-" in p.name for p in logs)
+    for path in logs:
+        assert api.info["token"] not in path.read_text(errors="replace"), path
