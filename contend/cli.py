@@ -21,6 +21,7 @@ from contend import __version__
 from contend.errors import ContendError, ExitCode, Interrupted, exit_code
 from contend.runfolder import DEFAULT_REPORTS, run_folder
 
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
@@ -321,6 +322,12 @@ def gate(run_dir: Path, baseline: Path | None, junit: Path | None) -> None:
 
     When GITHUB_STEP_SUMMARY is set, a markdown table is appended to that file.
     """
+    apply_gate(run_dir, baseline, junit)
+
+
+def apply_gate(run_dir: Path, baseline: Path | None, junit: Path | None,
+               out: Callable[[str], None] = click.echo) -> None:
+    """Print the gate table of a run, write JUnit and the GitHub step summary; raise when it failed."""
     import os
 
     from contend.errors import ThresholdsFailed
@@ -328,15 +335,59 @@ def gate(run_dir: Path, baseline: Path | None, junit: Path | None) -> None:
 
     result = gate_run(run_dir, baseline)
     for line in render_table(result):
-        click.echo(line)
+        out(line)
     if junit is not None:
         junit.write_text(render_junit(result))
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
-        with open(step_summary, "a") as out:
-            out.write(render_markdown(result))
+        with open(step_summary, "a") as summary:
+            summary.write(render_markdown(result))
     if not result.passed:
         raise ThresholdsFailed(f"{len(result.failed)} of {len(result.checks)} thresholds failed")
+
+
+@cli.command()
+@click.argument("scenario_file", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--reports", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True,
+              help="Folder that receives the run folder.")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="summary.json of an earlier run, for thresholds relative to it.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write the gate's verdict as JUnit XML.")
+@click.option("--fail-fast", is_flag=True,
+              help="Stop after the first variant that fails a threshold (the report is marked partial).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the run folder and the summary as JSON on stdout (progress stays on stderr).")
+def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path | None,
+        fail_fast: bool, as_json: bool) -> None:
+    """Perform a scenario: every variant on a fresh stack, load and samplers side by side.
+
+    Writes reports/<scenario>-<UTC time>/ with raw records, summary.json, report.html and
+    report.md, then applies the scenario's thresholds (exit 1 when one fails). Ctrl-C stops
+    cleanly and still writes a report, marked partial.
+    """
+    from contend.display import RunDisplay
+    from contend.gate import gate_run
+    from contend.report import write_report
+    from contend.run import VariantOutcome, run_scenario
+    from contend.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file)
+
+    def passes_so_far(run_dir: Path, outcome: VariantOutcome) -> bool:
+        write_report(run_dir)
+        return not any(check.variant == outcome.name for check in gate_run(run_dir, baseline).failed)
+
+    after = passes_so_far if fail_fast else None
+    with RunDisplay() as display:
+        result = run_scenario(scenario, reports, source=scenario_file.read_text(), observer=display,
+                              after_variant=after)
+    click.echo(f"run folder: {result.run_dir} ({result.status})", err=True)
+    click.echo(f"report:     {result.run_dir / 'report.html'}", err=True)
+    if as_json:
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+        echo_json({"run_dir": str(result.run_dir), "status": result.status, "summary": summary})
+    apply_gate(result.run_dir, baseline, junit, out=(lambda line: click.echo(line, err=True))
+               if as_json else click.echo)
 
 
 @cli.command()

@@ -1,0 +1,289 @@
+"""`contend run`: perform a scenario, variant by variant, and leave a run folder with its report.
+
+For each variant and repetition: a fresh stack with that variant's flags and a fresh database,
+fixtures, samplers and load side by side (warm-up, load, cool-down), stop. Raw records land in the
+run folder as they are taken, so an interrupted run still reports (marked partial), and a variant
+whose server dies is recorded as failed and the run goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from pydantic import SecretStr
+
+from contend import __version__
+from contend.errors import ConfigError, ContendError, Interrupted, StackError
+from contend.load import LoadProgress, LoadTarget, run_load
+from contend.runfolder import run_folder
+from contend.sample.runner import SamplerConfig, SamplerSet
+from contend.scenario import EmbeddedTarget, ExternalTarget, Scenario, Variant
+from contend.stack import Stack
+from contend.stack.refserver import RefServerOptions
+
+RUN_TOKEN_ENV = "CONTEND_RUN_TOKEN"
+
+
+class RunObserver(Protocol):
+    """What the live display is told while a run goes on."""
+
+    def variant_started(self, index: int, total: int, name: str) -> None: ...
+    def phase(self, text: str) -> None: ...
+    def load_progress(self, progress: LoadProgress, samples_dir: Path) -> None: ...
+    def variant_finished(self, name: str, status: str, reason: str | None) -> None: ...
+
+
+@dataclass
+class VariantOutcome:
+    name: str
+    folder: Path
+    status: str = "ok"
+    reason: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    outcomes: list[VariantOutcome] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _folders(variants: list[Variant]) -> list[tuple[Variant, int, str]]:
+    plan = []
+    for variant in variants:
+        for k in range(1, variant.repetitions + 1):
+            plan.append((variant, k, variant.name if variant.repetitions == 1 else f"{variant.name}~r{k}"))
+    return plan
+
+
+def _safe_dirname(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=,~" else "_" for c in name)
+
+
+class _Watch:
+    """Stops the load when a process of the stack dies, and remembers which."""
+
+    def __init__(self, stack: Stack | None, stop: threading.Event) -> None:
+        self.stack = stack
+        self.stop = stop
+        self.died: str | None = None
+
+    def check(self) -> None:
+        dead = self.stack.dead() if self.stack is not None else None
+        if dead and self.died is None:
+            self.died = f"{dead} died during the load (see its log under stack/)"
+            self.stop.set()
+
+
+def _sampler_settings(scenario: Scenario) -> dict[str, Any]:
+    sampling = scenario.sampling
+    return {
+        "pg_interval_s": sampling.pg_interval_s,
+        "pyspy_interval_s": sampling.pyspy_interval_s,
+        "pyspy_record": sampling.pyspy and sampling.pyspy_record,
+        "nats_interval_s": sampling.nats_interval_s,
+        "attribution_threshold_s": sampling.attribution_threshold_s,
+    }
+
+
+def _embedded(scenario: Scenario, target: EmbeddedTarget, stack: Stack) -> tuple[LoadTarget, SamplerConfig]:
+    info = stack.info()
+    ref = info["refserver"]
+    # The run folder keeps how the stack was reached, but not the token (reports get shared).
+    (stack.run_dir / "stack.json").write_text(
+        json.dumps({**info, "refserver": {**ref, "token": "(not kept)"}}, indent=2) + "\n")
+    # The load's child processes read the token from their environment, never from argv.
+    os.environ[RUN_TOKEN_ENV] = ref["token"]
+    load_target = LoadTarget(base_url=ref["url"], token_env=RUN_TOKEN_ENV, job_ids=ref["job_ids"],
+                             pipeline_slug=ref["pipeline_slug"])
+    sampling = scenario.sampling
+    sampler = SamplerConfig(
+        dsn=SecretStr(stack.dsn),
+        nats_monitor_url=info["nats"]["monitor_url"] if sampling.nats else None,
+        pyspy_pids={"web": ref["pids"]["web"], "worker": ref["pids"]["workers"]} if sampling.pyspy else {},
+        **_sampler_settings(scenario),
+    )
+    return load_target, sampler
+
+
+def _external(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, SamplerConfig]:
+    pyspy = scenario.sampling.pyspy
+    if target.dsn_env is None:
+        raise ConfigError("target.dsn_env is empty: contend needs a monitoring DSN to sample Postgres",
+                          hint="set target.dsn_env to a variable holding a DSN of a role with pg_monitor")
+    load_target = LoadTarget(base_url=target.base_url, token_env=target.token_env,
+                             allow_remote=target.allow_remote)
+    sampler = SamplerConfig(
+        dsn_env=target.dsn_env,
+        pyspy_pids=target.pyspy_pids if pyspy else {},
+        pyspy_patterns=target.pyspy_patterns if pyspy else {},
+        **_sampler_settings(scenario),
+    )
+    return load_target, sampler
+
+
+def run_variant(
+    scenario: Scenario, variant: Variant, folder: Path, *, observer: RunObserver | None, stop: threading.Event
+) -> VariantOutcome:
+    """Run one variant (one repetition) in ``folder``; return how it ended.
+
+    An embedded target gets a fresh stack (new database, this variant's flags); an external target
+    is only loaded and observed.
+    """
+    target = scenario.target
+    with contextlib.ExitStack() as scope:
+        if isinstance(target, EmbeddedTarget):
+            if observer:
+                observer.phase("starting the stack")
+            options = RefServerOptions(preset=None, flags=variant.flags, jobs=target.jobs,
+                                       images_per_job=target.images_per_job)
+            stack: Stack | None = scope.enter_context(Stack(folder / "stack", refserver=options))
+            assert stack is not None
+            load_target, sampler = _embedded(scenario, target, stack)
+        else:
+            stack = None
+            load_target, sampler = _external(scenario, target)
+        watch = _Watch(stack, stop)
+
+        def on_progress(progress: LoadProgress) -> None:
+            watch.check()
+            if observer:
+                observer.load_progress(progress, folder / "samples")
+
+        with SamplerSet(sampler, folder):
+            _pause(scenario.warm_up_s, stop, watch, observer, "warm-up")
+            if not stop.is_set():
+                if observer:
+                    observer.phase("load")
+                run_load(variant.workloads, load_target, folder / "load", progress=on_progress, stop=stop)
+            _pause(scenario.cool_down_s, stop, watch, observer, "cool-down")
+    if watch.died:
+        return VariantOutcome(variant.name, folder, "failed", watch.died)
+    return VariantOutcome(variant.name, folder)
+
+
+def _pause(seconds: float, stop: threading.Event, watch: _Watch, observer: RunObserver | None,
+           label: str) -> None:
+    if seconds <= 0:
+        return
+    if observer:
+        observer.phase(label)
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        watch.check()
+        stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def run_scenario(
+    scenario: Scenario,
+    reports: Path,
+    *,
+    source: str | None = None,
+    observer: RunObserver | None = None,
+    stop: threading.Event | None = None,
+    after_variant: Callable[[Path, VariantOutcome], bool] | None = None,
+) -> RunResult:
+    """Perform every variant of ``scenario`` and write the run folder; return where and how it ended.
+
+    ``after_variant`` may return False to end the run early (the gate's early abort). Ctrl-C or
+    SIGTERM (raised as Interrupted/KeyboardInterrupt) ends the run as ``partial``, report included.
+    """
+    stop = stop or threading.Event()
+    run_dir = run_folder(scenario.name, reports)
+    (run_dir / "scenario.yaml").write_text(
+        source if source is not None else yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
+    )
+    variants = scenario.expand()
+    plan = _folders(variants)
+    meta: dict[str, Any] = {
+        "scenario": scenario.name,
+        "contend_version": __version__,
+        "python": platform.python_version(),
+        "postgres": None,
+        "nats": None,
+        "cpus": os.cpu_count(),
+        "started": _now(),
+        "ended": None,
+        "status": "running",
+        "baseline": next(v.name for v in variants if v.baseline),
+        "variants": [v.name for v in variants],
+        "sweep": next((key for v in variants for key in v.params), None),
+    }
+    _write_json(run_dir / "meta.json", meta)
+    result = RunResult(run_dir, "complete")
+    try:
+        for index, (variant, repetition, label) in enumerate(plan, start=1):
+            folder = run_dir / "variants" / _safe_dirname(label)
+            folder.mkdir(parents=True)
+            vmeta: dict[str, Any] = {
+                "name": variant.name, "flags": variant.flags, "params": variant.params,
+                "repetition": repetition, "started": _now(), "ended": None,
+                "status": "running", "reason": None,
+            }
+            _write_json(folder / "meta.json", vmeta)
+            if observer:
+                observer.variant_started(index, len(plan), label)
+            try:
+                outcome = run_variant(scenario, variant, folder, observer=observer, stop=stop)
+            except (Interrupted, KeyboardInterrupt):
+                vmeta.update(status="partial", reason="interrupted", ended=_now())
+                _write_json(folder / "meta.json", vmeta)
+                raise
+            except ContendError as error:
+                outcome = VariantOutcome(variant.name, folder, "failed", error.message)
+            _record_versions(meta, folder)
+            vmeta.update(status=outcome.status, reason=outcome.reason, ended=_now())
+            _write_json(folder / "meta.json", vmeta)
+            result.outcomes.append(outcome)
+            if observer:
+                observer.variant_finished(label, outcome.status, outcome.reason)
+            if after_variant is not None and not after_variant(run_dir, outcome):
+                result.status = "partial"
+                break
+    except (Interrupted, KeyboardInterrupt):
+        result.status = "partial"
+        raise
+    finally:
+        meta.update(status=result.status, ended=_now())
+        _write_json(run_dir / "meta.json", meta)
+        _render(run_dir)
+    return result
+
+
+def _record_versions(meta: dict[str, Any], folder: Path) -> None:
+    info_path = folder / "stack" / "stack.json"
+    if meta["postgres"] is None and info_path.exists():
+        info = json.loads(info_path.read_text())
+        meta["postgres"] = info["postgres"]["version"]
+        meta["nats"] = info["nats"]["version"]
+
+
+def _render(run_dir: Path) -> None:
+    from contend.report import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as error:  # the raw records are the result; a report failure must not hide them
+        raise StackError(f"the run finished but its report failed: {error}",
+                         hint=f"the raw records are in {run_dir}; retry: contend report {run_dir}") from error
