@@ -57,6 +57,15 @@ BETTER: dict[str, int] = {m: -1 for m in METRICS} | {
     "requests_total": 0,
 }
 
+REQUEST_METRICS = (
+    "posts_ok",
+    "posts_total",
+    "dup_tasks",
+    "dup_results",
+    "timeouts",
+    "requests_total",
+    "requests_failed",
+)
 REQUEST_COLUMNS = (
     "t0",
     "t1",
@@ -373,6 +382,9 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
     for key in ("edges_max", "blocked_max", "depth_max", "idle_in_tx_max"):
         if m[key] is not None:
             m[key] = int(m[key])  # type: ignore[arg-type]
+    if req.empty:
+        # No load records at all (the variant died before its load): counts are unknown, not zero.
+        m.update(dict.fromkeys(REQUEST_METRICS))
     return m
 
 

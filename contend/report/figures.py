@@ -197,6 +197,7 @@ def sweep(
                 )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(parameter, fontsize=8)
+        ax.set_xticks(sorted({p[0] for points in lines.values() for p in points}))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -105,7 +105,9 @@ def _cell(entry: dict[str, Any], metric: str) -> Cell:
     delta = entry["deltas"].get(metric)
     return Cell(
         value=fmt(value, metric),
-        spread=f"{fmt(spread[0], metric)}–{fmt(spread[1], metric)}" if spread else "",
+        spread=f"{fmt(spread[0], metric)}–{fmt(spread[1], metric)}"
+        if spread and spread[0] != spread[1]
+        else "",
         delta=_delta_text(metric, delta) if delta else "",
         tone=_tone(metric, delta["abs"] or 0, delta.get("real")) if delta else "",
         real=delta.get("real") if delta else None,
@@ -136,6 +138,10 @@ def headlines(summary: dict[str, Any]) -> list[str]:
         if base is None or name == base_name:
             continue
         m, b = entry["metrics"], base["metrics"]
+        status = "" if entry["status"] == "ok" else f" [{entry['status']}]"
+        if all(v is None for v in m.values()):
+            out.append(f"{name}{status}: no records")
+            continue
         parts = [
             f"{label} {fmt(b.get(k), k)} → {fmt(m.get(k), k)}"
             for k, label in HEADLINE
@@ -146,7 +152,6 @@ def headlines(summary: dict[str, Any]) -> list[str]:
             f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
             f"{fmt(m.get('posts_ok'))}/{fmt(m.get('posts_total'))}",
         )
-        status = "" if entry["status"] == "ok" else f" [{entry['status']}]"
         out.append(f"{name} vs {base_name}{status}: " + ", ".join(parts))
     return out
 
