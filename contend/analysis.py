@@ -224,7 +224,11 @@ class RunData:
     @property
     def sweep(self) -> str | None:
         sweep = self.meta.get("sweep")
-        return str(sweep) if sweep else None
+        values = {
+            json.dumps(r[0].meta.get("params", {}).get(sweep)) for r in self.variants.values() if sweep and r
+        }
+        # A parameter that does not vary (or no variant recorded it) gives no scaling curve.
+        return str(sweep) if len(values - {"null"}) > 1 else None
 
 
 def _roots_frame(tick_rows: list[dict[str, Any]], ticks: pd.DataFrame) -> pd.DataFrame:

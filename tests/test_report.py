@@ -196,3 +196,13 @@ def test_sweep_plot_only_when_the_run_sweeps(tmp_path):
     assert sorted(e["params"]["concurrency"] for e in summary["variants"].values()) == [1, 1, 2, 2, 4, 4]
     plain = make_run(tmp_path / "p", variants[:2], duration_s=10, backends=6, with_backends=False)
     assert 'alt="sweep"' not in write_report(plain).html.read_text()
+    # A "sweep" over a parameter every variant shares has no curve to draw.
+    flat = make_run(
+        tmp_path / "f",
+        (variants[0], variants[3]),
+        duration_s=10,
+        backends=6,
+        with_backends=False,
+        sweep="concurrency",
+    )
+    assert 'alt="sweep"' not in write_report(flat).html.read_text()
