@@ -26,11 +26,10 @@ def test_issue_flags_are_all_present():
 
 def test_presets_bundle_the_chronology():
     pre = resolve_flags("pre-1261", {})
-    assert (pre["PROGRESS_LOCK"], pre["NATS_TASK_TTR"], pre["JOBS_POLL_ORDER"],
-            pre["JOBS_POLL_DEFAULT_LIMIT"], pre["JOB_LOG_STORE"]) == ("select_for_update", "30", "newest", "10", "json")
+    keys = ("PROGRESS_LOCK", "NATS_TASK_TTR", "JOBS_POLL_ORDER", "JOBS_POLL_DEFAULT_LIMIT", "JOB_LOG_STORE")
+    assert [pre[k] for k in keys] == ["select_for_update", "30", "newest", "10", "json"]
     pr = resolve_flags("pr-1261", {})
-    assert (pr["PROGRESS_LOCK"], pr["NATS_TASK_TTR"], pr["JOBS_POLL_ORDER"], pr["JOBS_POLL_DEFAULT_LIMIT"]) == (
-        "none", "300", "random", "1")
+    assert [pr[k] for k in keys] == ["none", "300", "random", "1", "json"]
     assert resolve_flags("pr-1261-logs-off", {})["JOB_LOG_PERSIST_ENABLED"] == "false"
     assert resolve_flags("joblog-1259", {})["JOB_LOG_STORE"] == "table"
     assert set(PRESETS) == {"pre-1261", "pr-1261", "pr-1261-logs-off", "joblog-1259"}

@@ -108,7 +108,8 @@ class Api:
 def error_results(prefix: str, n: int) -> dict[str, Any]:
     """A body like Antenna's load script sends: error results with fake image ids and reply subjects."""
     return {"results": [{"reply_subject": f"{prefix}.r{i}.deadbeef",
-                         "result": {"error": "load-test", "image_id": f"img-{prefix}-{i}"}} for i in range(n)]}
+                         "result": {"error": "load-test", "image_id": f"img-{prefix}-{i}"}}
+                        for i in range(n)]}
 
 
 def table_counter(api: Api, table: str, column: str) -> int:
@@ -190,7 +191,8 @@ def test_real_tasks_round_trip_saves_detections_and_acks(api):
     # Acked at the end of each result task: nothing of this job is pending an ack any more.
     wait_for(lambda: api.consumer(job)["num_ack_pending"] == 0, timeout=30)
     assert api.consumer(job)["ack_floor"]["stream_seq"] >= 2
-    assert api.sql("SELECT count(*) FROM main_detection d JOIN main_classification c ON c.detection_id = d.id "
+    assert api.sql("SELECT count(*) FROM main_detection d "
+                   "JOIN main_classification c ON c.detection_id = d.id "
                    "WHERE d.source_image_id = %s", int(ok["image_id"]))[0][0] == 1
     process = api.sql("SELECT progress FROM jobs_job WHERE id = %s", job)[0][0]["stages"][1]
     params = {p["key"]: p["value"] for p in process["params"]}
@@ -227,7 +229,8 @@ def test_non_json_body_gives_400(api):
 ])
 def test_missing_or_wrong_token_gives_401(api, headers, detail):
     job = api.info["job_ids"][2]
-    for method, path in (("GET", "/jobs/"), ("POST", f"/jobs/{job}/result/"), ("POST", f"/jobs/{job}/tasks/")):
+    calls = (("GET", "/jobs/"), ("POST", f"/jobs/{job}/result/"), ("POST", f"/jobs/{job}/tasks/"))
+    for method, path in calls:
         response = httpx.request(method, api.info["url"] + "/api/v2" + path, headers=headers,
                                  json=error_results("auth", 1))
         assert response.status_code == 401

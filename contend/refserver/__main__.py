@@ -42,6 +42,7 @@ def web(args: argparse.Namespace) -> None:
     from django.core.management import call_command
     from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
     from django.core.wsgi import get_wsgi_application
+    from django.db import connections
 
     if args.setup:
         from contend.refserver.fixtures import create_fixtures
@@ -50,6 +51,7 @@ def web(args: argparse.Namespace) -> None:
         made = create_fixtures(args.jobs, args.images, token=os.environ.pop("CONTEND_REF_TOKEN", None))
         _write_json(Path(args.setup), {"project_id": made.project_id, "pipeline_slug": made.pipeline_slug,
                                        "job_ids": made.job_ids})
+        connections.close_all()  # no idle setup connection left behind (its statistics flush now)
 
     class Handler(WSGIRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn

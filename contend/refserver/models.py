@@ -1,4 +1,4 @@
-# ruff: noqa: RUF012  (Django migration and Meta attributes are class-level lists by design)
+# ruff: noqa: RUF012  (Django Meta and migration attributes are class-level lists by design)
 """Tables shaped like Antenna's: the hot ``jobs_job`` row, its ``jobs_joblog`` children, and the rest."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF012  (Django migration and Meta attributes are class-level lists by design)
+# ruff: noqa: RUF012  (Django Meta and migration attributes are class-level lists by design)
 """Server-side progress arithmetic for PROGRESS_LOCK=atomic (issue #1256 option D).
 
 ``contend_stage_update`` applies one stage update to a progress document with the same rules as
