@@ -13,7 +13,16 @@ import numpy as np
 from contend import __version__
 from contend.analysis import RunData, VariantRun, stack_summary, top_blockers
 from contend.report import figures
-from contend.report.tables import OTHER_ROWS, VERDICT_ROWS, flags_text, fmt, headlines, rows
+from contend.report.tables import (
+    OTHER_ROWS,
+    VERDICT_ROWS,
+    common_text,
+    differing,
+    flags_text,
+    fmt,
+    headlines,
+    rows,
+)
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("contend.report", "templates"),
@@ -24,14 +33,27 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
 )
 STACK_FRAMES = 14
+FINGERPRINT_CHARS = 240
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def _when(meta: dict[str, Any]) -> str:
-    started, ended = meta.get("started"), meta.get("ended")
-    if not isinstance(started, int | float):
-        return str(started or "start unknown")
+    """``2026-01-01 00:00:00 UTC, 130 s`` from the run meta (ISO 8601 strings or epoch seconds)."""
+    started, ended = _epoch(meta.get("started")), _epoch(meta.get("ended"))
+    if started is None:
+        return "start unknown"
     text = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if isinstance(ended, int | float):
+    if ended is not None:
         text += f", {ended - started:.0f} s"
     return text
 
@@ -85,7 +107,7 @@ def _link(path: Path, out_dir: Path) -> str:
 
 
 def variant_context(
-    name: str, reps: list[VariantRun], entry: dict[str, Any], baseline: str, out_dir: Path
+    name: str, reps: list[VariantRun], entry: dict[str, Any], baseline: str, out_dir: Path, varying: set[str]
 ) -> dict[str, Any]:
     rep = reps[0]
     blockers = []
@@ -95,7 +117,9 @@ def variant_context(
             att = {"who": _who(b.attribution), "stack": _stack(b.attribution.get("stack"))}
         blockers.append(
             {
-                "fingerprint": b.fingerprint,
+                "fingerprint": b.fingerprint
+                if len(b.fingerprint) <= FINGERPRINT_CHARS
+                else b.fingerprint[:FINGERPRINT_CHARS] + " …",
                 "example": b.query[:300] if b.query != b.fingerprint else "",
                 "states": b.states,
                 "attribution": att,
@@ -111,10 +135,12 @@ def variant_context(
         "is_baseline": name == baseline,
         "status": entry["status"],
         "reason": entry["reason"],
-        "flags": flags_text(entry),
+        "flags": flags_text(entry, varying),
+        "all_flags": flags_text(entry),
         "repetitions": entry["repetitions"],
         "timeline_png": figures.timeline(rep) if has_data else None,
         "blockers": blockers,
+        "attributed": any(b["attribution"] for b in blockers),
         "stacks": stack_summary(rep.pyspy),
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
@@ -132,7 +158,7 @@ def render_html(
     """Return the report page for ``run``; links (speedscope files) are relative to ``out_dir``."""
     baseline = summary["baseline"]
     variants = [
-        variant_context(name, reps, summary["variants"][name], baseline, out_dir)
+        variant_context(name, reps, summary["variants"][name], baseline, out_dir, differing(summary))
         for name, reps in run.variants.items()
     ]
     latencies = {
@@ -160,6 +186,7 @@ def render_html(
         latency_png=figures.latency_distributions(latencies),
         sweep_png=figures.sweep(summary, run.sweep) if run.sweep else None,
         environment=environment,
+        common=common_text(summary) if differing(summary) else "",
         notes=run.notes,
         sources=sources or [],
         version=__version__,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from contend.analysis import Blocker
-from contend.report.tables import VERDICT_ROWS, flags_text, headlines, rows
+from contend.report.tables import VERDICT_ROWS, common_text, differing, flags_text, headlines, rows
 
 
 def _md(text: str) -> str:
@@ -38,9 +38,10 @@ def render_markdown(
             cells.append(_md(text))
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines.append("")
+    varying = differing(summary)
     for name in names:
         b = blockers.get(name)
-        flags = _md(flags_text(summary["variants"][name]))
+        flags = _md(flags_text(summary["variants"][name], varying))
         if b is None:
             lines.append(f"- `{_md(name)}` ({flags}): no blocked backends seen")
         else:
@@ -48,6 +49,8 @@ def render_markdown(
                 f"- `{_md(name)}` ({flags}): top root blocker `{_md(b.fingerprint[:120])}`, "
                 f"{b.blocked_s:.0f} blocked-s, up to {b.max_blocks} blocked"
             )
+    if varying and common_text(summary):
+        lines += ["", f"Every variant: `{_md(common_text(summary))}`."]
     repeated = any(e["repetitions"] > 1 for e in summary["variants"].values())
     lines += [
         "",

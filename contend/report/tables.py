@@ -156,7 +156,30 @@ def headlines(summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def flags_text(entry: dict[str, Any]) -> str:
-    items = [f"{k}={v}" for k, v in entry.get("flags", {}).items()]
-    items += [f"{k}={v}" for k, v in entry.get("params", {}).items()]
-    return ", ".join(items) or "(defaults)"
+def differing(summary: dict[str, Any]) -> set[str]:
+    """The flag and parameter names whose values differ between variants (what a comparison is about)."""
+    entries = list(summary["variants"].values())
+    keys = {k for e in entries for k in (*e.get("flags", {}), *e.get("params", {}))}
+    return {k for k in keys if len({str(_setting(e, k)) for e in entries}) > 1}
+
+
+def _setting(entry: dict[str, Any], key: str) -> Any:
+    return entry.get("flags", {}).get(key, entry.get("params", {}).get(key))
+
+
+def flags_text(entry: dict[str, Any], only: set[str] | None = None) -> str:
+    """``FLAG=value, param=value``; with ``only``, just those names (all of them when none differ)."""
+    items = [*entry.get("flags", {}).items(), *entry.get("params", {}).items()]
+    if only:
+        items = [(k, v) for k, v in items if k in only]
+    return ", ".join(f"{k}={v}" for k, v in items) or "(defaults)"
+
+
+def common_text(summary: dict[str, Any]) -> str:
+    """The settings every variant shares, once."""
+    entries = list(summary["variants"].values())
+    if not entries:
+        return ""
+    varying = differing(summary)
+    items = [*entries[0].get("flags", {}).items(), *entries[0].get("params", {}).items()]
+    return ", ".join(f"{k}={v}" for k, v in items if k not in varying)
