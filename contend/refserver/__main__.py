@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,31 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+
+
+def _fork(processes: int) -> int:
+    """In containers (no stack to start them): fork ``processes`` copies; return this copy's index.
+
+    The parent only waits for its children and passes SIGTERM on; it never returns.
+    """
+    if processes <= 1:
+        return 0
+    children = []
+    for index in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            return index
+        children.append(pid)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    for child in children:
+        os.waitpid(child, 0)
+    sys.exit(0)
 
 
 def web(args: argparse.Namespace) -> None:
@@ -61,6 +88,7 @@ def web(args: argparse.Namespace) -> None:
         allow_reuse_port = True
         request_queue_size = 1024
 
+    _fork(args.processes)
     server = Server((args.host, args.port), Handler)
     server.set_app(get_wsgi_application())
     _write_json(args.ready, {"pid": os.getpid()})
@@ -68,7 +96,7 @@ def web(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    _django(f"worker-{args.index}")
+    _django(f"worker-{args.index + _fork(args.processes)}")
     import nats
     from django.db import close_old_connections
 
@@ -117,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--setup")
     w.add_argument("--jobs", type=int, default=1)
     w.add_argument("--images", type=int, default=100)
+    w.add_argument("--processes", type=int, default=1, help="fork this many web processes (containers)")
     k = sub.add_parser("worker")
     k.add_argument("--index", type=int, required=True)
     k.add_argument("--ready", type=Path)
+    k.add_argument("--processes", type=int, default=1, help="fork this many workers (containers)")
     sub.add_parser("manage", help="django-admin commands: migrate, contend_fixtures, ...")
     return parser
 
