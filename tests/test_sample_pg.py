@@ -93,7 +93,9 @@ def test_one_holder_five_queued_waiters(sample_dsn: str, sampler: PgSampler) -> 
     with Contention(sample_dsn, waiters=5) as c:
         h, (w1, w2, w3, w4, w5) = c.holder_pid, c.waiter_pids
         tick, backends = sampler.tick()
-    blocked_by = {b["pid"]: b["blocked_by"] for b in backends}
+    # Other sessions of the database (a connection just closed may linger a moment) wait on nobody.
+    blocked_by = {b["pid"]: b["blocked_by"] for b in backends if b["pid"] in {h, w1, w2, w3, w4, w5}}
+    assert all(not b["blocked_by"] for b in backends if b["pid"] not in blocked_by)
     # Postgres queues row-lock waiters: w1 waits on h's transaction id and holds the tuple lock;
     # w2..w5 wait on that tuple lock, blocked by w1 (holder) and by every waiter queued before them.
     assert blocked_by == {h: [], w1: [h], w2: [w1], w3: sorted([w1, w2]), w4: sorted([w1, w2, w3]),
@@ -105,9 +107,11 @@ def test_one_holder_five_queued_waiters(sample_dsn: str, sampler: PgSampler) -> 
     assert [(r["pid"], r["blocks"], r["state"]) for r in tick["roots"]] == [(h, 5, "idle in transaction")]
     assert tick["roots"][0]["fingerprint"] == "UPDATE sample_hot SET n = n + ? WHERE id = ?"
     assert tick["locked_relations"] == ["sample_hot"]
-    assert tick["wait_events"] == {"Client:ClientRead": 1, "Lock:transactionid": 1, "Lock:tuple": 4}
-    assert tick["backends"] == 6  # the sampler's own backend is not counted
-    assert all(b["app"] != APPLICATION_NAME for b in backends)
+    events = tick["wait_events"]
+    assert (events["Lock:transactionid"], events["Lock:tuple"]) == (1, 4)
+    assert events["Client:ClientRead"] >= 1  # the holder, idle in its transaction
+    assert tick["backends"] == sum(b["backend_type"] == "client backend" for b in backends) >= 6
+    assert all(b["app"] != APPLICATION_NAME for b in backends)  # the sampler's own backend is excluded
     holder = next(b for b in backends if b["pid"] == h)
     assert holder["has_xid"] is True and holder["client_addr"] == "127.0.0.1" and holder["client_port"] > 0
 
