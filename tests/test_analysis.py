@@ -8,10 +8,12 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from contend.analysis import load_run, summarize
+from contend.analysis import inflight, load_run, nats_series, summarize
 from contend.errors import ConfigError
+from contend.report.figures import peak_downsample
 from contend.report.synthetic import DEFAULT_VARIANTS, make_run
 
 
@@ -164,3 +166,36 @@ def test_not_a_run_folder_is_a_config_error(tmp_path):
         load_run(tmp_path)
     with pytest.raises(ConfigError, match="not a run folder"):
         load_run(tmp_path / "nope")
+
+
+def test_requests_in_flight_count_started_and_not_ended():
+    requests = pd.DataFrame({"t0": [0.0, 1.0, 2.0], "t1": [3.0, 1.5, 5.0]})
+    # at 1.2: the first two; at 2.5: first and third; at 3.0 the first has ended; at 6 none.
+    assert inflight(requests, np.array([1.2, 2.5, 3.0, 6.0])).tolist() == [2, 2, 1, 0]
+
+
+def test_downsampling_keeps_every_spike():
+    x = np.arange(6000, dtype=float)
+    y = np.zeros(6000)
+    y[[17, 2500, 5999]] = [9, 30, 4]
+    dx, dy = peak_downsample(x, y, points=100)
+    assert len(dx) == 100
+    assert dict(zip(dx[dy > 0].tolist(), dy[dy > 0].tolist(), strict=True)) == {
+        17.0: 9,
+        2500.0: 30,
+        5999.0: 4,
+    }
+
+
+def test_nats_series_sums_redeliveries_of_job_consumers_only():
+    rows = [
+        {"t": 10.2, "stream": "ml_results", "consumer": "w", "num_pending": 7, "num_redelivered": 99},
+        {"t": 10.1, "stream": "job_1", "consumer": "job-1-consumer", "num_pending": 0, "num_redelivered": 2},
+        {"t": 10.3, "stream": "job_2", "consumer": "job-2-consumer", "num_pending": 0, "num_redelivered": 1},
+        {"t": 11.1, "stream": "job_1", "consumer": "job-1-consumer", "num_pending": 0, "num_redelivered": 3},
+    ]
+    series = nats_series(pd.DataFrame(rows))
+    # At 11 s job_2 reported nothing: its last value (1) carries forward; ml_results is not counted.
+    assert series["t"].tolist() == [10.0, 11.0]
+    assert series["redelivered"].tolist() == [3.0, 4.0]
+    assert series["queue"].iloc[0] == 7 and np.isnan(series["queue"].iloc[1])

@@ -10,6 +10,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +34,11 @@ DEFAULT_VARIANTS = (
     SynthVariant("logs-on", {"JOB_LOG_PERSIST_ENABLED": "true"}, {"concurrency": 10}, contention=0.9),
     SynthVariant("logs-off", {"JOB_LOG_PERSIST_ENABLED": "false"}, {"concurrency": 10}, contention=0.05),
 )
+
+
+def _iso(t: float) -> str:
+    """Times in meta.json are ISO 8601 UTC, as the orchestrator writes them."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _line(fh: TextIO, row: dict[str, Any]) -> None:
@@ -61,8 +67,8 @@ def _write_variant(
         "flags": v.flags,
         "params": v.params,
         "repetition": rep,
-        "started": start,
-        "ended": end,
+        "started": _iso(start),
+        "ended": _iso(end),
         "status": v.status,
         "reason": v.reason,
     }
@@ -329,8 +335,8 @@ def make_run(
         "postgres": "16.4",
         "nats": "2.10.22",
         "cpus": 2,
-        "started": 1_767_225_600.0,
-        "ended": start,
+        "started": _iso(1_767_225_600.0),
+        "ended": _iso(start),
         "status": status,
         "baseline": names[0],
         "variants": names,
