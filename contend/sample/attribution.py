@@ -114,7 +114,7 @@ class Attributor:
         *,
         dumper: Callable[[int], list[dict[str, Any]]] | None = None,
         resolver: Callable[[Mapping[str, Any]], Client | None] = resolve_client,
-        min_dump_interval_s: float = 5.0,
+        min_dump_interval_s: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.threshold_s = threshold_s

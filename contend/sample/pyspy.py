@@ -8,6 +8,7 @@ Threads blocked in a socket read (waiting for Postgres) are kept: a dump shows e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -160,7 +161,12 @@ def summarize_stacks(dumps: Iterable[Mapping[str, Any]], own_code_prefixes: Sequ
 
 
 class PySpySampler:
-    """Dumps every target process in turn; a permission error disables it with one warning."""
+    """Dumps every target process in turn.
+
+    A dump can fail for a moment (a thread exiting while py-spy reads it); only a permission
+    error before any dump ever worked disables the sampler, with one warning, and the run goes on
+    without stacks. A process that has exited is no longer dumped.
+    """
 
     def __init__(
         self,
@@ -175,7 +181,9 @@ class PySpySampler:
         self.dumper = dumper
         self.on_warning = on_warning
         self.disabled = False
+        self.worked = False
         self._gone: set[int] = set()
+        self._warned: set[int] = set()
 
     def tick(self) -> list[dict[str, Any]]:
         """Return one record per target process dumped now."""
@@ -187,11 +195,28 @@ class PySpySampler:
                 t = self.clock()
                 try:
                     records.append(dump_record(t, pid, role, self.dumper(pid)))
+                    self.worked = True
                 except SamplerError as exc:
-                    if exc.hint == PERMISSION_HINT:
-                        self.disabled = True
-                        self.on_warning(f"{exc.message}; the run goes on without stacks. Hint: {exc.hint}")
-                    else:
-                        self._gone.add(pid)
-                        self.on_warning(f"{exc.message}; pid {pid} is no longer dumped")
+                    self._failed(pid, exc)
         return records
+
+    def _failed(self, pid: int, exc: SamplerError) -> None:
+        if not _exists(pid):
+            self._gone.add(pid)
+            self.on_warning(f"pid {pid} has exited; it is no longer dumped")
+        elif exc.hint == PERMISSION_HINT and not self.worked:
+            self.disabled = True
+            self.on_warning(f"{exc.message}; the run goes on without stacks. Hint: {exc.hint}")
+        elif pid not in self._warned:  # transient: said once per process, then retried silently
+            self._warned.add(pid)
+            self.on_warning(f"{exc.message} (retried at the next interval)")
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
