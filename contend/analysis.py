@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -547,13 +548,37 @@ def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
 
 
 OWN_CODE = ("contend/refserver/",)
+LIBRARY_MARKERS = ("site-packages", "dist-packages", "/lib/python", "<")
+
+
+def app_root(dumps: list[dict[str, Any]]) -> str | None:
+    """The folder holding every non-library frame of the dumps (an external server's own code), if any."""
+    folders = {
+        os.path.dirname(str(frame.get("filename") or ""))
+        for dump in dumps
+        for thread in dump.get("threads") or ()
+        for frame in thread.get("frames") or ()
+        if frame.get("filename") and not any(m in str(frame["filename"]) for m in LIBRARY_MARKERS)
+    }
+    if not folders:
+        return None
+    root = os.path.commonpath(sorted(folders))
+    return root + "/" if root not in ("", "/") else None
 
 
 def stack_summary(dumps: list[dict[str, Any]], own: tuple[str, ...] = OWN_CODE, limit: int = 8) -> list[str]:
-    """Sentences saying where server threads wait, most common first (the sampler's aggregation)."""
+    """Sentences saying where server threads wait, most common first (the sampler's aggregation).
+
+    The own code is the reference server's; for an external server (none of its frames match) it is
+    the folder that holds all of its non-library frames.
+    """
     from contend.sample.pyspy import summarize_stacks
 
-    return summarize_stacks(dumps, own)[:limit]
+    lines = summarize_stacks(dumps, own)
+    if not lines and dumps:
+        root = app_root(dumps)
+        lines = summarize_stacks(dumps, (root,)) if root else []
+    return lines[:limit]
 
 
 def inflight(requests: pd.DataFrame, at: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contend.analysis import inflight, load_run, nats_series, summarize
+from contend.analysis import inflight, load_run, nats_series, stack_summary, summarize
 from contend.errors import ConfigError
 from contend.report.figures import peak_downsample
 from contend.report.synthetic import DEFAULT_VARIANTS, make_run
@@ -199,3 +199,23 @@ def test_nats_series_sums_redeliveries_of_job_consumers_only():
     assert series["t"].tolist() == [10.0, 11.0]
     assert series["redelivered"].tolist() == [3.0, 4.0]
     assert series["queue"].iloc[0] == 7 and np.isnan(series["queue"].iloc[1])
+
+
+def test_stack_summary_finds_an_external_servers_own_code():
+    psycopg = {
+        "name": "wait",
+        "filename": "/usr/local/lib/python3.11/site-packages/psycopg/waiting.py",
+        "line": 1,
+    }
+    thread = {
+        "thread_id": 1,
+        "idle": True,
+        "active": False,
+        "frames": [
+            psycopg,
+            {"name": "_update_job_progress", "filename": "/app/ami/jobs/tasks.py", "line": 493},
+            {"name": "run", "filename": "/app/ami/base/worker.py", "line": 9},
+        ],
+    }
+    dumps = [{"t": 1.0, "pid": 7, "role": "worker", "threads": [thread] * 7}]
+    assert stack_summary(dumps) == ["7 of 7 result workers in psycopg wait <- _update_job_progress"]
