@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from contend.errors import ConfigError
@@ -86,3 +87,18 @@ def test_config_is_frozen_and_strict() -> None:
         SamplerConfig(pg_interval=1)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         config.model_copy(update={}).__setattr__("pg_interval_s", 1.0)
+
+
+def test_sampler_reconnects_when_its_backend_is_terminated(sample_dsn: str, tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    with SamplerSet(SamplerConfig(dsn=sample_dsn, pg_interval_s=0.1), tmp_path):
+        wait_for(lambda: lines(samples / "pg_ticks.jsonl"))
+        with psycopg.connect(sample_dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'contend-sampler' AND datname = current_database()"
+            ).fetchall()
+        assert killed == [(True,)]
+        cut = time.time()
+        wait_for(lambda: [t for t in lines(samples / "pg_ticks.jsonl") if t["t"] > cut + 0.5], timeout=20)
+    assert "connection lost" in (samples / "sampler.log").read_text()

@@ -14,6 +14,7 @@ pyspy.jsonl, attribution.jsonl, nats.jsonl, ``pyspy-record-<role>-<pid>.speedsco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,9 +28,12 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+import psycopg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from contend.errors import ConfigError, SamplerError, StackError
+from contend.sample import attribution, nats, pg, pyspy
+from contend.stack.postgres import redact_message
 from contend.stack.process import ManagedProcess
 
 log = logging.getLogger("contend.sample")
@@ -150,10 +154,20 @@ def _every(interval: float, stop: threading.Event, step: Callable[[], None], nam
         stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
 
+def _reconnect(sampler: pg.PgSampler, dsn: str, stop: threading.Event) -> pg.PgSampler:
+    """Return a PgSampler on a new connection, trying every second until it works or ``stop``."""
+    with contextlib.suppress(psycopg.Error):
+        sampler.conn.close()
+    while not stop.is_set():
+        try:
+            return pg.PgSampler(pg.connect(dsn, connect_timeout=2))
+        except (SamplerError, psycopg.Error):
+            stop.wait(1.0)
+    return sampler
+
+
 def run_child(samples: Path, stop: threading.Event) -> None:
     """Run every configured sampler until ``stop`` is set; records go to ``samples``."""
-    from contend.sample import attribution, nats, pg, pyspy
-
     config = SamplerConfig.model_validate_json((samples / CONFIG_FILE).read_text())
     dsn = os.environ.get(CHILD_DSN_ENV) or os.environ.get(config.dsn_env)
     if not dsn:
@@ -211,6 +225,9 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 tick, backends = sampler.tick(late_ms=late_ms)
             except SamplerError as exc:
                 log.warning("postgres: %s", exc.message)
+            except psycopg.OperationalError as exc:
+                log.warning("postgres: connection lost (%s); reconnecting", redact_message(exc))
+                sampler = _reconnect(sampler, dsn, stop)
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(backends)
@@ -229,7 +246,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             recorder.stop(timeout=10.0)
         for writer in writers.values():
             writer.close()
-        sampler.conn.close()
+        with contextlib.suppress(psycopg.Error):
+            sampler.conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
