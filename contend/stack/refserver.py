@@ -1,7 +1,7 @@
 """The reference server's lifecycle: web processes and the result worker pool, on a running Postgres + NATS.
 
 Web process 0 applies the migrations and creates the fixtures before it listens; the other web
-processes and the workers start after it, in parallel. Each process is a ManagedProcess logging
+processes and the workers start at the same time. Each process is a ManagedProcess logging
 into ``<folder>/<name>.log`` and writing ``<folder>/ready/<name>.json`` once it serves.
 """
 
@@ -96,16 +96,14 @@ class RefServer:
              "--images", str(self.options.images_per_job)],
             CONTEND_REF_TOKEN=self.token,
         )
-        self.web.append(first)
-        first.start()
+        # The others need the tables only when a request or a task arrives, so everything starts
+        # at once; the server is ready when web process 0 has set up and every process listens.
+        self.web = [first] + [self._process(f"refserver-web-{n}", ["web", "--port", str(self.port)])
+                              for n in range(1, int(self.flags["WEB_CONCURRENCY"]))]
+        self.workers = [self._process(f"refserver-worker-{n}", ["worker", "--index", str(n)])
+                        for n in range(int(self.flags["ML_WORKER_CONCURRENCY"]))]
+        self._start_together(self.web + self.workers)
         self.fixtures = json.loads(fixtures.read_text())
-        rest = [self._process(f"refserver-web-{n}", ["web", "--port", str(self.port)])
-                for n in range(1, int(self.flags["WEB_CONCURRENCY"]))]
-        rest += [self._process(f"refserver-worker-{n}", ["worker", "--index", str(n)])
-                 for n in range(int(self.flags["ML_WORKER_CONCURRENCY"]))]
-        self.web += [p for p in rest if "-web-" in p.name]
-        self.workers = [p for p in rest if "-worker-" in p.name]
-        self._start_together(rest)
 
     def _start_together(self, processes: list[ManagedProcess]) -> None:
         """Start ``processes`` at once and wait until each is ready.
