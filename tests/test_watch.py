@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import psycopg
 from rich.console import Console
 
 from contend.sample.pg import PgSampler, connect
@@ -81,3 +82,22 @@ def test_watch_without_dsn_is_a_usage_error() -> None:
     done = subprocess.run([*CONTEND, "watch", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--dsn" in done.stderr
+
+
+def test_watch_says_what_a_role_without_pg_monitor_cannot_see(sample_dsn: str) -> None:
+    with psycopg.connect(sample_dsn, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS watch_nobody")
+        admin.execute("CREATE ROLE watch_nobody LOGIN")
+    try:
+        proc = start_watch(sample_dsn.replace("postgres@", "watch_nobody@"), "--json")
+        assert proc.stdout is not None
+        tick = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        with psycopg.connect(sample_dsn, autocommit=True) as admin:
+            admin.execute("DROP ROLE IF EXISTS watch_nobody")
+    assert proc.returncode == 0
+    assert "Warning: role 'watch_nobody' is neither superuser nor member of pg_monitor" in err
+    assert "GRANT pg_monitor TO watch_nobody" in err
+    assert tick["blocked"] == 0
