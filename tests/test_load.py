@@ -402,3 +402,64 @@ def test_pull_workers_drain_jobs_and_count_redeliveries(tmp_path):
     assert summary.requests_failed == 0
     assert all(r["results"] <= 8 for r in recs if r["kind"] == "result")
     assert {r["worker"] for r in recs} == {"w0-u0", "w0-u1"}
+
+
+def test_remote_load_worker_ships_its_records_to_the_master_folder(tmp_path):
+    from contend.stack.process import free_port
+
+    bind = f"127.0.0.1:{free_port()}"
+    with FakeAntenna() as app:
+        run = LoadRun(
+            [BatchedPost(batch=4, concurrency=3, rounds=2, job=1)],
+            LoadTarget(app.url),
+            tmp_path / "master",
+            remote_workers=1,
+            master_bind=bind,
+        )
+        run.start()
+        try:
+            worker = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "contend",
+                    "load-worker",
+                    "--master",
+                    bind,
+                    "--out",
+                    str(tmp_path / "w"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "ANTENNA_TOKEN": TOKEN},
+            )
+            summary = run.wait()
+        finally:
+            run.stop()
+    assert worker.returncode == 0, worker.stderr
+    assert summary.requests_ok == app.count("result") == 6
+    assert [p.name for p in (tmp_path / "master").glob("requests-*.jsonl")] == ["requests-w0.jsonl"]
+    assert len(records(tmp_path / "master")) == 6
+    assert not list((tmp_path / "w").glob("requests-*"))
+
+
+def test_stopped_pull_workers_send_nothing_more(tmp_path):
+    stop = threading.Event()
+    workload = PullWorkers(
+        pollers=2, loaders=3, batch_size=2, prefetch=2, cold_start_s=0, per_image_s=0.01, duration_s=120
+    )
+
+    def progress(p):
+        if p.requests_ok >= 20:
+            stop.set()
+
+    with FakeAntenna(jobs={1: 100000}) as app:
+        summary = run_load(
+            [workload], LoadTarget(app.url, pipeline_slug="moths"), tmp_path, progress=progress, stop=stop
+        )
+        sent = len(app.requests)
+        time.sleep(1.0)
+        assert len(app.requests) == sent
+    assert summary.status == "partial"
+    assert summary.requests_ok + summary.requests_failed == len(records(tmp_path)) >= 20

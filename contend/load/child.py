@@ -33,6 +33,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
+from gevent.pool import Group
 from gevent.queue import Queue
 from locust import User, constant, task
 from locust.contrib.fasthttp import FastHttpSession
@@ -355,17 +356,20 @@ class BatchedPoster:
         # start waits for a free slot (the schedule then slips, visible in the records' t0).
         schedulers = users_of(self.planned, self.plan.workers)
         interval = schedulers / (w.arrival_rate or 1.0)
-        pool: list[gevent.Greenlet] = []
+        posts = Group()
         slots = Semaphore(w.concurrency)
         start = time.monotonic()
-        for n in itertools.count():
-            due = start + n * interval
-            if due >= deadline:
-                break
-            gevent.sleep(max(0.0, due - time.monotonic()))
-            slots.acquire()
-            pool.append(gevent.spawn(self._post_released, slots, n))
-        gevent.joinall(pool)
+        try:
+            for n in itertools.count():
+                due = start + n * interval
+                if due >= deadline:
+                    break
+                gevent.sleep(max(0.0, due - time.monotonic()))
+                slots.acquire()
+                posts.spawn(self._post_released, slots, n)
+            posts.join()
+        finally:
+            posts.kill()
 
     def _post_released(self, slots: Semaphore, n: int) -> None:
         try:
@@ -387,17 +391,22 @@ class PullWorker:
         self.result_http = Http(node, plan, self.w.result_timeout_s, self.w.posters, worker)
         self.warm = False
         self.deadline = 0.0
+        self.group = Group()
+        """Loaders and posters: killed with the user, so a stopped run sends nothing more."""
 
     def run(self) -> None:
         self.deadline = time.monotonic() + self.w.duration_s
-        while time.monotonic() < self.deadline:
-            worked = False
-            for job in self.poll():
-                if time.monotonic() >= self.deadline:
-                    break
-                worked = self.process_job(job) or worked
-            if not worked:
-                gevent.sleep(max(0.0, min(self.w.idle_sleep_s, self.deadline - time.monotonic())))
+        try:
+            while time.monotonic() < self.deadline:
+                worked = False
+                for job in self.poll():
+                    if time.monotonic() >= self.deadline:
+                        break
+                    worked = self.process_job(job) or worked
+                if not worked:
+                    gevent.sleep(max(0.0, min(self.w.idle_sleep_s, self.deadline - time.monotonic())))
+        finally:
+            self.group.kill()
 
     def poll(self) -> list[int]:
         path = ("/api/v2/jobs/?ids_only=1&incomplete_only=1&dispatch_mode=async_api"
@@ -442,7 +451,7 @@ class PullWorker:
     def process_job(self, job: int) -> bool:
         w = self.w
         queue: Queue = Queue(maxsize=w.loaders * w.prefetch)
-        loaders = [gevent.spawn(self.load_tasks, job, queue) for _ in range(w.loaders)]
+        loaders = [self.group.spawn(self.load_tasks, job, queue) for _ in range(w.loaders)]
         poster = ResultPoster(self, job)
         ended = batches = 0
         while ended < w.loaders:
@@ -490,7 +499,7 @@ class ResultPoster:
                     if id(g) not in self.started:
                         g.kill(block=False)
             self.pending = [g for g in self.pending if not g.ready()]
-        self.pending.append(gevent.spawn(self._post, tasks))
+        self.pending.append(self.pw.group.spawn(self._post, tasks))
 
     def _post(self, tasks: list[dict[str, Any]]) -> None:
         with self.running:
@@ -585,6 +594,7 @@ def run_worker(master: str, allow_remote: bool) -> int:
     runner = env.create_worker_runner(host, int(port))
     NODE = node = Node(lambda kind, data: runner.send_message(kind, data), _token())
     node.environment = env
+    refused: list[str] = []
 
     def on_plan(environment: Environment, msg: Any, **kw: Any) -> None:
         plan = Plan.model_validate(msg.data["plan"])
@@ -592,6 +602,7 @@ def run_worker(master: str, allow_remote: bool) -> int:
             check_target(plan.base_url, allow_remote or (plan.allow_remote and is_loopback_host(host)))
         except ConfigError as error:
             log.error("%s", error.message)
+            refused.append(error.message)
             runner.quit()
             return
         node.handle("plan", msg.data)
@@ -602,7 +613,7 @@ def run_worker(master: str, allow_remote: bool) -> int:
     node.send("hello", {"index": runner.worker_index})
     gevent.spawn(node.shipper)
     runner.greenlet.join()
-    return 0
+    return 2 if refused else 0
 
 
 def main(argv: list[str] | None = None) -> int:
