@@ -203,7 +203,7 @@ class RunData:
 
     run_dir: Path
     meta: dict[str, Any]
-    scenario: dict[str, Any]
+    description: str
     variants: dict[str, list[VariantRun]]
     notes: list[str] = field(default_factory=list)
 
@@ -295,6 +295,18 @@ def load_variant(folder: Path) -> VariantRun:
     )
 
 
+def _scenario_description(path: Path) -> str:
+    """The scenario's description, when the scenario as run still loads with this contend."""
+    if not path.exists():
+        return ""
+    from contend.scenario import load_scenario
+
+    try:
+        return load_scenario(path).description
+    except ConfigError:
+        return ""
+
+
 def load_run(run_dir: Path) -> RunData:
     """Read a run folder into frames; a partial run (missing files, truncated lines) still loads."""
     run_dir = Path(run_dir)
@@ -302,15 +314,7 @@ def load_run(run_dir: Path) -> RunData:
         raise ConfigError(f"{run_dir} is not a run folder", hint="pass a folder made by `contend run`")
     notes: list[str] = []
     meta = _read_json(run_dir / "meta.json", notes)
-    scenario: dict[str, Any] = {}
-    if (run_dir / "scenario.yaml").exists():
-        import yaml
-
-        try:
-            loaded = yaml.safe_load((run_dir / "scenario.yaml").read_text())
-            scenario = loaded if isinstance(loaded, dict) else {}
-        except yaml.YAMLError:
-            notes.append("scenario.yaml unreadable")
+    description = str(meta.get("description") or "") or _scenario_description(run_dir / "scenario.yaml")
     folders = sorted(p for p in (run_dir / "variants").glob("*") if p.is_dir())
     if not folders:
         raise ConfigError(
@@ -326,7 +330,11 @@ def load_run(run_dir: Path) -> RunData:
     order = [str(v) for v in meta.get("variants") or [] if v in grouped]
     order += [v for v in grouped if v not in order]
     return RunData(
-        run_dir=run_dir, meta=meta, scenario=scenario, variants={v: grouped[v] for v in order}, notes=notes
+        run_dir=run_dir,
+        meta=meta,
+        description=description,
+        variants={v: grouped[v] for v in order},
+        notes=notes,
     )
 
 

@@ -69,6 +69,7 @@ def test_html_verdict_shows_the_raw_numbers(run_dir):
     assert "psycopg wait &lt;- emit" in html  # the py-spy summary sentence, escaped
     assert 'href="variants/logs-on/samples/pyspy-record-web-41.speedscope.json"' in html
     assert "2026-01-01 00:00:00 UTC" in html  # the run meta's ISO start time
+    assert "synthetic run for tests" in html  # the description
 
 
 def test_summary_json_on_disk_is_the_documented_shape(run_dir):

@@ -64,7 +64,7 @@ def merge_runs(a: RunData, b: RunData, out_dir: Path) -> RunData:
         "sweep": None,
     }
     notes = [f"A: {n}" for n in a.notes] + [f"B: {n}" for n in b.notes]
-    return RunData(run_dir=out_dir, meta=meta, scenario={}, variants=variants, notes=notes)
+    return RunData(run_dir=out_dir, meta=meta, description="", variants=variants, notes=notes)
 
 
 def write_comparison(run_a: Path, run_b: Path, out_dir: Path) -> ReportPaths:

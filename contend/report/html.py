@@ -173,7 +173,7 @@ def render_html(
     ]
     return _ENV.get_template("report.html.j2").render(
         title=title or run.name,
-        description=run.scenario.get("description"),
+        description=run.description,
         status=summary["status"],
         when=_when(meta),
         baseline=baseline,

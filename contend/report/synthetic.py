@@ -341,7 +341,7 @@ def make_run(
         "baseline": names[0],
         "variants": names,
         "sweep": sweep,
+        "description": "synthetic run for tests",
     }
     (run_dir / "meta.json").write_text(json.dumps(meta))
-    (run_dir / "scenario.yaml").write_text(f"name: {scenario}\ndescription: synthetic run for tests\n")
     return run_dir
