@@ -153,3 +153,15 @@ def test_root_blocker_attributed_through_the_socket_table(client, sample_dsn: st
             admin.execute("SELECT pg_terminate_backend(%s)", (info["holder_backend"],))
         thread.join(timeout=20)
         waiter.close()
+
+
+def test_a_root_episode_ends_when_a_tick_lacks_it() -> None:
+    attributor = Attributor(threshold_s=1.0)
+    root = {"pid": 7, "blocks": 2}
+    assert attributor.due({"t": 0.0, "roots": [root]}) == []
+    assert attributor.due({"t": 0.5, "roots": [root]}) == []
+    assert attributor.due({"t": 1.0, "roots": [root]}) == [(root, 1.0)]
+    assert attributor.due({"t": 1.5, "roots": [root]}) == []  # attributed once per episode
+    assert attributor.due({"t": 1.6, "roots": []}) == []
+    assert attributor.due({"t": 2.0, "roots": [root]}) == []  # a new episode starts its clock again
+    assert attributor.due({"t": 3.0, "roots": [root]}) == [(root, 1.0)]

@@ -231,8 +231,9 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(backends)
-                if tick["roots"]:
-                    todo.put((tick, backends))
+                # Every tick, rootless ones too: the attributor ends a root's episode when it
+                # sees a tick without it.
+                todo.put((tick, backends if tick["roots"] else []))
             next_at += config.pg_interval_s
             now = time.monotonic()
             if next_at < now:  # fell behind: the lateness is recorded, missed ticks are not replayed
