@@ -82,18 +82,21 @@ def _safe_dirname(name: str) -> str:
 
 
 class _Watch:
-    """Stops the load when a process of the stack dies, and remembers which."""
+    """Halts one variant when a process of its stack dies (remembering which) or the run is stopped."""
 
-    def __init__(self, stack: Stack | None, stop: threading.Event) -> None:
+    def __init__(self, stack: Stack | None, run_stop: threading.Event) -> None:
         self.stack = stack
-        self.stop = stop
+        self.run_stop = run_stop
+        self.halt = threading.Event()
         self.died: str | None = None
 
     def check(self) -> None:
         dead = self.stack.dead() if self.stack is not None else None
         if dead and self.died is None:
             self.died = f"{dead} died during the load (see its log under stack/)"
-            self.stop.set()
+            self.halt.set()
+        if self.run_stop.is_set():
+            self.halt.set()
 
 
 def _sampler_settings(scenario: Scenario) -> dict[str, Any]:
@@ -172,27 +175,27 @@ def run_variant(
                 observer.load_progress(progress, folder / "samples")
 
         with SamplerSet(sampler, folder):
-            _pause(scenario.warm_up_s, stop, watch, observer, "warm-up")
-            if not stop.is_set():
+            _pause(scenario.warm_up_s, watch, observer, "warm-up")
+            if not watch.halt.is_set():
                 if observer:
                     observer.phase("load")
-                run_load(variant.workloads, load_target, folder / "load", progress=on_progress, stop=stop)
-            _pause(scenario.cool_down_s, stop, watch, observer, "cool-down")
+                run_load(variant.workloads, load_target, folder / "load", progress=on_progress,
+                         stop=watch.halt)
+            _pause(scenario.cool_down_s, watch, observer, "cool-down")
     if watch.died:
         return VariantOutcome(variant.name, folder, "failed", watch.died)
     return VariantOutcome(variant.name, folder)
 
 
-def _pause(seconds: float, stop: threading.Event, watch: _Watch, observer: RunObserver | None,
-           label: str) -> None:
+def _pause(seconds: float, watch: _Watch, observer: RunObserver | None, label: str) -> None:
     if seconds <= 0:
         return
     if observer:
         observer.phase(label)
     deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
+    while not watch.halt.is_set() and time.monotonic() < deadline:
         watch.check()
-        stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+        watch.halt.wait(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def run_scenario(
@@ -234,6 +237,9 @@ def run_scenario(
     result = RunResult(run_dir, "complete")
     try:
         for index, (variant, repetition, label) in enumerate(plan, start=1):
+            if stop.is_set():
+                result.status = "partial"
+                break
             folder = run_dir / "variants" / _safe_dirname(label)
             folder.mkdir(parents=True)
             vmeta: dict[str, Any] = {
