@@ -1,0 +1,10 @@
+"""Samplers: what Postgres, py-spy and NATS show while a load runs (docs/metrics.md).
+
+    graph        the wait-for graph of one snapshot (pure)
+    pg           PgSampler: one pg_stat_activity read per tick, a polite observer
+    pyspy        py-spy dumps, a whole-run recording, the "7 of 8 result workers ..." summary
+    attribution  a root blocker -> its client process and thread, with an on-demand stack
+    nats         per-job consumer progress and the ml_results queue depth
+    runner       SamplerSet: all of them in one child process, writing samples/*.jsonl
+    watch        ``contend watch``: the live view
+"""
