@@ -427,6 +427,7 @@ class PullWorker:
 
     def load_tasks(self, job: int, queue: Queue) -> None:
         """One DataLoader subprocess: reserve batches until the job is empty or an error comes."""
+        killed = False
         try:
             while time.monotonic() < self.deadline:
                 status, content, rec = self.tasks_http.call(
@@ -445,8 +446,12 @@ class PullWorker:
                 if not tasks:
                     return
                 queue.put(tasks)
+        except gevent.GreenletExit:
+            killed = True  # the run stopped: nobody reads the queue any more, a put could block forever
+            raise
         finally:
-            queue.put(None)
+            if not killed:
+                queue.put(None)
 
     def process_job(self, job: int) -> bool:
         w = self.w
