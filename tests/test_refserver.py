@@ -314,3 +314,61 @@ def test_token_is_in_no_log_file(api):
     assert any("refserver-web-0" in p.name for p in logs) and any("refserver-worker-" in p.name for p in logs)
     for path in logs:
         assert api.info["token"] not in path.read_text(errors="replace"), path
+
+
+def test_fixture_command_creates_started_jobs_with_their_tasks(tmp_path):
+    """The management command wraps create_fixtures; its token comes from the environment."""
+    import os
+    import subprocess
+    import sys
+
+    token = "ab" * 20
+    with Stack(tmp_path / "stack") as stack:
+        env = {**os.environ, "CONTEND_REF_DSN": stack.dsn, "CONTEND_REF_NATS": stack.nats_url,
+               "CONTEND_REF_TOKEN": token}
+        manage = [sys.executable, "-m", "contend.refserver", "manage"]
+        subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, capture_output=True)
+        out = subprocess.run([*manage, "contend_fixtures", "--jobs", "2", "--images", "3"], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        made = json.loads(out.strip().splitlines()[-1])
+        assert len(made["job_ids"]) == 2 and made["pipeline_slug"] == "quebec_vermont_moths_2023"
+        with psycopg.connect(stack.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM jobs_job WHERE status = 'STARTED' "
+                                "AND dispatch_mode = 'async_api'").fetchone()[0] == 2
+            assert conn.execute("SELECT count(*) FROM main_sourceimage").fetchone()[0] == 6
+            tokens = conn.execute("SELECT count(*) FROM authtoken_token WHERE key = %s", (token,)).fetchone()
+            assert tokens[0] == 1
+            assert conn.execute("SELECT array_agg(a.key ORDER BY a.key) FROM ml_algorithm a "
+                                "JOIN ml_pipeline_algorithms pa ON pa.algorithm_id = a.id").fetchone()[0] == [
+                "example_classifier", "example_detector"]
+        assert stack.nats is not None
+        streams = httpx.get(f"{stack.nats.monitor_url}/jsz",
+                            params={"streams": "true", "config": "true"}).json()
+        found = {s["name"]: s for s in streams["account_details"][0]["stream_detail"]}
+        for job in made["job_ids"]:
+            assert found[f"job_{job}"]["state"]["messages"] == 3
+            assert found[f"job_{job}"]["config"]["subjects"] == [f"job.{job}.tasks"]
+
+
+def test_contend_up_prints_url_token_and_job_ids_and_stops_cleanly(tmp_path):
+    import signal
+    import subprocess
+
+    from tests.conftest import CONTEND, stack_processes
+
+    proc = subprocess.Popen([*CONTEND, "up", "--reports", str(tmp_path), "--preset", "pre-1261",
+                             "--jobs", "2", "--images", "3", "--workers", "1", "--flag", "NATS_TASK_TTR=7"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stack_json = wait_for(lambda: list(tmp_path.glob("up-*/stack.json")), timeout=120)[0]
+        ref = json.loads(stack_json.read_text())["refserver"]
+        assert ref["flags"]["NATS_TASK_TTR"] == "7" and ref["flags"]["PROGRESS_LOCK"] == "select_for_update"
+        assert len(ref["job_ids"]) == 2 and len(ref["pids"]["workers"]) == 1
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130)
+    assert ref["url"] in out and ref["token"] in out
+    assert f"jobs      {', '.join(map(str, ref['job_ids']))}" in out
+    assert stack_processes(stack_json.parent) == []
