@@ -6,6 +6,7 @@ code comes from ``contend.errors.exit_code``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -441,9 +442,11 @@ def watch(dsn: str, interval: float, as_json: bool) -> None:
 
     Shows each root blocker with its state, transaction age and query, its waiters below it, the
     idle-in-transaction holders and the tick metrics (docs/metrics.md). Needs a role with
-    pg_monitor to see other roles' sessions, and says so when it lacks it. Ctrl-C ends the
-    watch with exit code 0.
+    pg_monitor to see other roles' sessions, and says so when it lacks it. Ctrl-C or SIGTERM
+    ends the watch with exit code 0.
     """
     from contend.sample.watch import watch as watch_database
 
-    watch_database(dsn, interval=interval, as_json=as_json)
+    # SIGTERM ends a watch like Ctrl-C does: the normal way to stop it, so exit 0.
+    with contextlib.suppress(Interrupted):
+        watch_database(dsn, interval=interval, as_json=as_json)

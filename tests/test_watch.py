@@ -66,11 +66,11 @@ def test_watch_view_draws_the_queue_as_one_chain(sample_dsn: str) -> None:
     assert "edges 4" in text and "depth 3" in text  # edges 1 + 1 + 2, chain w3->w2->w1->h
 
 
-def test_watch_live_view_runs_until_sigint(sample_dsn: str) -> None:
+def test_watch_live_view_runs_until_sigterm(sample_dsn: str) -> None:
     with Contention(sample_dsn, waiters=1) as c:
         proc = start_watch(sample_dsn)
         time.sleep(3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # ends a watch like Ctrl-C: exit 0
         out, err = proc.communicate(timeout=15)
         holder = c.holder_pid
     assert proc.returncode == 0, err
