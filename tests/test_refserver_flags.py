@@ -178,3 +178,43 @@ class TestJoblog1259Atomic:
         assert settled(api, "jobs_job", "n_tup_upd") - before == 20
         process = api.sql("SELECT progress FROM jobs_job WHERE id = %s", job)[0][0]["stages"][1]
         assert process["status"] == "FAILURE"  # failed/total > 0.5 for fake image ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["select_for_update", "optimistic", "atomic"])
+def test_lost_update_free_modes_count_every_result_and_complete_the_job(tmp_path, mode):
+    """4 workers race on one job's progress; these modes must neither lose counts nor miss completion."""
+    with refstack(tmp_path, preset="pr-1261-logs-off", worker_concurrency=4, jobs=1, images_per_job=12,
+                  flags={"PROGRESS_LOCK": mode}) as stack:
+        api = Api(stack)
+        job = api.info["job_ids"][0]
+        tasks = api.tasks(job, 12)
+        assert len(tasks) == 12
+        results = []
+        for task in tasks:
+            image = task["image_id"]
+            results.append({"reply_subject": task["reply_subject"], "result": {
+                "pipeline": "quebec_vermont_moths_2023", "total_time": 0.1,
+                "source_images": [{"id": image, "url": task["image_url"]}],
+                "detections": [{"source_image_id": image, "bbox": {"x1": 1, "y1": 2, "x2": 3, "y2": 4},
+                                "algorithm": {"name": "d", "key": "example_detector"},
+                                "timestamp": "2026-04-22T10:15:00",
+                                "classifications": [{"classification": "sp", "scores": [0.9],
+                                                     "algorithm": {"name": "c", "key": "example_classifier"},
+                                                     "timestamp": "2026-04-22T10:15:01"}]}]}})
+        assert api.result(job, {"results": results}).status_code == 200
+        wait_for(lambda: api.sql("SELECT status FROM jobs_job WHERE id = %s", job)[0][0] == "SUCCESS",
+                 timeout=90)
+        progress, finished = api.sql("SELECT progress, finished_at FROM jobs_job WHERE id = %s", job)[0]
+        stages = {s["key"]: s for s in progress["stages"]}
+        params = {k: {p["key"]: p["value"] for p in s["params"]} for k, s in stages.items()}
+        assert params["process"] == {"processed": 12, "remaining": 0, "failed": 0}
+        assert params["results"] == {"captures": 12, "detections": 12, "classifications": 12}
+        assert progress["summary"] == {"status": "SUCCESS", "progress": 1.0}
+        assert finished is not None
+        # Completion cleans up: the job's stream (and its consumer) are deleted.
+        def streams() -> set[str]:
+            data = httpx.get(f"{api.nats_monitor}/jsz", params={"streams": "true"}).json()
+            return {s["name"] for s in data["account_details"][0].get("stream_detail") or []}
+
+        wait_for(lambda: f"job_{job}" not in streams(), timeout=30)
