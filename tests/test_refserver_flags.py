@@ -27,6 +27,9 @@ WAITERS_ON_JOB_ROW = """
 LONGEST_LOCK_WAIT = """
     SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)
       FROM pg_stat_activity WHERE wait_event_type = 'Lock'"""
+WEB_CONNECTIONS = """
+    SELECT count(DISTINCT application_name) FROM pg_stat_activity
+     WHERE application_name LIKE 'contend-ref:web %%'"""
 WORKER_FOR_UPDATE_LOCKS = """
     SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
      WHERE l.relation = 'jobs_job'::regclass AND l.mode = 'RowShareLock'
@@ -93,18 +96,22 @@ class TestPre1261:
     def test_pathology_reproduces(self, api):
         """10 concurrent POSTs of 50 results, 1 web process, 8 workers: >= 8 waiters on the job row."""
         threads, outcomes = post_in_background(api, api.info["job_ids"][0], posts=10, per_post=50)
-        most, for_update = 0, 0
+        most, for_update, web_threads = 0, 0, 0
         deadline = time.monotonic() + 15
         with psycopg.connect(api.dsn, autocommit=True) as conn:
             # 9 POSTs behind the first one plus 8 workers is every waiter there can be.
             while time.monotonic() < deadline and (most < 17 or not for_update):
                 most = max(most, conn.execute(WAITERS_ON_JOB_ROW).fetchone()[0])
                 for_update = max(for_update, conn.execute(WORKER_FOR_UPDATE_LOCKS).fetchone()[0])
+                web_threads = max(web_threads, conn.execute(WEB_CONNECTIONS).fetchone()[0])
                 time.sleep(0.05)
         print(f"pre-1261: max backends waiting on the job row at one moment: {most}; "
-              f"workers holding FOR UPDATE locks seen: {for_update}")
+              f"workers holding FOR UPDATE locks seen: {for_update}; "
+              f"web threads with a connection: {web_threads}")
         assert most >= 8
         assert for_update >= 1  # select_for_update progress transactions lock the row FOR UPDATE
+        # One web process, yet every in-flight POST has its own thread and connection: no small pool.
+        assert web_threads == 10
         assert any(t.is_alive() for t in threads) or outcomes
 
 
