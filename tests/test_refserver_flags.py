@@ -75,6 +75,20 @@ def web_updates_of_one_post(api: Api, job: int, results: int) -> tuple[int, int]
     return after_upd - upd, after_ins - ins
 
 
+def transactions_of_one_post(api: Api, job: int, results: int) -> int:
+    """Return how many transactions the web backend serving one batched POST was seen to open."""
+    threads, outcomes = post_in_background(api, job, posts=1, per_post=results)
+    starts: set[Any] = set()
+    with psycopg.connect(api.dsn, autocommit=True) as conn:
+        while threads[0].is_alive():
+            starts |= {row[0] for row in conn.execute(
+                "SELECT xact_start FROM pg_stat_activity WHERE application_name LIKE 'contend-ref:web %%' "
+                "AND xact_start IS NOT NULL")}
+            time.sleep(0.005)
+    assert outcomes == [200]
+    return len(starts)
+
+
 class TestPre1261:
     @pytest.fixture(scope="class")
     def api(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
@@ -91,6 +105,10 @@ class TestPre1261:
     def test_json_store_rewrites_the_job_row_per_log_line(self, api):
         updates, inserts = web_updates_of_one_post(api, api.info["job_ids"][1], 20)
         assert (updates, inserts) == (20, 0)
+
+    def test_atomic_requests_run_a_post_in_one_transaction(self, api):
+        # (the connection's set-up statement may be seen as a transaction of its own)
+        assert transactions_of_one_post(api, api.info["job_ids"][1], 50) <= 2
 
     @pytest.mark.slow
     def test_pathology_reproduces(self, api):
@@ -162,12 +180,12 @@ class TestPr1261LogsOff:
         assert for_update == 0
 
 
-class TestJoblog1259Atomic:
+class TestJoblog1259AtomicNoRequestTransaction:
     @pytest.fixture(scope="class")
     def api(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         with refstack(tmp_path_factory.mktemp("joblog"), preset="joblog-1259", web_concurrency=1,
                       worker_concurrency=1, jobs=1, images_per_job=1,
-                      flags={"PROGRESS_LOCK": "atomic"}) as stack:
+                      flags={"PROGRESS_LOCK": "atomic", "ATOMIC_REQUESTS": "false"}) as stack:
             yield Api(stack)
 
     def test_table_store_inserts_joblog_rows_and_leaves_the_job_row_alone(self, api):
@@ -175,6 +193,9 @@ class TestJoblog1259Atomic:
         assert web_updates_of_one_post(api, job, 20) == (0, 20)
         detail = api.client.get(f"/jobs/{job}/").json()
         assert sum("Queued pipeline result" in line for line in detail["logs"]["stdout"]) >= 20
+
+    def test_without_atomic_requests_every_statement_is_a_transaction(self, api):
+        assert transactions_of_one_post(api, api.info["job_ids"][0], 50) >= 5
 
     def test_atomic_does_one_update_per_progress_change(self, api):
         job = api.info["job_ids"][0]
