@@ -23,7 +23,10 @@ __all__ = ["RefServerOptions", "Stack"]
 
 
 class Stack:
-    """Postgres (embedded, or external through ``dsn``) and NATS, started together, stopped together."""
+    """Postgres (embedded, or external through ``dsn``) and NATS, started together, stopped together.
+
+    With ``refserver`` options it also runs the reference server on them (``info()["refserver"]``).
+    """
 
     def __init__(self, run_dir: Path, *, dsn: str | None = None,
                  refserver: RefServerOptions | None = None) -> None:
