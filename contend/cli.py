@@ -10,6 +10,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,8 @@ def cli() -> None:
 def main() -> None:
     """Entry point of the ``contend`` console script."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Ctrl-C must stop contend even when it was started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -379,11 +382,24 @@ def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path |
         return not any(check.variant == outcome.name for check in gate_run(run_dir, baseline).failed)
 
     after = passes_so_far if fail_fast else None
+    stop = threading.Event()
+
+    def graceful(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            _raise_interrupted(signum, frame)
+        stop.set()
+        click.echo(f"{signal.Signals(signum).name}: stopping this variant and writing the report "
+                   "(press Ctrl-C again to stop at once)", err=True)
+
+    signal.signal(signal.SIGINT, graceful)
+    signal.signal(signal.SIGTERM, graceful)
     with RunDisplay() as display:
         result = run_scenario(scenario, reports, source=scenario_file.read_text(), observer=display,
-                              after_variant=after)
+                              after_variant=after, stop=stop)
     click.echo(f"run folder: {result.run_dir} ({result.status})", err=True)
     click.echo(f"report:     {result.run_dir / 'report.html'}", err=True)
+    if stop.is_set():
+        raise Interrupted("interrupted: the report covers what ran", hint=f"see {result.run_dir}")
     if as_json:
         summary = json.loads((result.run_dir / "summary.json").read_text())
         echo_json({"run_dir": str(result.run_dir), "status": result.status, "summary": summary})

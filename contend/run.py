@@ -209,8 +209,9 @@ def run_scenario(
 ) -> RunResult:
     """Perform every variant of ``scenario`` and write the run folder; return where and how it ended.
 
-    ``after_variant`` may return False to end the run early (the gate's early abort). Ctrl-C or
-    SIGTERM (raised as Interrupted/KeyboardInterrupt) ends the run as ``partial``, report included.
+    ``after_variant`` may return False to end the run early (the gate's early abort). Setting
+    ``stop`` ends the current variant cleanly and the run as ``partial``, report included; an
+    Interrupted or KeyboardInterrupt raised inside does the same, then propagates.
     """
     stop = stop or threading.Event()
     run_dir = run_folder(scenario.name, reports)
@@ -231,7 +232,8 @@ def run_scenario(
         "status": "running",
         "baseline": next(v.name for v in variants if v.baseline),
         "variants": [v.name for v in variants],
-        "sweep": next((key for v in variants for key in v.params), None),
+        "sweep": _swept_parameter(variants),
+        "description": scenario.description,
     }
     _write_json(run_dir / "meta.json", meta)
     result = RunResult(run_dir, "complete")
@@ -258,6 +260,9 @@ def run_scenario(
                 raise
             except ContendError as error:
                 outcome = VariantOutcome(variant.name, folder, "failed", error.message)
+            if stop.is_set() and outcome.status == "ok":
+                outcome.status, outcome.reason = "partial", "interrupted"
+                result.status = "partial"
             _record_versions(meta, folder)
             vmeta.update(status=outcome.status, reason=outcome.reason, ended=_now())
             _write_json(folder / "meta.json", vmeta)
@@ -275,6 +280,14 @@ def run_scenario(
         _write_json(run_dir / "meta.json", meta)
         _render(run_dir)
     return result
+
+
+def _swept_parameter(variants: list[Variant]) -> str | None:
+    """Return the workload parameter whose value differs between variants (a matrix sweep), if any."""
+    for key in dict.fromkeys(k for v in variants for k in v.params):
+        if len({str(v.params.get(key)) for v in variants}) > 1:
+            return key
+    return None
 
 
 def _record_versions(meta: dict[str, Any], folder: Path) -> None:
