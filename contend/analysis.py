@@ -22,41 +22,7 @@ import numpy as np
 import pandas as pd
 
 from contend.errors import ConfigError
-
-# Metric names in the order the verdict table shows them (docs/records.md, "Metric names").
-METRICS: tuple[str, ...] = (
-    "edges_max",
-    "edges_p95",
-    "blocked_max",
-    "blocked_p95",
-    "depth_max",
-    "idle_in_tx_max",
-    "idle_in_tx_max_age_s",
-    "posts_ok",
-    "posts_total",
-    "post_ok_ratio",
-    "latency_p50_s",
-    "latency_p95_s",
-    "latency_p99_s",
-    "latency_max_s",
-    "results_per_s",
-    "redeliveries",
-    "dup_tasks",
-    "dup_results",
-    "timeouts",
-    "requests_total",
-    "requests_failed",
-    "sampler_cost_ms_p95",
-    "sampler_late_ms_p95",
-)
-# +1: a larger value is better; -1: a larger value is worse (for colouring deltas).
-BETTER: dict[str, int] = {m: -1 for m in METRICS} | {
-    "posts_ok": 1,
-    "posts_total": 0,
-    "post_ok_ratio": 1,
-    "results_per_s": 1,
-    "requests_total": 0,
-}
+from contend.metrics import METRICS
 
 REQUEST_METRICS = (
     "posts_ok",

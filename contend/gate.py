@@ -28,15 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from contend.errors import ConfigError
-
-# The metric names of summary.json, as docs/records.md lists them ("Metric names").
-METRICS: tuple[str, ...] = (
-    "edges_max", "edges_p95", "blocked_max", "blocked_p95", "depth_max", "idle_in_tx_max",
-    "idle_in_tx_max_age_s", "posts_ok", "posts_total", "post_ok_ratio", "latency_p50_s",
-    "latency_p95_s", "latency_p99_s", "latency_max_s", "results_per_s", "redeliveries", "dup_tasks",
-    "dup_results", "timeouts", "requests_total", "requests_failed", "sampler_cost_ms_p95",
-    "sampler_late_ms_p95",
-)
+from contend.metrics import METRICS
 
 Op = Literal["<", "<=", ">", ">=", "=="]
 Ref = Literal["baseline", "previous"]

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from contend.gate import (
-    METRICS,
     GateResult,
     evaluate,
     gate_run,
@@ -128,12 +127,19 @@ def test_threshold_text_round_trips() -> None:
 
 
 def test_metric_names_match_the_record_contract() -> None:
-    from contend import analysis
+    from contend.metrics import MEANINGS, METRICS
 
     records = (ROOT / "docs" / "records.md").read_text()
     listed = re.search(r"Metric names \(used by thresholds\):(.*?)\n\n", records, re.S)
     assert listed is not None
-    assert tuple(re.findall(r"`(\w+)`", listed.group(1))) == METRICS == analysis.METRICS
+    assert tuple(re.findall(r"`(\w+)`", listed.group(1))) == METRICS
+    assert all(MEANINGS[m] for m in METRICS)
+
+
+def test_the_gate_does_not_load_pandas() -> None:
+    code = "import sys, contend.gate; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def demo(baseline: Path | None = None) -> GateResult:

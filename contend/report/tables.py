@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from contend.analysis import BETTER
+from contend.metrics import BETTER
 
 # The verdict table, in the shape of the seed's before/after table (PR #1261's runbook).
 VERDICT_ROWS: tuple[tuple[str, str], ...] = (
