@@ -56,7 +56,8 @@ class RunDisplay:
         if self.progress is not None:
             p = self.progress
             p95 = f"{p.p95_s:.2f} s" if p.p95_s is not None else "-"
-            table.add_row(f"requests ok {p.requests_ok} failed {p.requests_failed}", f"in flight {p.in_flight}", f"p95 {p95}")
+            table.add_row(f"requests ok {p.requests_ok} failed {p.requests_failed}",
+                          f"in flight {p.in_flight}", f"p95 {p95}")
         if self.tick is not None:
             table.add_row(f"blocked backends {self.tick.get('blocked', 0)}",
                           f"edges {self.tick.get('edges', 0)}",

@@ -102,7 +102,8 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
         latencies = [float(r["t1"]) - float(r["t0"]) for r in posts]  # type: ignore[arg-type]
         assert metrics["latency_p95_s"] == pytest.approx(_p95(latencies), rel=1e-3, abs=1e-3)
         assert metrics["latency_max_s"] == pytest.approx(max(latencies), rel=1e-3, abs=1e-3)
-        ticks = [json.loads(line) for line in (folder / "samples" / "pg_ticks.jsonl").read_text().splitlines()]
+        tick_lines = (folder / "samples" / "pg_ticks.jsonl").read_text().splitlines()
+        ticks = [json.loads(line) for line in tick_lines]
         assert ticks, "the Postgres sampler wrote ticks"
         assert metrics["edges_max"] == max(t["edges"] for t in ticks)
         meta = json.loads((folder / "meta.json").read_text())
@@ -112,7 +113,8 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
     assert '"token": "(not kept)"' in stack_json
     assert _no_contend_children(run_dir)
 
-    rerendered = subprocess.run([*CONTEND, "report", str(run_dir)], capture_output=True, text=True, timeout=300)
+    rerendered = subprocess.run([*CONTEND, "report", str(run_dir)], capture_output=True, text=True,
+                                timeout=300)
     assert rerendered.returncode == 0, rerendered.stderr
     assert json.loads((run_dir / "summary.json").read_text())["variants"] == summary["variants"]
 
@@ -121,7 +123,8 @@ def _start_long_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     reports = tmp_path / "reports"
     proc = subprocess.Popen([*CONTEND, "run", str(_scenario(tmp_path, LONG)), "--reports", str(reports)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    plan = wait_for(lambda: next(reports.glob("long-*/variants/first/load/requests-*.jsonl"), None), timeout=300)
+    plan = wait_for(lambda: next(reports.glob("long-*/variants/first/load/requests-*.jsonl"), None),
+                    timeout=300)
     assert isinstance(plan, Path)
     return proc, plan.parents[3]
 
@@ -144,7 +147,8 @@ def test_an_interrupted_run_writes_a_partial_report_and_leaves_no_process(tmp_pa
     assert json.loads((run_dir / "variants" / "first" / "meta.json").read_text())["status"] == "partial"
     assert not (run_dir / "variants" / "second").exists()
     assert (run_dir / "report.html").exists()
-    assert json.loads((run_dir / "summary.json").read_text())["variants"]["first"]["metrics"]["posts_total"] > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["variants"]["first"]["metrics"]["posts_total"] > 0
     wait_for(lambda: not _survivors(children), timeout=30)
     assert _no_contend_children(run_dir)
 
