@@ -32,6 +32,10 @@ REQUEST_METRICS = (
     "timeouts",
     "requests_total",
     "requests_failed",
+    "jobs_started",
+    "starved_jobs",
+    "first_result_s_p50",
+    "first_result_s_max",
 )
 REQUEST_COLUMNS = (
     "t0",
@@ -135,6 +139,10 @@ class VariantRun:
     attribution: list[dict[str, Any]]
     speedscope: list[Path]
     notes: list[str] = field(default_factory=list)
+    server_jobs: tuple[int, ...] = ()
+    """The reference server's job ids (stack/stack.json); empty for an external target."""
+    final_state: dict[str, Any] | None = None
+    """``final_state.json``: recorded vs true counts per job after the load (embedded targets)."""
 
     @property
     def name(self) -> str:
@@ -151,6 +159,14 @@ class VariantRun:
         if self.requests.empty:
             return None
         return float(self.requests["t0"].min()), float(self.requests["t1"].max())
+
+    @property
+    def target_jobs(self) -> tuple[int, ...]:
+        """The jobs the load could serve: the server's, else (external target) those the records name."""
+        if self.server_jobs:
+            return self.server_jobs
+        jobs = self.requests["job"].dropna()
+        return tuple(sorted({int(j) for j in jobs}))
 
     @property
     def origin(self) -> float:
@@ -247,6 +263,10 @@ def load_variant(folder: Path) -> VariantRun:
             notes.append(f"samples/{missing} missing")
     if not request_rows:
         notes.append("no load records")
+    stack_path = folder / "stack" / "stack.json"
+    stack_info = _read_json(stack_path, notes) if stack_path.exists() else {}
+    final_path = folder / "final_state.json"
+    final_state = _read_json(final_path, notes) if final_path.exists() else None
     return VariantRun(
         folder=folder,
         meta=meta,
@@ -258,6 +278,8 @@ def load_variant(folder: Path) -> VariantRun:
         attribution=read_jsonl(samples / "attribution.jsonl", notes),
         speedscope=sorted(samples.glob("*speedscope*.json")),
         notes=notes,
+        server_jobs=tuple(int(j) for j in (stack_info.get("refserver") or {}).get("job_ids") or ()),
+        final_state=final_state,
     )
 
 
@@ -357,6 +379,7 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         "requests_failed": int(failed.sum()),
         "sampler_cost_ms_p95": _q(run.ticks["cost_ms"], 0.95),
         "sampler_late_ms_p95": _q(run.ticks["late_ms"], 0.95),
+        **fairness(run),
     }
     for key in ("edges_max", "blocked_max", "depth_max", "idle_in_tx_max"):
         if m[key] is not None:
@@ -365,6 +388,36 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
         m.update(dict.fromkeys(REQUEST_METRICS))
     return m
+
+
+def first_results(run: VariantRun) -> dict[int, float | None]:
+    """Per target job: end of its first successful result POST minus the load's start (None: starved)."""
+    window = run.window
+    if window is None:
+        return dict.fromkeys(run.target_jobs)
+    posts = run.requests[(run.requests["kind"] == "result") & run.requests["error"].isna()]
+    posts = posts.dropna(subset=["job"])
+    first = posts.groupby(posts["job"].astype(int))["t1"].min().to_dict()
+    return {job: float(first[job]) - window[0] if job in first else None for job in run.target_jobs}
+
+
+def fairness(run: VariantRun) -> dict[str, float | int | None]:
+    """Poll fairness: jobs started and starved, time to each job's first result (p50, max).
+
+    The p50 is over the jobs that started; for the max a starved job counts as the load's full length.
+    """
+    window = run.window
+    firsts = first_results(run)
+    if window is None or not firsts:
+        return dict.fromkeys(("jobs_started", "starved_jobs", "first_result_s_p50", "first_result_s_max"))
+    started = [t for t in firsts.values() if t is not None]
+    length = window[1] - window[0]
+    return {
+        "jobs_started": len(started),
+        "starved_jobs": len(firsts) - len(started),
+        "first_result_s_p50": statistics.median(started) if started else None,
+        "first_result_s_max": max(t if t is not None else length for t in firsts.values()),
+    }
 
 
 def redeliveries(nats: pd.DataFrame) -> int:

@@ -30,6 +30,10 @@ MEANINGS: dict[str, str] = {
     "requests_failed": "requests with an error",
     "sampler_cost_ms_p95": "the Postgres sampler's own query time, p95 (ms)",
     "sampler_late_ms_p95": "the Postgres sampler's lateness against its schedule, p95 (ms)",
+    "jobs_started": "target jobs with at least one successful result POST",
+    "starved_jobs": "target jobs without any successful result POST",
+    "first_result_s_p50": "load start to a job's first successful result POST, p50 over started jobs (s)",
+    "first_result_s_max": "the same, max over target jobs; a starved job counts the load's length (s)",
 }
 
 METRICS: tuple[str, ...] = tuple(MEANINGS)
@@ -41,4 +45,5 @@ BETTER: dict[str, int] = {m: -1 for m in METRICS} | {
     "post_ok_ratio": 1,
     "results_per_s": 1,
     "requests_total": 0,
+    "jobs_started": 1,
 }

@@ -60,6 +60,22 @@ def expected(folder: Path) -> dict:
         "requests_failed": sum(1 for r in reqs if r["error"] is not None),
         "sampler_cost_ms_p95": float(np.percentile([t["cost_ms"] for t in ticks], 95)),
         "sampler_late_ms_p95": float(np.percentile([t["late_ms"] for t in ticks], 95)),
+        **expected_fairness(reqs, jobs=sorted({r["job"] for r in reqs if r["job"] is not None})),
+    }
+
+
+def expected_fairness(reqs: list[dict], jobs: list[int]) -> dict:
+    start, end = min(r["t0"] for r in reqs), max(r["t1"] for r in reqs)
+    firsts = {}
+    for r in reqs:
+        if r["kind"] == "result" and r["error"] is None:
+            firsts[r["job"]] = min(firsts.get(r["job"], r["t1"]), r["t1"])
+    started = [firsts[j] - start for j in jobs if j in firsts]
+    return {
+        "jobs_started": len(started),
+        "starved_jobs": len(jobs) - len(started),
+        "first_result_s_p50": float(np.median(started)) if started else None,
+        "first_result_s_max": max([*started, *([end - start] * (len(jobs) - len(started)))]),
     }
 
 
@@ -159,6 +175,45 @@ def test_a_variant_without_any_records_still_summarizes(run_dir, tmp_path):
     assert entry["metrics"]["posts_total"] is None and entry["metrics"]["latency_p95_s"] is None
     assert entry["metrics"]["timeouts"] is None  # unknown, not zero: nothing was recorded
     assert "latency_p95_s" not in entry["deltas"]
+
+
+def write_requests(folder: Path, reqs: list[dict]) -> None:
+    (folder / "load").mkdir(parents=True)
+    keys = {"status": 200, "sent": 1, "recv": 1, "results": 1, "tasks": 0, "dup_tasks": 0, "dup_results": 0,
+            "worker": "w0-u1", "wave": None}
+    text = "".join(json.dumps({**keys, **r}) + "\n" for r in reqs)
+    (folder / "load" / "requests-w0.jsonl").write_text(text)
+
+
+def fairness_run(root: Path, server_jobs: list[int] | None) -> Path:
+    """Jobs 1 and 2 get results at 5 s and 12 s (job 2 fails first), a poll at 0-1 s; load 0-30 s."""
+    folder = root / "variants" / "v"
+    t = 1_767_225_600.0
+    write_requests(folder, [
+        {"t0": t, "t1": t + 1, "kind": "poll", "error": None, "job": None},
+        {"t0": t + 2, "t1": t + 5, "kind": "result", "error": None, "job": 1},
+        {"t0": t + 3, "t1": t + 8, "kind": "result", "error": "ReadTimeout", "status": 0, "job": 2},
+        {"t0": t + 9, "t1": t + 12, "kind": "result", "error": None, "job": 2},
+        {"t0": t + 10, "t1": t + 11, "kind": "result", "error": None, "job": 1},
+        {"t0": t + 20, "t1": t + 30, "kind": "tasks", "error": None, "job": 1},
+    ])
+    (folder / "meta.json").write_text(json.dumps({"name": "v", "status": "ok"}))
+    if server_jobs is not None:
+        (folder / "stack").mkdir()
+        (folder / "stack" / "stack.json").write_text(json.dumps({"refserver": {"job_ids": server_jobs}}))
+    return root
+
+
+def test_fairness_counts_started_and_starved_jobs_of_the_target(tmp_path):
+    metrics = summarize(load_run(fairness_run(tmp_path / "a", [1, 2, 3, 4])))["variants"]["v"]["metrics"]
+    # Jobs 3 and 4 of the server never got a result: starved, counted as the full 30 s for the max.
+    assert (metrics["jobs_started"], metrics["starved_jobs"]) == (2, 2)
+    assert metrics["first_result_s_p50"] == pytest.approx(8.5)  # median of 5 and 12
+    assert metrics["first_result_s_max"] == pytest.approx(30.0)
+    # An external target: the jobs are those the records name, and both started.
+    metrics = summarize(load_run(fairness_run(tmp_path / "b", None)))["variants"]["v"]["metrics"]
+    assert (metrics["jobs_started"], metrics["starved_jobs"]) == (2, 0)
+    assert metrics["first_result_s_max"] == pytest.approx(12.0)
 
 
 def test_not_a_run_folder_is_a_config_error(tmp_path):

@@ -208,3 +208,24 @@ def test_sweep_plot_only_when_the_run_sweeps(tmp_path):
         sweep="concurrency",
     )
     assert 'alt="sweep"' not in write_report(flat).html.read_text()
+
+
+def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp_path):
+    from contend.report.markdown import render_markdown
+    from contend.report.tables import VERDICT_ROWS, verdict_rows
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The synthetic run has one job: the table keeps the seed's shape.
+    assert verdict_rows(summary) == VERDICT_ROWS
+    assert "starved jobs" not in (run_dir / "report.md").read_text()
+    for entry, starved in zip(summary["variants"].values(), (4, 0), strict=True):
+        entry["metrics"].update(jobs_started=6 - starved, starved_jobs=starved, first_result_s_p50=3.5,
+                                first_result_s_max=50.0 if starved else 9.25)
+    extra = verdict_rows(summary)[len(VERDICT_ROWS):]
+    assert verdict_rows(summary)[: len(VERDICT_ROWS)] == VERDICT_ROWS
+    assert [metric for metric, _ in extra] == ["starved_jobs", "first_result_s_p50", "first_result_s_max"]
+    for entry in summary["variants"].values():
+        entry["deltas"] = {}  # the deltas were computed before the values above were set
+    md = render_markdown(summary, {})
+    assert "| starved jobs (no result) | 4 | 0 |" in md
+    assert "| first result max (s) | 50 | 9.25 |" in md

@@ -15,13 +15,13 @@ from contend.analysis import RunData, VariantRun, stack_summary, top_blockers
 from contend.report import figures
 from contend.report.tables import (
     OTHER_ROWS,
-    VERDICT_ROWS,
     common_text,
     differing,
     flags_text,
     fmt,
     headlines,
     rows,
+    verdict_rows,
 )
 
 _ENV = jinja2.Environment(
@@ -180,7 +180,7 @@ def render_html(
         sweep=run.sweep,
         variants=variants,
         headlines=headlines(summary),
-        verdict=rows(summary, VERDICT_ROWS),
+        verdict=rows(summary, verdict_rows(summary)),
         other=rows(summary, OTHER_ROWS),
         repeated=any(e["repetitions"] > 1 for e in summary["variants"].values()),
         latency_png=figures.latency_distributions(latencies),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from contend.analysis import Blocker
-from contend.report.tables import VERDICT_ROWS, common_text, differing, flags_text, headlines, rows
+from contend.report.tables import common_text, differing, flags_text, headlines, rows, verdict_rows
 
 
 def _md(text: str) -> str:
@@ -28,7 +28,7 @@ def render_markdown(
     lines.append("")
     header = ["metric"] + [f"{_md(n)}{' (baseline)' if n == summary['baseline'] else ''}" for n in names]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows(summary, VERDICT_ROWS):
+    for row in rows(summary, verdict_rows(summary)):
         cells = []
         for cell in row.cells:
             text = cell.value + (f" [{cell.spread}]" if cell.spread else "")

@@ -25,8 +25,15 @@ VERDICT_ROWS: tuple[tuple[str, str], ...] = (
     ("redeliveries", "NATS redeliveries"),
     ("timeouts", "timeouts"),
 )
+# Shown after the seed's rows only when they say something: fairness when the target has several jobs.
+FAIRNESS_ROWS: tuple[tuple[str, str], ...] = (
+    ("starved_jobs", "starved jobs (no result)"),
+    ("first_result_s_p50", "first result p50 (s)"),
+    ("first_result_s_max", "first result max (s)"),
+)
 OTHER_ROWS: tuple[tuple[str, str], ...] = (
     ("post_ok_ratio", "POST ok ratio"),
+    ("jobs_started", "jobs with a result"),
     ("requests_total", "requests (all kinds)"),
     ("requests_failed", "requests failed"),
     ("dup_tasks", "duplicate tasks received"),
@@ -112,6 +119,15 @@ def _cell(entry: dict[str, Any], metric: str) -> Cell:
         tone=_tone(metric, delta["abs"] or 0, delta.get("real")) if delta else "",
         real=delta.get("real") if delta else None,
     )
+
+
+def verdict_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The verdict table's rows: the seed's first, then fairness when a variant's target had several jobs."""
+    jobs = [
+        (e["metrics"].get("jobs_started") or 0) + (e["metrics"].get("starved_jobs") or 0)
+        for e in summary["variants"].values()
+    ]
+    return VERDICT_ROWS + (FAIRNESS_ROWS if max(jobs, default=0) > 1 else ())
 
 
 def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:
