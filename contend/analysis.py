@@ -265,8 +265,7 @@ def load_variant(folder: Path) -> VariantRun:
         notes.append("no load records")
     stack_path = folder / "stack" / "stack.json"
     stack_info = _read_json(stack_path, notes) if stack_path.exists() else {}
-    final_path = folder / "final_state.json"
-    final_state = _read_json(final_path, notes) if final_path.exists() else None
+    final_state = _final_state(folder / "final_state.json", notes)
     return VariantRun(
         folder=folder,
         meta=meta,
@@ -281,6 +280,22 @@ def load_variant(folder: Path) -> VariantRun:
         server_jobs=tuple(int(j) for j in (stack_info.get("refserver") or {}).get("job_ids") or ()),
         final_state=final_state,
     )
+
+
+def _final_state(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The final counts probe's record, when it ran and read the counts (else a note says why not)."""
+    if not path.exists():
+        return None
+    state = _read_json(path, notes)
+    if state.get("error"):
+        notes.append(f"final job counts not read: {state['error']}")
+        return None
+    if state.get("settled") is False:
+        notes.append(
+            f"final job counts read before the result workers were idle (waited {state.get('waited_s')} s): "
+            "lost_updates may count results still being processed"
+        )
+    return state if isinstance(state.get("jobs"), dict) else None
 
 
 def _scenario_description(path: Path) -> str:
@@ -380,6 +395,9 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         "sampler_cost_ms_p95": _q(run.ticks["cost_ms"], 0.95),
         "sampler_late_ms_p95": _q(run.ticks["late_ms"], 0.95),
         **fairness(run),
+        "lost_updates": lost_updates(run.final_state, duplicated_jobs(run))
+        if run.final_state is not None
+        else None,
     }
     for key in ("edges_max", "blocked_max", "depth_max", "idle_in_tx_max"):
         if m[key] is not None:
@@ -418,6 +436,36 @@ def fairness(run: VariantRun) -> dict[str, float | int | None]:
         "first_result_s_p50": statistics.median(started) if started else None,
         "first_result_s_max": max(t if t is not None else length for t in firsts.values()),
     }
+
+
+# Counters a result adds to its job's progress (tasks.py, add_counts=True); docs/metrics.md says why the
+# process stage's processed/remaining/failed are not among them.
+ADDED_COUNTS = ("captures", "detections", "classifications")
+
+
+def lost_updates(final_state: dict[str, Any], duplicated: set[int] | frozenset[int] = frozenset()) -> int:
+    """Sum over jobs and added counters of max(0, true - recorded) (``final_state.json``).
+
+    A job in ``duplicated`` received some result more than once: every copy inserts new detections
+    and classifications but only the first is counted, so only its ``captures`` (distinct images)
+    can be compared.
+    """
+    lost = 0
+    for job, entry in (final_state.get("jobs") or {}).items():
+        true, recorded = entry.get("true") or {}, entry.get("recorded") or {}
+        for counter in ("captures",) if int(job) in duplicated else ADDED_COUNTS:
+            if true.get(counter) is not None:
+                lost += max(0, int(true[counter]) - int(recorded.get(counter) or 0))
+    return lost
+
+
+def duplicated_jobs(run: VariantRun) -> set[int]:
+    """Jobs whose tasks NATS redelivered or whose results a load process posted twice."""
+    nats = run.nats.dropna(subset=["num_redelivered"])
+    redelivered = nats[nats["stream"].astype(str).str.startswith("job_") & (nats["num_redelivered"] > 0)]
+    jobs = {int(str(stream).removeprefix("job_")) for stream in redelivered["stream"].unique()}
+    posts = run.requests[(run.requests["kind"] == "result") & (run.requests["dup_results"].fillna(0) > 0)]
+    return jobs | {int(j) for j in posts["job"].dropna().unique()}
 
 
 def redeliveries(nats: pd.DataFrame) -> int:

@@ -34,6 +34,7 @@ MEANINGS: dict[str, str] = {
     "starved_jobs": "target jobs without any successful result POST",
     "first_result_s_p50": "load start to a job's first successful result POST, p50 over started jobs (s)",
     "first_result_s_max": "the same, max over target jobs; a starved job counts the load's length (s)",
+    "lost_updates": "result counts missing from the jobs' progress against the rows the workers wrote",
 }
 
 METRICS: tuple[str, ...] = tuple(MEANINGS)

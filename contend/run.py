@@ -14,7 +14,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +27,11 @@ from contend import __version__
 from contend.errors import ConfigError, ContendError, Interrupted, StackError
 from contend.load import LoadProgress, LoadTarget, run_load
 from contend.runfolder import run_folder
+from contend.sample.final import FINAL_STATE, probe_final_state
 from contend.sample.runner import SamplerConfig, SamplerSet
 from contend.scenario import EmbeddedTarget, ExternalTarget, Scenario, Variant
 from contend.stack import Stack
+from contend.stack.postgres import redact_message
 from contend.stack.refserver import RefServerOptions
 
 RUN_TOKEN_ENV = "CONTEND_RUN_TOKEN"
@@ -182,9 +184,23 @@ def run_variant(
                 run_load(variant.workloads, load_target, folder / "load", progress=on_progress,
                          stop=watch.halt)
             _pause(scenario.cool_down_s, watch, observer, "cool-down")
+        if stack is not None and not watch.halt.is_set():
+            _probe_final_state(stack, load_target.job_ids, folder, observer, stop)
     if watch.died:
         return VariantOutcome(variant.name, folder, "failed", watch.died)
     return VariantOutcome(variant.name, folder)
+
+
+def _probe_final_state(stack: Stack, job_ids: Sequence[int], folder: Path, observer: RunObserver | None,
+                       stop: threading.Event) -> None:
+    """Record each job's counts against the rows its results wrote (lost updates); never fails the variant."""
+    if observer:
+        observer.phase("final counts")
+    monitor = stack.nats.monitor_url if stack.nats is not None else None
+    try:
+        probe_final_state(stack.dsn, job_ids, folder / FINAL_STATE, nats_monitor_url=monitor, stop=stop)
+    except Exception as error:  # the load's records stand without these counts; the analysis notes it
+        _write_json(folder / FINAL_STATE, {"error": redact_message(error)})
 
 
 def _pause(seconds: float, watch: _Watch, observer: RunObserver | None, label: str) -> None:

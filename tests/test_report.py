@@ -229,3 +229,9 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
     md = render_markdown(summary, {})
     assert "| starved jobs (no result) | 4 | 0 |" in md
     assert "| first result max (s) | 50 | 9.25 |" in md
+    assert "lost count updates" not in md
+    # Lost count updates join the table once a variant lost some.
+    for entry, lost in zip(summary["variants"].values(), (0, 12), strict=True):
+        entry["metrics"]["lost_updates"] = lost
+    assert verdict_rows(summary)[-1][0] == "lost_updates"
+    assert "| lost count updates | 0 | 12 |" in render_markdown(summary, {})

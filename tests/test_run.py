@@ -109,6 +109,12 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["status"] == "ok" and meta["flags"]["JOB_LOG_PERSIST_ENABLED"] == (
             "true" if name == "logs-on" else "false")
+        # The final counts probe ran before the stack stopped; error results add no counts to lose.
+        final = json.loads((folder / "final_state.json").read_text())
+        assert final["settled"] and list(final["jobs"]) == [str(j) for j in json.loads(
+            (folder / "stack" / "stack.json").read_text())["refserver"]["job_ids"]]
+        assert metrics["lost_updates"] == 0
+        assert (metrics["jobs_started"], metrics["starved_jobs"]) == (1, 0)
     stack_json = (run_dir / "variants" / "logs-on" / "stack" / "stack.json").read_text()
     assert '"token": "(not kept)"' in stack_json
     assert _no_contend_children(run_dir)

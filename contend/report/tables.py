@@ -31,7 +31,9 @@ FAIRNESS_ROWS: tuple[tuple[str, str], ...] = (
     ("first_result_s_p50", "first result p50 (s)"),
     ("first_result_s_max", "first result max (s)"),
 )
+LOST_ROW = ("lost_updates", "lost count updates")
 OTHER_ROWS: tuple[tuple[str, str], ...] = (
+    LOST_ROW,
     ("post_ok_ratio", "POST ok ratio"),
     ("jobs_started", "jobs with a result"),
     ("requests_total", "requests (all kinds)"),
@@ -122,12 +124,15 @@ def _cell(entry: dict[str, Any], metric: str) -> Cell:
 
 
 def verdict_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The verdict table's rows: the seed's first, then fairness when a variant's target had several jobs."""
-    jobs = [
-        (e["metrics"].get("jobs_started") or 0) + (e["metrics"].get("starved_jobs") or 0)
-        for e in summary["variants"].values()
-    ]
-    return VERDICT_ROWS + (FAIRNESS_ROWS if max(jobs, default=0) > 1 else ())
+    """The verdict table's rows: the seed's first, then what this run has to say beyond them.
+
+    Fairness when a variant's target had several jobs; lost count updates when some were lost or
+    the variants differ in PROGRESS_LOCK (then the zeros are the finding).
+    """
+    metrics = [e["metrics"] for e in summary["variants"].values()]
+    jobs = max(((m.get("jobs_started") or 0) + (m.get("starved_jobs") or 0) for m in metrics), default=0)
+    lost = any(m.get("lost_updates") for m in metrics) or "PROGRESS_LOCK" in differing(summary)
+    return VERDICT_ROWS + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
 
 
 def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:
