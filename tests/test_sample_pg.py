@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -204,3 +205,16 @@ def test_fingerprint_normalises_literals() -> None:
     assert fingerprint('UPDATE "jobs_job" SET "logs" = \'{"x": 1}\'::jsonb\n  WHERE id = 42') == (
         'UPDATE "jobs_job" SET "logs" = ?::jsonb WHERE id = ?'
     )
+
+
+def test_fingerprint_of_a_truncated_statement_closes_its_open_literal() -> None:
+    # The same statement cut at 1024 characters, its log lines (newest first) differing in content.
+    def cut(job: int) -> str:
+        lines = [f"[2026-11-28 11:{n % 60:02d}:07] Updated job {job} progress to {n * job % 101}%"
+                 for n in range(40, 0, -1)]
+        logs = json.dumps({"stderr": [], "stdout": lines})
+        return f'UPDATE "jobs_job" SET "logs" = \'{logs}\'::jsonb WHERE "jobs_job"."id" = {job}'[:1024]
+
+    assert {fingerprint(cut(job)) for job in (3, 47, 1250)} == {'UPDATE "jobs_job" SET "logs" = ?'}
+    # A literal closed before the cut stays one "?", what follows is kept.
+    assert fingerprint("UPDATE t SET a = 'x', b = 'it''s 2 o") == "UPDATE t SET a = ?, b = ?"

@@ -90,7 +90,9 @@ def connect(dsn: str, connect_timeout: int = 10) -> psycopg.Connection[Any]:
 
 
 _LITERALS = [
-    (re.compile(r"'(?:[^']|'')*'"), "?"),  # string literals
+    # String literals; one left open runs to the end: the text was cut at track_activity_query_size
+    # (or QUERY_CHARS), and its tail must not leave digits to replace one by one into new fingerprints.
+    (re.compile(r"'(?:[^']|'')*(?:'|\Z)"), "?"),
     (re.compile(r"\$\d+"), "?"),  # bind parameters
     (re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"), "?"),  # numbers
     (re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)"), "(?)"),  # IN lists and VALUES rows
