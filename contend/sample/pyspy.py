@@ -8,7 +8,6 @@ Threads blocked in a socket read (waiting for Postgres) are kept: a dump shows e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from contend.errors import SamplerError
 from contend.stack.process import ManagedProcess
@@ -201,7 +202,7 @@ class PySpySampler:
         return records
 
     def _failed(self, pid: int, exc: SamplerError) -> None:
-        if not _exists(pid):
+        if not psutil.pid_exists(pid):
             self._gone.add(pid)
             self.on_warning(f"pid {pid} has exited; it is no longer dumped")
         elif exc.hint == PERMISSION_HINT and not self.worked:
@@ -211,12 +212,3 @@ class PySpySampler:
             self._warned.add(pid)
             self.on_warning(f"{exc.message} (retried at the next interval)")
 
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
