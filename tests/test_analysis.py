@@ -61,6 +61,7 @@ def expected(folder: Path) -> dict:
         "sampler_cost_ms_p95": float(np.percentile([t["cost_ms"] for t in ticks], 95)),
         "sampler_late_ms_p95": float(np.percentile([t["late_ms"] for t in ticks], 95)),
         **expected_fairness(reqs, jobs=sorted({r["job"] for r in reqs if r["job"] is not None})),
+        "lost_updates": None,  # no final_state.json: nothing probed the jobs' counts
     }
 
 
@@ -101,7 +102,10 @@ def test_summary_metrics_equal_the_raw_records(run_dir):
         want = expected(run_dir / "variants" / v.name)
         assert set(entry["metrics"]) == set(want)
         for metric, value in want.items():
-            assert entry["metrics"][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), metric
+            if value is None:
+                assert entry["metrics"][metric] is None, metric
+            else:
+                assert entry["metrics"][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), metric
         assert entry["flags"] == v.flags and entry["params"] == v.params and entry["repetitions"] == 1
         assert "spread" not in entry
 
@@ -214,6 +218,29 @@ def test_fairness_counts_started_and_starved_jobs_of_the_target(tmp_path):
     metrics = summarize(load_run(fairness_run(tmp_path / "b", None)))["variants"]["v"]["metrics"]
     assert (metrics["jobs_started"], metrics["starved_jobs"]) == (2, 0)
     assert metrics["first_result_s_max"] == pytest.approx(12.0)
+
+
+def test_lost_updates_come_from_final_state_and_skip_added_rows_of_repeated_results(tmp_path):
+    root = fairness_run(tmp_path, [1, 2])
+    folder = root / "variants" / "v"
+
+    def job(recorded: tuple[int, int, int], true: tuple[int, int, int]) -> dict:
+        keys = ("captures", "detections", "classifications")
+        return {"status": "STARTED", "images": 10, "recorded": dict(zip(keys, recorded, strict=True)),
+                "true": dict(zip(keys, true, strict=True))}
+
+    final = {"t": 0, "settled": True, "waited_s": 1.0,
+             "jobs": {"1": job((7, 14, 14), (9, 18, 18)), "2": job((4, 8, 8), (4, 12, 12))}}
+    (folder / "final_state.json").write_text(json.dumps(final))
+    assert summarize(load_run(root))["variants"]["v"]["metrics"]["lost_updates"] == 2 + 4 + 4 + 0 + 4 + 4
+    # NATS redelivered job 2's tasks: its extra detections and classifications are repeated results.
+    (folder / "samples").mkdir()
+    (folder / "samples" / "nats.jsonl").write_text(json.dumps(
+        {"t": 1, "stream": "job_2", "consumer": "job-2-consumer", "num_pending": 0, "num_redelivered": 3}))
+    assert summarize(load_run(root))["variants"]["v"]["metrics"]["lost_updates"] == 2 + 4 + 4
+    final["settled"] = False
+    (folder / "final_state.json").write_text(json.dumps(final))
+    assert any("before the result workers were idle" in n for n in load_run(root).variants["v"][0].notes)
 
 
 def test_not_a_run_folder_is_a_config_error(tmp_path):
