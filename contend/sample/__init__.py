@@ -6,5 +6,6 @@
     attribution  a root blocker -> its client process and thread, with an on-demand stack
     nats         per-job consumer progress and the ml_results queue depth
     runner       SamplerSet: all of them in one child process, writing samples/*.jsonl
+    final        after the load: each job's recorded counts against the rows its results wrote
     watch        ``contend watch``: the live view
 """
