@@ -66,8 +66,12 @@ def test_lost_updates_are_zero_where_the_mode_cannot_lose_them(tmp_path, mode):
     assert json.loads((tmp_path / "final_state.json").read_text()) == state
     for entry in state["jobs"].values():
         # The true counts are what was posted, whatever the mode: the probe links jobs to their rows.
-        assert entry["true"] == {"processed": IMAGES, "failed": None if entry["status"] == "SUCCESS" else 0,
-                                 "captures": IMAGES, "detections": 2 * IMAGES, "classifications": 2 * IMAGES}
+        true = dict(entry["true"])
+        # failed is 0 while the job's bookkeeping exists, None once completion removed it; the job's
+        # status is written in another transaction, so the two need not agree at the same moment.
+        assert true.pop("failed") in (0, None)
+        assert true == {"processed": IMAGES, "captures": IMAGES, "detections": 2 * IMAGES,
+                        "classifications": 2 * IMAGES}
     lost = lost_updates(state)
     if mode == "none":
         # A plain read and save may lose counts; how many depends on timing. Shown, not asserted.
