@@ -1,7 +1,7 @@
 """What the load driver costs, against what it drives, and how fast it can go on one core.
 
-    /work/venv/bin/python benchmarks/bench_load.py            (both parts, about 2-3 minutes)
-    /work/venv/bin/python benchmarks/bench_load.py --part rate
+    python benchmarks/bench_load.py            (both parts, about 2-3 minutes)
+    python benchmarks/bench_load.py --part rate
 
 Part ``cpu``: batched POSTs of 50 error results (Antenna's script, concurrency 10) against the
 reference server (real Postgres, NATS, Django web tier and result workers). Driver CPU = CPU of

@@ -1,7 +1,7 @@
 """The reference server's start-up time and the pathology figures of issue 3, per preset.
 
-    /work/venv/bin/python benchmarks/bench_refserver.py                      (both presets, ~2 min)
-    /work/venv/bin/python benchmarks/bench_refserver.py --preset pre-1261 --window 30
+    python benchmarks/bench_refserver.py                      (both presets, ~2 min)
+    python benchmarks/bench_refserver.py --preset pre-1261 --window 30
 
 For each preset: start Postgres + NATS + the reference server (1 web process, 8 workers, 1 job),
 fire 10 concurrent POSTs of 50 error results (Antenna's load script, one round, 120 s client
