@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from contend import __version__
-from contend.errors import ContendError, ExitCode, Interrupted, exit_code
+from contend.errors import ConfigError, ContendError, ExitCode, Interrupted, exit_code
 from contend.runfolder import DEFAULT_REPORTS, run_folder
 
 
@@ -71,15 +71,26 @@ def main() -> None:
         fail(error)
 
 
+def _no_password_in_argv(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from contend.stack.postgres import redact_dsn
+
+    source = ctx.get_parameter_source(param.name or "")
+    if value and source == click.core.ParameterSource.COMMANDLINE and redact_dsn(value) != value:
+        raise ConfigError("the --dsn on the command line holds a password (argv is visible to every user)",
+                          hint="export CONTEND_DSN='postgresql://...' instead and drop --dsn")
+    return value
+
+
 def dsn_option(required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The shared ``--dsn`` option; the DSN (with its password) may also come from CONTEND_DSN."""
+    """The shared ``--dsn`` option; a DSN with a password must come from CONTEND_DSN, not argv."""
     return click.option(
         "--dsn",
         envvar="CONTEND_DSN",
         show_envvar=True,
         required=required,
-        help="Postgres DSN of an external server. Prefer the CONTEND_DSN variable: "
-        "a password in argv is visible to every user of the machine.",
+        callback=_no_password_in_argv,
+        help="Postgres DSN of an external server, without a password; a DSN with a password "
+        "goes in the CONTEND_DSN variable (argv is visible to every user of the machine).",
     )
 
 

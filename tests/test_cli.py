@@ -49,3 +49,10 @@ def test_bad_arguments_give_one_error_line_and_the_usage_code(args: list[str]) -
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1
     assert "Traceback" not in out.stderr
+
+
+def test_a_password_in_a_dsn_on_the_command_line_is_refused_without_echoing_it() -> None:
+    out = contend("watch", "--dsn", "postgresql://someone:s3cret@127.0.0.1:1/db")
+    assert out.returncode == ExitCode.USAGE
+    assert "CONTEND_DSN" in out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
