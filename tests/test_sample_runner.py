@@ -48,6 +48,7 @@ def test_sampler_set_records_everything_and_stops_on_sigterm(
                 contended = wait_for(lambda: [t for t in lines(ticks) if t["blocked"] == 3])
                 attributed = wait_for(lambda: lines(samples / "attribution.jsonl"), timeout=20)
                 wait_for(lambda: lines(samples / "pyspy.jsonl"), timeout=20)
+                wait_for(lambda: len(lines(ticks)) >= 5)
                 stopping = time.monotonic()
             stopped_in = time.monotonic() - stopping
     finally:
