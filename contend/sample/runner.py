@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Any
 
 import psycopg
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from contend.errors import ConfigError, SamplerError, StackError
 from contend.sample import attribution, nats, pg, pyspy
 from contend.stack.postgres import redact_message
-from contend.stack.process import ManagedProcess
+from contend.stack.process import Lifecycle, ManagedProcess
 
 log = logging.getLogger("contend.sample")
 
@@ -86,7 +86,7 @@ class JsonlWriter:
             self._file.close()
 
 
-class SamplerSet:
+class SamplerSet(Lifecycle):
     """The samplers of one run, in a child process: ``start()``/``stop()`` or a context manager.
 
     ``out_dir`` is the variant folder; records go to ``out_dir/samples/``.
@@ -128,14 +128,6 @@ class SamplerSet:
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
 
-    def __enter__(self) -> SamplerSet:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # ---- the child process ----------------------------------------------------------------------

@@ -11,18 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from contend.stack.nats import NatsServer
 from contend.stack.postgres import EmbeddedPostgres, ExternalPostgres
-from contend.stack.process import ManagedProcess, reap_orphans
+from contend.stack.process import Lifecycle, ManagedProcess, reap_orphans
 from contend.stack.refserver import RefServer, RefServerOptions
 
 __all__ = ["RefServerOptions", "Stack"]
 
 
-class Stack:
+class Stack(Lifecycle):
     """Postgres (embedded, or external through ``dsn``) and NATS, started together, stopped together.
 
     With ``refserver`` options it also runs the reference server on them (``info()["refserver"]``).
@@ -111,11 +110,3 @@ class Stack:
         path.write_text(json.dumps(self.info(), indent=2) + "\n")
         return path
 
-    def __enter__(self) -> Stack:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -7,10 +7,9 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from contend.errors import StackError
-from contend.stack.process import ManagedProcess, free_port
+from contend.stack.process import Lifecycle, ManagedProcess, free_port
 
 
 def nats_server_binary() -> Path | None:
@@ -22,7 +21,7 @@ def nats_server_binary() -> Path | None:
     return Path(found) if found else None
 
 
-class NatsServer:
+class NatsServer(Lifecycle):
     """nats-server with JetStream, client port and HTTP monitoring port on 127.0.0.1."""
 
     def __init__(self, folder: Path, ready_timeout: float = 30.0) -> None:
@@ -71,11 +70,3 @@ class NatsServer:
         if self.process is not None:
             self.process.stop()
 
-    def __enter__(self) -> NatsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

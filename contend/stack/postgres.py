@@ -10,12 +10,11 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 
 from contend.errors import ConfigError, StackError
-from contend.stack.process import ManagedProcess, free_port
+from contend.stack.process import Lifecycle, ManagedProcess, free_port
 
 # Postgres refuses to run as root; when contend runs as root it runs Postgres as this user.
 UNPRIVILEGED_USER = "nobody"
@@ -66,7 +65,7 @@ def _has_pg_stat_statements(bindir: Path) -> bool:
     return out.returncode == 0 and Path(out.stdout.strip(), "pg_stat_statements.so").exists()
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Lifecycle):
     """A throw-away Postgres server on a free loopback port, its data inside ``folder``."""
 
     database = "contend"
@@ -160,18 +159,6 @@ class EmbeddedPostgres:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> EmbeddedPostgres:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class ExternalPostgres:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import psutil
 
@@ -105,7 +106,30 @@ def reap_orphans() -> list[str]:
     return stopped
 
 
-class ManagedProcess:
+class Lifecycle:
+    """A context manager over ``start()``/``stop()``: a start that fails half-way is stopped too."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ManagedProcess(Lifecycle):
     """A child process on loopback: started, checked for readiness, logged, always stopped."""
 
     def __init__(
@@ -215,14 +239,3 @@ class ManagedProcess:
             self._entry.unlink(missing_ok=True)
             self._entry = None
 
-    def __enter__(self) -> ManagedProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,12 +16,11 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from contend.errors import StackError
 from contend.flags import resolve_flags
-from contend.stack.process import ManagedProcess, free_port
+from contend.stack.process import Lifecycle, ManagedProcess, free_port
 
 # Environment the server's processes keep from ours; everything else they need is set explicitly.
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "CONTEND_STATE_DIR", "PYTHONPATH")
@@ -48,7 +47,7 @@ class RefServerOptions:
         return resolve_flags(self.preset, overrides)
 
 
-class RefServer:
+class RefServer(Lifecycle):
     """The web tier (WEB_CONCURRENCY processes on one port) and ML_WORKER_CONCURRENCY result workers."""
 
     def __init__(self, folder: Path, dsn: str, nats_url: str, options: RefServerOptions,
@@ -155,15 +154,3 @@ class RefServer:
             "pids": self.pids(),
         }
 
-    def __enter__(self) -> RefServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
