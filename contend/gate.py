@@ -1,6 +1,6 @@
 """Thresholds and baselines to a verdict: the CI gate on contention.
 
-A threshold reads as one line, ``<metric> <op> <limit>``:
+A threshold (``contend.thresholds``) reads as one line, ``<metric> <op> <limit>``:
 
     edges_max < 5                        absolute
     latency_p95_s <= 1.2x baseline       relative to the run's baseline variant
@@ -16,99 +16,34 @@ run folder. The CLI prints, writes and maps ``ThresholdsFailed`` to exit code 1.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import json
 import math
-import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from contend.errors import ConfigError
-from contend.metrics import METRICS
-
-Op = Literal["<", "<=", ">", ">=", "=="]
-Ref = Literal["baseline", "previous"]
-Verdict = Literal["pass", "fail", "skip"]
-
-_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_SYNTAX = re.compile(
-    rf"""^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*
-    (?P<op><=|>=|==|<|>)\s*
-    (?P<number>{_NUMBER})?\s*
-    (?P<times>[x×*])?\s*
-    (?P<ref>baseline|previous)?\s*
-    (?:(?:±|\+-|\+/-)\s*(?P<tolerance>{_NUMBER})\s*%)?\s*$""",
-    re.VERBOSE,
+from contend.scenario import load_scenario
+from contend.thresholds import (
+    SYNTAX_HELP,
+    Threshold,
+    did_you_mean,
+    matches_variant,
+    parse_threshold,
 )
-SYNTAX_HELP = "'<metric> <op> <number>' or '<metric> <op> <factor>x baseline|previous [±<n>%]'"
+from contend.thresholds import (
+    fmt_number as _fmt,
+)
 
+__all__ = [  # the threshold names are re-exported: they were defined here before contend.thresholds
+    "SYNTAX_HELP", "Check", "GateResult", "Threshold", "Verdict", "did_you_mean", "evaluate",
+    "gate_run", "matches_variant", "parse_threshold", "read_summary", "render_junit",
+    "render_markdown", "render_table",
+]
 
-@dataclass(frozen=True)
-class Threshold:
-    """One parsed threshold: ``metric op factor [x ref]``, loosened by the tolerance."""
-
-    metric: str
-    op: Op
-    number: float
-    ref: Ref | None = None
-    tolerance: float = 0.0
-    tolerance_abs: float = 0.0
-    variants: tuple[str, ...] = ()
-    """Variant names or fnmatch patterns it applies to; empty: every variant."""
-    text: str | None = None
-    """A label that replaces the rendered form (the gate's own "status == ok" check)."""
-
-    def __str__(self) -> str:
-        if self.text:
-            return self.text
-        limit = f"{_fmt(self.number)}x {self.ref}" if self.ref else _fmt(self.number)
-        text = f"{self.metric} {self.op} {limit}"
-        if self.tolerance:
-            text += f" ±{_fmt(self.tolerance * 100)}%"
-        if self.tolerance_abs:
-            text += f" (±{_fmt(self.tolerance_abs)} abs)"
-        return text
-
-    def applies_to(self, variant: str) -> bool:
-        return not self.variants or matches_variant(variant, self.variants)
-
-
-def matches_variant(name: str, patterns: Iterable[str]) -> bool:
-    """Return True when the variant ``name`` matches one of ``patterns`` (fnmatch, case-sensitive)."""
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def parse_threshold(text: str, tolerance: float | None = None, tolerance_abs: float = 0.0,
-                    variants: Sequence[str] = ()) -> Threshold:
-    """Return the Threshold a line such as ``latency_p95_s <= 1.2x baseline ±10%`` describes.
-
-    Raises ValueError with a message that says what was expected (the scenario loader adds the line).
-    """
-    match = _SYNTAX.match(text)
-    if not match:
-        raise ValueError(f"cannot read threshold {text!r}; expected {SYNTAX_HELP}")
-    metric, number = match["metric"], match["number"]
-    ref = cast(Ref | None, match["ref"])
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}")
-    if ref is None and (number is None or match["times"]):
-        raise ValueError(f"threshold {text!r} needs a number, or '<factor>x baseline|previous'")
-    if ref is not None and number is not None and not match["times"]:
-        raise ValueError(f"threshold {text!r}: write the factor as '{number}x {ref}'")
-    if match["tolerance"] is not None and tolerance is not None:
-        raise ValueError(f"threshold {text!r} gives a tolerance twice (in the text and as a key)")
-    if match["tolerance"] is not None:
-        tolerance = float(match["tolerance"]) / 100
-    if (tolerance or 0) < 0 or tolerance_abs < 0:
-        raise ValueError("a tolerance cannot be negative")
-    return Threshold(metric=metric, op=cast(Op, match["op"]), number=float(number) if number else 1.0,
-                     ref=ref, tolerance=tolerance or 0.0, tolerance_abs=tolerance_abs,
-                     variants=tuple(variants))
-
+Verdict = Literal["pass", "fail", "skip"]
 
 @dataclass(frozen=True)
 class Check:
@@ -260,8 +195,6 @@ def render_junit(result: GateResult) -> str:
 
 def gate_run(run_dir: Path, baseline: Path | None = None) -> GateResult:
     """Return the verdict for a run folder: thresholds of its scenario.yaml on its summary.json."""
-    from contend.scenario import load_scenario
-
     summary = read_summary(run_dir / "summary.json")
     scenario = load_scenario(run_dir / "scenario.yaml")
     if baseline is not None and baseline.is_dir():
@@ -293,15 +226,3 @@ def _headline(result: GateResult) -> str:
     if bad:
         return f"FAILED: {bad} of {n} thresholds failed{tail}"
     return f"PASSED: {n - skipped} of {n} thresholds passed{tail}"
-
-
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.4g}" if isinstance(x, float) and not float(x).is_integer() else str(int(x))
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """Return `` (did you mean 'x'?)`` for the nearest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

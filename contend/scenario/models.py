@@ -1,0 +1,339 @@
+"""The scenario schema: the frozen pydantic models a scenario file is validated into.
+
+A scenario is YAML (read by ``contend.scenario.loader``) validated into a frozen ``Scenario``;
+``Scenario.expand()`` turns its ``variants`` list or its ``matrix`` into ``Variant`` objects (flags
+resolved, workload parameters applied, thresholds attached; ``contend.scenario.variants``), one per
+variant, that ``contend run`` executes ``repetitions`` times each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from contend.flags import FLAGS
+from contend.load.config import Workload
+from contend.scenario.variants import (
+    KeyPath,
+    Scalar,
+    ScenarioError,
+    Variant,
+    apply_params,
+    located,
+    matrix_combinations,
+    value_text,
+    variant_flags,
+)
+from contend.target import check_target
+from contend.thresholds import Threshold, did_you_mean, matches_variant, parse_threshold
+
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._=,+:@-]*$", max_length=120)]
+DOCS_HINT = "the scenario keys are in docs/scenarios.md (or run `contend schema`)"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class EmbeddedTarget(_Model):
+    """The bundled reference server, started fresh (new database) for every variant and repetition."""
+
+    kind: Literal["embedded"] = "embedded"
+    preset: str | None = None
+    """Flag preset: pre-1261, pr-1261, pr-1261-logs-off or joblog-1259 (`contend flags` lists them)."""
+    flags: dict[str, Scalar] = {}
+    """Flags for every variant, over the preset (a variant's own flags win)."""
+    web_concurrency: PositiveInt | None = None
+    """Web processes (the WEB_CONCURRENCY flag); none: the preset's value."""
+    worker_concurrency: PositiveInt | None = None
+    """Result worker processes (the ML_WORKER_CONCURRENCY flag); none: the preset's value."""
+    jobs: PositiveInt = 1
+    """Jobs created by the fixtures."""
+    images_per_job: PositiveInt = 500
+    """Images (tasks) per job."""
+
+
+class ExternalTarget(_Model):
+    """A server contend does not start (your own Antenna); load goes to base_url."""
+
+    kind: Literal["external"]
+    base_url: str
+    """http(s)://host[:port]; only loopback unless allow_remote is true."""
+    token_env: str | None = None
+    """Environment variable holding the API token; none: ANTENNA_TOKEN, then CONTEND_TOKEN."""
+    dsn_env: str | None = "CONTEND_DSN"
+    """Environment variable holding the monitoring DSN (least-privilege role); none: no Postgres sampling."""
+    pyspy_pids: dict[str, list[PositiveInt]] = {}
+    """Server processes for py-spy by role, e.g. {web: [1234], worker: [1240, 1241]}."""
+    pyspy_patterns: dict[str, str] = {}
+    """Server processes for py-spy by role and a regular expression on their command line."""
+    allow_remote: bool = False
+    """Send load to a non-loopback host (never do this against production)."""
+
+    @field_validator("token_env", "dsn_env")
+    @classmethod
+    def _names_a_variable(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("give the name of an environment variable (such as MY_TOKEN), "
+                             "never the secret itself")
+        return value
+
+
+Target = Annotated[EmbeddedTarget | ExternalTarget, Field(discriminator="kind")]
+
+
+class Sampling(_Model):
+    """What the samplers observe and how often (contend's SamplerConfig)."""
+
+    pg_interval_s: PositiveFloat = 0.1
+    """Postgres activity and blocker-graph tick."""
+    pyspy: bool = True
+    """Sample the server's Python stacks with py-spy."""
+    pyspy_interval_s: PositiveFloat = 2.0
+    """Seconds between py-spy dumps of each server process."""
+    pyspy_record: bool = False
+    """Also record a speedscope profile of each server process."""
+    nats: bool = True
+    """Sample the NATS consumers (queue depth, redeliveries)."""
+    nats_interval_s: PositiveFloat = 1.0
+    """Seconds between reads of the NATS consumers."""
+    attribution_threshold_s: NonNegativeFloat = 1.0
+    """A root blocker held this long gets its client thread's stack dumped."""
+
+
+class ReportOptions(_Model):
+    """What the report shows."""
+
+    title: str | None = None
+    """Title of report.html; none: the scenario name."""
+    html: bool = True
+    """Write report.html."""
+    markdown: bool = True
+    """Write report.md (short, for a pull request)."""
+    top_statements: PositiveInt = 10
+    """Root-blocker statements listed."""
+
+
+def _valid_threshold(text: str) -> str:
+    parse_threshold(text)
+    return text
+
+
+ThresholdText = Annotated[str, AfterValidator(_valid_threshold)]
+
+
+class ThresholdCheck(_Model):
+    """A threshold with options; ``check`` has the same syntax as the one-line form."""
+
+    check: str
+    """e.g. "latency_p95_s <= 1.2x baseline"."""
+    tolerance: NonNegativeFloat | None = None
+    """Noise allowance, a fraction of the limit (0.1 = 10 %)."""
+    tolerance_abs: NonNegativeFloat = 0.0
+    """Noise allowance in the metric's unit; the larger of the two applies."""
+    variants: list[str] = []
+    """Variant names or patterns (fnmatch: "*=true,*") it applies to; empty: all."""
+
+    @model_validator(mode="after")
+    def _parses(self) -> Self:
+        parse_threshold(self.check, self.tolerance, self.tolerance_abs, self.variants)
+        return self
+
+
+def _threshold_form(value: Any) -> str:
+    return "mapping" if isinstance(value, dict | ThresholdCheck) else "text"
+
+
+ThresholdSpec = Annotated[
+    Union[Annotated[ThresholdText, Tag("text")], Annotated[ThresholdCheck, Tag("mapping")]],  # noqa: UP007
+    Discriminator(_threshold_form),
+]
+
+
+def to_threshold(spec: str | ThresholdCheck, variants: Sequence[str] = ()) -> Threshold:
+    """Return the parsed Threshold of a scenario entry (``variants`` scopes a one-line entry)."""
+    if isinstance(spec, str):
+        return parse_threshold(spec, variants=variants)
+    return parse_threshold(spec.check, spec.tolerance, spec.tolerance_abs, spec.variants or variants)
+
+
+def _distinct(values: list[Scalar]) -> list[Scalar]:
+    texts = [value_text(v) for v in values]
+    doubles = sorted({t for t in texts if texts.count(t) > 1})
+    if doubles:
+        raise ValueError(f"each value once; repeated: {', '.join(doubles)}")
+    return values
+
+
+class VariantSpec(_Model):
+    """One named variant: flags (and workload parameters) that differ from the target's."""
+
+    name: Name
+    """Names its run folder: letters, digits and . _ = , + : @ - (no spaces, no '/')."""
+    baseline: bool = False
+    """The variant others are compared to; none marked: the first."""
+    preset: str | None = None
+    """Replaces the target's preset for this variant."""
+    flags: dict[str, Scalar] = {}
+    """Flags of the reference server for this variant, over the target's (see Flags below)."""
+    params: dict[str, Scalar] = {}
+    """Workload parameters: {concurrency: 5} (every workload with that key) or {pull_workers.pollers: 2}."""
+    thresholds: list[ThresholdSpec] = []
+    """Thresholds of this variant only (in addition to the scenario's)."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _unscoped(cls, value: list[str | ThresholdCheck]) -> list[str | ThresholdCheck]:
+        if any(isinstance(t, ThresholdCheck) and t.variants for t in value):
+            raise ValueError("a variant's own thresholds apply to it; remove 'variants'")
+        return value
+
+
+class Scenario(_Model):
+    """An experiment: a target, the load, what to sample, and the variants to compare."""
+
+    name: Name
+    """Names the run folder (reports/<name>-<UTC time>/)."""
+    description: str = ""
+    """What the scenario shows and what outcome to expect (shown in the report)."""
+    target: Target = EmbeddedTarget()
+    """The server under load: kind embedded (the default) or external."""
+    workloads: Annotated[list[Workload], Field(min_length=1)]
+    """One or more workloads, run at the same time (kind: batched_post or pull_workers)."""
+    warm_up_s: NonNegativeFloat = 5.0
+    """Seconds of sampling before the load starts."""
+    cool_down_s: NonNegativeFloat = 2.0
+    """Seconds of sampling after the load ends."""
+    sampling: Sampling = Sampling()
+    """What the samplers observe and how often."""
+    variants: list[VariantSpec] = []
+    """Named variants; exactly one may say baseline: true (else the first is the baseline)."""
+    matrix: dict[str, Annotated[list[Scalar], Field(min_length=1), AfterValidator(_distinct)]] = {}
+    """Cartesian product instead of variants: FLAG_NAME, preset, or a workload parameter -> values.
+    The first combination is the baseline; names read like JOB_LOG_PERSIST_ENABLED=true,concurrency=5."""
+    repetitions: PositiveInt = 1
+    """Runs of each variant (the report shows their spread)."""
+    thresholds: list[ThresholdSpec] = []
+    """Gate thresholds for all variants (a mapping entry may scope itself with 'variants')."""
+    report: ReportOptions = ReportOptions()
+    """What the report shows."""
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _embedded_by_default(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "kind" not in value:
+            return {"kind": "embedded", **value}
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _one_baseline(cls, variants: list[VariantSpec]) -> list[VariantSpec]:
+        names = [v.name for v in variants]
+        doubles = sorted({n for n in names if names.count(n) > 1})
+        if doubles:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(doubles)}")
+        if sum(v.baseline for v in variants) > 1:
+            raise ValueError("more than one variant says baseline: true")
+        return variants
+
+    def expand(self) -> list[Variant]:
+        """Return the variants to run, baseline first-marked, flags resolved and parameters applied.
+
+        Raises ScenarioError (a ConfigError with the key path) for an unknown flag, flag value,
+        preset or workload parameter.
+        """
+        target = self.target
+        external = isinstance(target, ExternalTarget)
+        if isinstance(target, ExternalTarget):
+            located(("target", "base_url"), check_target, target.base_url, target.allow_remote)
+        target_preset = target.preset if isinstance(target, EmbeddedTarget) else None
+        variants = []
+        for path, spec in self._specs():
+            flags: dict[str, str] = {}
+            if isinstance(target, EmbeddedTarget):
+                flags = variant_flags(path, target_preset=target.preset, own_preset=spec.preset,
+                                      web_concurrency=target.web_concurrency,
+                                      worker_concurrency=target.worker_concurrency,
+                                      target_flags=target.flags, own_flags=spec.flags)
+            elif spec.flags or spec.preset:
+                raise ScenarioError(path, "flags and presets need an embedded target "
+                                          "(contend cannot set the flags of an external server)")
+            at = path if path == ("matrix",) else (*path, "params")
+            workloads = apply_params(self.workloads, spec.params, at)
+            own = [to_threshold(t, (spec.name,)) for t in spec.thresholds]
+            shared = [t for t in map(to_threshold, self.thresholds) if t.applies_to(spec.name)]
+            variants.append(Variant(name=spec.name, flags=flags, workloads=tuple(workloads),
+                                    baseline=spec.baseline, repetitions=self.repetitions,
+                                    preset=spec.preset or target_preset,
+                                    params=dict(spec.params),
+                                    thresholds=(*shared, *own), external=external))
+        if not any(v.baseline for v in variants):
+            variants[0] = dataclasses.replace(variants[0], baseline=True)
+        names = [v.name for v in variants]
+        for i, entry in enumerate(self.thresholds):
+            scope = entry.variants if isinstance(entry, ThresholdCheck) else []
+            for pattern in scope:
+                if not any(matches_variant(n, (pattern,)) for n in names):
+                    raise ScenarioError(("thresholds", i, "variants"),
+                                        f"{pattern!r} matches no variant{did_you_mean(pattern, names)}",
+                                        hint=f"the variants: {', '.join(names)}")
+        return variants
+
+    def thresholds_by_variant(self) -> dict[str, tuple[Threshold, ...]]:
+        """Return each variant's thresholds (the scenario's that apply to it, then its own)."""
+        return {v.name: v.thresholds for v in self.expand()}
+
+    def _specs(self) -> list[tuple[KeyPath, VariantSpec]]:
+        if self.variants and self.matrix:
+            raise ScenarioError(("matrix",), "give either 'variants' or 'matrix', not both")
+        if self.variants:
+            return [(("variants", i), v) for i, v in enumerate(self.variants)]
+        if not self.matrix:
+            return [(("target",), VariantSpec(name="default", baseline=True))]
+        specs: list[tuple[KeyPath, VariantSpec]] = []
+        for data in matrix_combinations(self.matrix, self.workloads):
+            try:
+                spec = VariantSpec.model_validate(data)
+            except ValidationError:
+                raise ScenarioError(("matrix",), f"the variant name {data['name']!r} cannot name a folder",
+                                    hint="use values without spaces, '/' or '~'") from None
+            specs.append((("matrix",), spec))
+        return specs
+
+
+def describe_variants(scenario: Scenario) -> list[str]:
+    """Return the lines `contend validate` prints: the scenario, then one line per variant."""
+    defaults = {flag.name: flag.default for flag in FLAGS}
+    variants = scenario.expand()
+    runs = len(variants) * scenario.repetitions
+    lines = [f"scenario {scenario.name}: {len(variants)} variant(s) x {scenario.repetitions} "
+             f"repetition(s) = {runs} run(s)"]
+    for v in variants:
+        parts = [v.name + (" (baseline)" if v.baseline else "")]
+        if v.preset:
+            parts.append(f"preset {v.preset}")
+        changed = [f"{k}={x}" for k, x in v.flags.items() if defaults.get(k) != x]
+        if changed:
+            parts.append("flags " + ",".join(changed))
+        if v.params:
+            parts.append("params " + ",".join(f"{k}={value_text(x)}" for k, x in v.params.items()))
+        parts.append(f"{len(v.thresholds)} threshold(s)")
+        lines.append("  " + "  ".join(parts))
+    return lines
