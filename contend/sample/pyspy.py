@@ -13,25 +13,34 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from contend.errors import SamplerError
+from contend.sample.stacks import (  # re-exported: the thread classification lived here before
+    ROLE_LABELS as ROLE_LABELS,
+)
+from contend.sample.stacks import (
+    is_own as is_own,
+)
+from contend.sample.stacks import (
+    own_chain as own_chain,
+)
+from contend.sample.stacks import (
+    summarize_stacks as summarize_stacks,
+)
+from contend.sample.stacks import (
+    thread_state as thread_state,
+)
+from contend.sample.stacks import (
+    waits_on_postgres as waits_on_postgres,
+)
 from contend.stack.process import ManagedProcess
 
 PERMISSION_HINT = "py-spy needs root or the SYS_PTRACE capability (docker run --cap-add SYS_PTRACE)"
-
-# How the threads of a role are named in a sentence ("7 of 8 result workers ...").
-ROLE_LABELS = {"worker": "result workers", "web": "web threads"}
-
-_PSYCOPG = ("/psycopg/", "/psycopg_binary/", "/psycopg_c/", "/psycopg2/")
-_SOCKET = ("/socket.py", "/selectors.py", "/ssl.py", "/select.py", "/asyncio/")
-_LOCK = ("/threading.py", "/queue.py")
-
 
 def py_spy_binary() -> str:
     """Return the py-spy executable: beside this Python (the py-spy wheel), else on PATH."""
@@ -98,67 +107,6 @@ def recorder(pid: int, out: Path, log_path: Path, rate: int = 20) -> ManagedProc
     return ManagedProcess(
         f"py-spy-record-{pid}", argv, log_path, ready=lambda: True, stop_signal=signal.SIGINT
     )
-
-
-def is_own(frame: Mapping[str, Any], own_code_prefixes: Sequence[str]) -> bool:
-    """Tell whether a frame's file is in the server's own code (a prefix occurs in its path)."""
-    filename = str(frame.get("filename") or "")
-    return any(prefix in filename for prefix in own_code_prefixes)
-
-
-def own_chain(frames: Sequence[Mapping[str, Any]], own_code_prefixes: Sequence[str], limit: int = 3) -> str:
-    """Return the innermost own-code functions, outermost first: ``"result -> emit -> save"``."""
-    names = [str(f.get("name")) for f in frames if is_own(f, own_code_prefixes)][:limit]
-    return " -> ".join(reversed(names))
-
-
-def thread_state(thread: Mapping[str, Any], own_code_prefixes: Sequence[str]) -> str:
-    """Classify a thread by the frames inside its innermost own-code frame.
-
-    ``psycopg wait`` (in the driver: waiting on Postgres), ``socket wait`` (a socket or selector,
-    counted as waiting on Postgres too), ``lock wait`` (a threading lock or queue), ``running``
-    (py-spy saw it active) or ``idle``.
-    """
-    inner = []
-    for frame in thread.get("frames", ()):
-        if is_own(frame, own_code_prefixes):
-            break
-        inner.append(str(frame.get("filename") or ""))
-    if any(p in f for f in inner for p in _PSYCOPG):
-        return "psycopg wait"
-    if any(p in f for f in inner for p in _SOCKET):
-        return "socket wait"
-    if any(f.endswith(p) for f in inner for p in _LOCK):
-        return "lock wait"
-    return "running" if thread.get("active") else "idle"
-
-
-def waits_on_postgres(thread: Mapping[str, Any], own_code_prefixes: Sequence[str]) -> bool:
-    """Tell whether a thread waits in psycopg or on a socket."""
-    return thread_state(thread, own_code_prefixes) in ("psycopg wait", "socket wait")
-
-
-def summarize_stacks(dumps: Iterable[Mapping[str, Any]], own_code_prefixes: Sequence[str]) -> list[str]:
-    """Return one sentence per (role, state, innermost own function), most threads first.
-
-    Only threads running the server's own code count (interpreter and pool threads do not):
-    ``"7 of 8 result workers in psycopg wait <- _update_job_progress"``.
-    """
-    totals: Counter[str] = Counter()
-    groups: Counter[tuple[str, str, str]] = Counter()
-    for record in dumps:
-        role = str(record.get("role") or "process")
-        for thread in record.get("threads", ()):
-            own = [f for f in thread.get("frames", ()) if is_own(f, own_code_prefixes)]
-            if not own:
-                continue
-            totals[role] += 1
-            groups[(role, thread_state(thread, own_code_prefixes), str(own[0].get("name")))] += 1
-    ordered = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
-    return [
-        f"{n} of {totals[role]} {ROLE_LABELS.get(role, role + ' threads')} in {state} <- {function}"
-        for (role, state, function), n in ordered
-    ]
 
 
 class PySpySampler:

@@ -1,0 +1,96 @@
+"""What the report shows beyond the metrics: root-blocker statements, requests in flight, NATS series."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One normalised root-blocker statement of a variant, with what it cost and who held it."""
+
+    fingerprint: str
+    query: str
+    blocked_s: float
+    root_s: float
+    max_blocks: int
+    max_xact_age_s: float | None
+    states: tuple[str, ...]
+    attribution: dict[str, Any] | None
+
+
+def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
+    """Root-blocker statements by blocked-seconds (sum over ticks of backends blocked x tick time)."""
+    roots = run.roots
+    if roots.empty:
+        return []
+    roots = roots.assign(blocked_s=roots["blocks"].fillna(0).astype(float) * roots["dt"])
+    grouped = roots.groupby("fingerprint", sort=False)
+    table = grouped.agg(
+        blocked_s=("blocked_s", "sum"),
+        root_s=("dt", "sum"),
+        max_blocks=("blocks", "max"),
+        max_age=("xact_age", "max"),
+        query=("query", "first"),
+    )
+    table = table.sort_values("blocked_s", ascending=False).head(limit)
+    by_fp: dict[str, dict[str, Any]] = {}
+    for rec in run.attribution:
+        fp = rec.get("fingerprint") or rec.get("query")
+        if fp and (fp not in by_fp or (rec.get("root_for_s") or 0) > (by_fp[fp].get("root_for_s") or 0)):
+            by_fp[str(fp)] = rec
+    out = []
+    for fp, row in table.iterrows():
+        states = tuple(sorted(str(s) for s in grouped.get_group(fp)["state"].dropna().unique()))
+        age = row["max_age"]
+        out.append(
+            Blocker(
+                fingerprint=str(fp),
+                query=str(row["query"] or fp),
+                blocked_s=float(row["blocked_s"]),
+                root_s=float(row["root_s"]),
+                max_blocks=int(row["max_blocks"] or 0),
+                max_xact_age_s=None if pd.isna(age) else float(age),
+                states=states,
+                attribution=by_fp.get(str(fp)),
+            )
+        )
+    return out
+
+
+def inflight(requests: pd.DataFrame, at: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Requests in flight at each time of ``at`` (started at or before, not yet ended)."""
+    if requests.empty:
+        return np.zeros(len(at), dtype=int)
+    starts = np.sort(requests["t0"].to_numpy(dtype=float))
+    ends = np.sort(requests["t1"].to_numpy(dtype=float))
+    result: np.ndarray[Any, Any] = np.searchsorted(starts, at, side="right") - np.searchsorted(
+        ends, at, side="right"
+    )
+    return result
+
+
+def nats_series(nats: pd.DataFrame) -> pd.DataFrame:
+    """Per NATS sample time: ``queue`` (ml_results pending), ``redelivered`` (summed over job consumers)."""
+    if nats.empty:
+        return pd.DataFrame({"t": [], "queue": [], "redelivered": []})
+    n = nats.assign(t=nats["t"].astype(float).round(0))
+    queue = n[n["stream"] == RESULTS_STREAM].groupby("t")["num_pending"].max()
+    jobs = n[n["stream"] != RESULTS_STREAM]
+    red = jobs.pivot_table(index="t", columns=["stream", "consumer"], values="num_redelivered", aggfunc="max")
+    red = red.sort_index().ffill().fillna(0).sum(axis=1) if not red.empty else pd.Series(dtype=float)
+    frame = pd.DataFrame({"queue": queue, "redelivered": red}).sort_index()
+    return frame.rename_axis("t").reset_index()
+
+
+def iter_reps(run: RunData) -> Iterator[tuple[str, VariantRun]]:
+    for name, reps in run.variants.items():
+        for rep in reps:
+            yield name, rep

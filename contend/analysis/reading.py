@@ -1,0 +1,322 @@
+"""Reading a run folder: its raw records (docs/records.md) as pandas frames.
+
+This is the only reader of a run folder. Everything here tolerates what a killed run leaves behind:
+a torn last line, a missing file, a variant without ``meta.json``. What was wrong is kept in
+``notes`` so the report can say it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from contend.errors import ConfigError
+from contend.scenario import load_scenario
+
+REQUEST_COLUMNS = (
+    "t0",
+    "t1",
+    "kind",
+    "status",
+    "error",
+    "results",
+    "tasks",
+    "dup_tasks",
+    "dup_results",
+    "worker",
+    "job",
+)
+TICK_COLUMNS = (
+    "t",
+    "backends",
+    "edges",
+    "blocked",
+    "depth",
+    "idle_in_tx",
+    "idle_in_tx_max_age",
+    "cost_ms",
+    "late_ms",
+    "blocking_calls",
+)
+ROOT_COLUMNS = ("t", "dt", "pid", "blocks", "state", "app", "xact_age", "fingerprint", "query")
+NATS_COLUMNS = (
+    "t",
+    "stream",
+    "consumer",
+    "delivered",
+    "ack_floor",
+    "num_pending",
+    "num_ack_pending",
+    "num_redelivered",
+)
+RESULTS_STREAM = "ml_results"
+
+
+def read_jsonl(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Return the JSON objects of a JSON-lines file; a missing file gives [], a bad line is skipped.
+
+    A run killed mid-write leaves a truncated last line; that is expected and noted, not an error.
+    """
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    loads = json.loads
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                row = loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    if bad and notes is not None:
+        notes.append(f"{path.name}: skipped {bad} unreadable line(s) (a run stopped mid-write leaves one)")
+    return rows
+
+
+def _frame(rows: list[dict[str, Any]], columns: Iterable[str]) -> pd.DataFrame:
+    cols = list(columns)
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+    frame = pd.DataFrame.from_records(rows)
+    for c in cols:
+        if c not in frame.columns:
+            frame[c] = None
+    return frame[cols]
+
+
+def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
+    if not path.exists():
+        notes.append(f"{path.parent.name}/{path.name} missing")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        notes.append(f"{path.parent.name}/{path.name} unreadable")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class VariantRun:
+    """The records of one variant folder (one repetition), as frames."""
+
+    folder: Path
+    meta: dict[str, Any]
+    requests: pd.DataFrame
+    ticks: pd.DataFrame
+    roots: pd.DataFrame
+    nats: pd.DataFrame
+    pyspy: list[dict[str, Any]]
+    attribution: list[dict[str, Any]]
+    speedscope: list[Path]
+    notes: list[str] = field(default_factory=list)
+    server_jobs: tuple[int, ...] = ()
+    """The reference server's job ids (stack/stack.json); empty for an external target."""
+    final_state: dict[str, Any] | None = None
+    """``final_state.json``: recorded vs true counts per job after the load (embedded targets)."""
+
+    @property
+    def name(self) -> str:
+        name = self.meta.get("name")
+        return str(name) if name else self.folder.name.split("~r")[0]
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status") or "partial")
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The load window: first request start to last request end (None without requests)."""
+        if self.requests.empty:
+            return None
+        return float(self.requests["t0"].min()), float(self.requests["t1"].max())
+
+    @property
+    def target_jobs(self) -> tuple[int, ...]:
+        """The jobs the load could serve: the server's, else (external target) those the records name."""
+        if self.server_jobs:
+            return self.server_jobs
+        jobs = self.requests["job"].dropna()
+        return tuple(sorted({int(j) for j in jobs}))
+
+    @property
+    def origin(self) -> float:
+        """Time zero of this variant's timelines: its first record."""
+        starts = [
+            float(f[c].min())
+            for f, c in ((self.requests, "t0"), (self.ticks, "t"), (self.nats, "t"))
+            if not f.empty
+        ]
+        return min(starts) if starts else 0.0
+
+
+@dataclass
+class RunData:
+    """A run folder read: run metadata and, per variant name in run order, its repetitions."""
+
+    run_dir: Path
+    meta: dict[str, Any]
+    description: str
+    variants: dict[str, list[VariantRun]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("scenario") or self.run_dir.name)
+
+    @property
+    def status(self) -> str:
+        return "complete" if self.meta.get("status") == "complete" else "partial"
+
+    @property
+    def baseline(self) -> str:
+        base = self.meta.get("baseline")
+        if base in self.variants:
+            return str(base)
+        return next(iter(self.variants), "")
+
+    @property
+    def sweep(self) -> str | None:
+        sweep = self.meta.get("sweep")
+        values = {
+            json.dumps(r[0].meta.get("params", {}).get(sweep)) for r in self.variants.values() if sweep and r
+        }
+        # A parameter that does not vary (or no variant recorded it) gives no scaling curve.
+        return str(sweep) if len(values - {"null"}) > 1 else None
+
+
+def _roots_frame(tick_rows: list[dict[str, Any]], ticks: pd.DataFrame) -> pd.DataFrame:
+    """One row per (tick, root blocker), with ``dt`` = the time that tick stands for."""
+    if ticks.empty:
+        return _frame([], ROOT_COLUMNS)
+    t = ticks["t"].to_numpy(dtype=float)
+    gaps = np.diff(t)
+    # A tick stands for the time until the next one; a gap (sampler stalled, run paused) counts as
+    # at most two typical intervals so a stall does not inflate blocked-seconds.
+    typical = float(np.median(gaps)) if gaps.size else 0.1
+    dts = np.append(np.minimum(gaps, 2 * typical), typical)
+    rows = []
+    for rec, dt in zip(tick_rows, dts, strict=True):
+        for root in rec.get("roots") or ():
+            rows.append(
+                {
+                    "t": rec.get("t"),
+                    "dt": float(dt),
+                    "pid": root.get("pid"),
+                    "blocks": root.get("blocks", 0),
+                    "state": root.get("state"),
+                    "app": root.get("app"),
+                    "xact_age": root.get("xact_age"),
+                    "fingerprint": root.get("fingerprint") or root.get("query") or "?",
+                    "query": root.get("query"),
+                }
+            )
+    return _frame(rows, ROOT_COLUMNS)
+
+
+def load_variant(folder: Path) -> VariantRun:
+    """Read one variant folder (any file may be missing or truncated)."""
+    notes: list[str] = []
+    meta = _read_json(folder / "meta.json", notes)
+    request_rows: list[dict[str, Any]] = []
+    for path in sorted((folder / "load").glob("requests-*.jsonl")):
+        request_rows.extend(read_jsonl(path, notes))
+    requests = _frame(request_rows, REQUEST_COLUMNS)
+    requests = requests.dropna(subset=["t0", "t1"]).astype({"t0": float, "t1": float})
+    requests["latency"] = requests["t1"] - requests["t0"]
+    samples = folder / "samples"
+    tick_rows = [r for r in read_jsonl(samples / "pg_ticks.jsonl", notes) if "t" in r]
+    tick_rows.sort(key=lambda r: float(r["t"]))
+    ticks = _frame(tick_rows, TICK_COLUMNS)
+    nats = _frame(read_jsonl(samples / "nats.jsonl", notes), NATS_COLUMNS)
+    for missing in ("pg_ticks.jsonl", "nats.jsonl"):
+        if not (samples / missing).exists():
+            notes.append(f"samples/{missing} missing")
+    if not request_rows:
+        notes.append("no load records")
+    stack_path = folder / "stack" / "stack.json"
+    stack_info = _read_json(stack_path, notes) if stack_path.exists() else {}
+    final_state = _final_state(folder / "final_state.json", notes)
+    return VariantRun(
+        folder=folder,
+        meta=meta,
+        requests=requests,
+        ticks=ticks,
+        roots=_roots_frame(tick_rows, ticks),
+        nats=nats,
+        pyspy=read_jsonl(samples / "pyspy.jsonl", notes),
+        attribution=read_jsonl(samples / "attribution.jsonl", notes),
+        speedscope=sorted(samples.glob("*speedscope*.json")),
+        notes=notes,
+        server_jobs=tuple(int(j) for j in (stack_info.get("refserver") or {}).get("job_ids") or ()),
+        final_state=final_state,
+    )
+
+
+def _final_state(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The final counts probe's record, when it ran and read the counts (else a note says why not)."""
+    if not path.exists():
+        return None
+    state = _read_json(path, notes)
+    if state.get("error"):
+        notes.append(f"final job counts not read: {state['error']}")
+        return None
+    if state.get("settled") is False:
+        notes.append(
+            f"final job counts read before the result workers were idle (waited {state.get('waited_s')} s): "
+            "lost_updates may count results still being processed"
+        )
+    return state if isinstance(state.get("jobs"), dict) else None
+
+
+def _scenario_description(path: Path) -> str:
+    """The scenario's description, when the scenario as run still loads with this contend."""
+    if not path.exists():
+        return ""
+    try:
+        return load_scenario(path).description
+    except ConfigError:
+        return ""
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read a run folder into frames; a partial run (missing files, truncated lines) still loads."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run folder", hint="pass a folder made by `contend run`")
+    notes: list[str] = []
+    meta = _read_json(run_dir / "meta.json", notes)
+    description = str(meta.get("description") or "") or _scenario_description(run_dir / "scenario.yaml")
+    folders = sorted(p for p in (run_dir / "variants").glob("*") if p.is_dir())
+    if not folders:
+        raise ConfigError(
+            f"{run_dir} has no variants/ folder with records",
+            hint="pass a folder made by `contend run` (it holds variants/<name>/)",
+        )
+    grouped: dict[str, list[VariantRun]] = defaultdict(list)
+    for folder in folders:
+        run = load_variant(folder)
+        grouped[run.name].append(run)
+    for runs in grouped.values():
+        runs.sort(key=lambda r: int(r.meta.get("repetition") or 1))
+    order = [str(v) for v in meta.get("variants") or [] if v in grouped]
+    order += [v for v in grouped if v not in order]
+    return RunData(
+        run_dir=run_dir,
+        meta=meta,
+        description=description,
+        variants={v: grouped[v] for v in order},
+        notes=notes,
+    )
