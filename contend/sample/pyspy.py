@@ -53,6 +53,18 @@ def py_spy_binary() -> str:
     return found
 
 
+def _frame(frame: dict[str, Any]) -> dict[str, Any]:
+    out = {"name": frame.get("name"), "filename": frame.get("filename"), "line": frame.get("line")}
+    # dump --locals: addresses tell objects apart; only self's repr (its class) is kept
+    if frame.get("locals") is not None:
+        out["locals"] = [
+            {"name": var.get("name"), "addr": var.get("addr")}
+            | ({"repr": str(var.get("repr") or "")[:80]} if var.get("name") == "self" else {})
+            for var in frame.get("locals") or ()
+        ]
+    return out
+
+
 def parse_dump(text: str) -> list[dict[str, Any]]:
     """Return the threads of ``py-spy dump --json`` output in the record format (docs/records.md)."""
     return [
@@ -62,20 +74,24 @@ def parse_dump(text: str) -> list[dict[str, Any]]:
             "name": thread.get("thread_name"),
             "idle": not thread.get("active", True),
             "active": bool(thread.get("active", True)),
-            "frames": [
-                {"name": f.get("name"), "filename": f.get("filename"), "line": f.get("line")}
-                for f in thread.get("frames", ())
-            ],
+            "frames": [_frame(f) for f in thread.get("frames", ())],
         }
         for thread in json.loads(text)
     ]
 
 
-def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False) -> list[dict[str, Any]]:
-    """Return the threads of process ``pid`` (innermost frame first); SamplerError when it fails."""
+def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False,
+         with_locals: bool = False) -> list[dict[str, Any]]:
+    """Return the threads of process ``pid`` (innermost frame first); SamplerError when it fails.
+
+    ``with_locals`` adds each frame's local variables (name, object address): the wait-for graph
+    tells lock objects apart by them. It costs more (py-spy reads every local's repr).
+    """
     argv = [py_spy_binary(), "dump", "--json", "--pid", str(pid)]
     if nonblocking:
         argv.append("--nonblocking")
+    if with_locals:
+        argv.append("--locals")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
