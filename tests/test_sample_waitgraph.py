@@ -19,15 +19,24 @@ import pytest
 from contend.sample import findings, pyspy, waitgraph
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
+from contend.stack import Stack
 from tests.conftest import wait_for
 
 HELPER = Path(__file__).with_name("waitgraph_helper.py")
 
 
+@pytest.fixture(scope="module")
+def wg_dsn(stack: Stack) -> str:
+    """A database of its own: the helpers' backends must not show in other tests' counts."""
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE waitgraph_tests")
+    return stack.dsn.rsplit("/", 1)[0] + "/waitgraph_tests"
+
+
 @pytest.fixture()
-def server(sample_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
+def server(wg_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
     """Start the helper in a mode; return its info (pid, threads); always killed (rolling back)."""
-    with psycopg.connect(sample_dsn, autocommit=True) as conn:
+    with psycopg.connect(wg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS wg_rows (id int PRIMARY KEY, n int NOT NULL)")
         conn.execute("INSERT INTO wg_rows SELECT g, 0 FROM generate_series(1, 20) g ON CONFLICT DO NOTHING")
     procs: list[subprocess.Popen[bytes]] = []
@@ -35,7 +44,7 @@ def server(sample_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str
     def start(mode: str) -> dict[str, Any]:
         info_path = tmp_path / f"info-{mode}.json"
         procs.append(subprocess.Popen([sys.executable, str(HELPER), mode, str(info_path)],
-                                      env={"SAMPLE_DSN": sample_dsn, "PATH": "/usr/bin:/bin"}))
+                                      env={"SAMPLE_DSN": wg_dsn, "PATH": "/usr/bin:/bin"}))
         wait_for(info_path.exists, timeout=60)
         return dict(json.loads(info_path.read_text()))
 
@@ -72,9 +81,9 @@ def found(dsn: str, pid: int, kind: str, with_locals: bool = True, timeout: floa
 
 
 @pytest.mark.slow
-def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, sample_dsn: str) -> None:
+def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg_dsn: str) -> None:
     info = server("deadlock")
-    result = found(sample_dsn, info["pid"], "cross_layer_deadlock")
+    result = found(wg_dsn, info["pid"], "cross_layer_deadlock")
     deadlock = next(f for f in result["findings"] if f["kind"] == "cross_layer_deadlock")
     threads = {t["tid"]: t for t in deadlock["threads"]}
     for name, function, path in (("row-first", "row_first", "row_first"),
@@ -95,7 +104,7 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, sa
 
 
 @pytest.mark.slow
-def test_b_convoy_behind_a_logging_handler_lock_is_found_with_its_holder(server, sample_dsn: str) -> None:
+def test_b_convoy_behind_a_logging_handler_lock_is_found_with_its_holder(server, wg_dsn: str) -> None:
     info = server("convoy")
     emitter = info["threads"]["emitter"]
     posters = {info["threads"][f"poster-{i}"]["tid"] for i in range(4)}
@@ -104,7 +113,7 @@ def test_b_convoy_behind_a_logging_handler_lock_is_found_with_its_holder(server,
         result: dict[str, Any] = {}
 
         def look() -> bool:
-            result.update(found(sample_dsn, info["pid"], "python_lock_convoy", with_locals))
+            result.update(found(wg_dsn, info["pid"], "python_lock_convoy", with_locals))
             convoy = [f for f in result["findings"] if f["kind"] == "python_lock_convoy"]
             return bool(convoy) and convoy[0]["waiters"] == 4
 
@@ -135,18 +144,18 @@ def test_b_convoy_behind_a_logging_handler_lock_is_found_with_its_holder(server,
 
 
 @pytest.mark.slow
-def test_c_plain_row_lock_queues_give_no_python_finding(server, sample_dsn: str) -> None:
+def test_c_plain_row_lock_queues_give_no_python_finding(server, wg_dsn: str) -> None:
     info = server("rows")
     result: dict[str, Any] = {}
 
     def queued() -> bool:
-        result["graph"] = graph = snapshot(sample_dsn, info["pid"])
+        result["graph"] = graph = snapshot(wg_dsn, info["pid"])
         return sum(1 for e in graph.edges if e.layer == "db") >= 3
 
     wait_for(queued, timeout=30, interval=0.3)
     graph = result["graph"]
     assert [e for e in graph.edges if e.layer == "python"] == []
-    assert findings.of_graph(graph, session_timeouts(sample_dsn)) == []
+    assert findings.of_graph(graph, session_timeouts(wg_dsn)) == []
     assert findings.gauges(graph) == {"python_lock_waiters": 0, "idle_in_tx_blocked_in_app": 0}
 
 
