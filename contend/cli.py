@@ -112,8 +112,10 @@ def dsn_option(required: bool = False) -> Callable[[Callable[..., Any]], Callabl
               help="Web processes (default: the WEB_CONCURRENCY flag).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Result worker processes (default: the ML_WORKER_CONCURRENCY flag).")
+@click.option("--keep-data", is_flag=True,
+              help="Keep Postgres' data directory and the NATS store on stop (logs are always kept).")
 def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs: tuple[str, ...],
-       jobs: int, images: int, web_concurrency: int | None, workers: int | None) -> None:
+       jobs: int, images: int, web_concurrency: int | None, workers: int | None, keep_data: bool) -> None:
     """Start the stack in the foreground and print how to connect; Ctrl-C stops everything.
 
     The same information is written as JSON to stack.json in the run folder.
@@ -129,7 +131,7 @@ def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs:
         options.resolved_flags()  # a bad flag is a usage error before anything starts
     folder = run_folder("up", reports)
     started = time.monotonic()
-    with Stack(folder, dsn=dsn, refserver=options) as stack:
+    with Stack(folder, dsn=dsn, refserver=options, keep_data=keep_data) as stack:
         for line in stack.reaped:
             click.echo(f"stopped a leftover of an earlier run: {line}", err=True)
         info_path = stack.write_info()
@@ -372,8 +374,10 @@ def apply_gate(run_dir: Path, baseline: Path | None, junit: Path | None,
               help="Stop after the first variant that fails a threshold (the report is marked partial).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the run folder and the summary as JSON on stdout (progress stays on stderr).")
+@click.option("--keep-data", is_flag=True,
+              help="Keep each variant's Postgres data directory and NATS store (logs are always kept).")
 def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path | None,
-        fail_fast: bool, as_json: bool) -> None:
+        fail_fast: bool, as_json: bool, keep_data: bool) -> None:
     """Perform a scenario: every variant on a fresh stack, load and samplers side by side.
 
     Writes reports/<scenario>-<UTC time>/ with raw records, summary.json, report.html and
@@ -406,7 +410,7 @@ def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path |
     signal.signal(signal.SIGTERM, graceful)
     with RunDisplay() as display:
         result = run_scenario(scenario, reports, source=scenario_file.read_text(), observer=display,
-                              after_variant=after, stop=stop)
+                              after_variant=after, stop=stop, keep_data=keep_data)
     click.echo(f"run folder: {result.run_dir} ({result.status})", err=True)
     click.echo(f"report:     {result.run_dir / 'report.html'}", err=True)
     if stop.is_set():

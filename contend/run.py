@@ -1,14 +1,18 @@
 """`contend run`: perform a scenario, variant by variant, and leave a run folder with its report.
 
 For each variant and repetition: a fresh stack with that variant's flags and a fresh database,
-fixtures, samplers and load side by side (warm-up, load, cool-down), stop. Raw records land in the
-run folder as they are taken, so an interrupted run still reports (marked partial), and a variant
-whose server dies is recorded as failed and the run goes on with the next one.
+fixtures, samplers and load side by side, stop. The samplers run through four phases: warm-up,
+load (first request to last response), drain (until the result workers have nothing left to do,
+contend/sample/drain.py) and cool-down; each phase's start and end, on the samplers' clock, go into
+the variant's meta.json. Raw records land in the run folder as they are taken, so an interrupted run
+still reports (marked partial), and a variant whose server dies is recorded as failed and the run
+goes on with the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -27,6 +31,7 @@ from contend import __version__
 from contend.errors import ConfigError, ContendError, Interrupted, StackError
 from contend.load import LoadProgress, LoadTarget, run_load
 from contend.runfolder import run_folder
+from contend.sample.drain import drain
 from contend.sample.final import FINAL_STATE, probe_final_state
 from contend.sample.runner import SamplerConfig, SamplerSet
 from contend.scenario import EmbeddedTarget, ExternalTarget, Scenario, Variant
@@ -52,6 +57,43 @@ class VariantOutcome:
     folder: Path
     status: str = "ok"
     reason: str | None = None
+
+
+PHASES = ("warm_up", "load", "drain", "cool_down")
+
+
+class Phases:
+    """Start and end of each phase of a variant (``time.time()``, the samplers' clock), saved as they pass.
+
+    ``save`` is called after each change, so a killed run keeps the phases it went through.
+    """
+
+    def __init__(self, save: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.save = save
+        self.clock = clock
+        self.phases: dict[str, dict[str, Any]] = {}
+        self.jobs_done: dict[str, float | None] = {}
+
+    def begin(self, name: str) -> None:
+        self.phases[name] = {"start": round(self.clock(), 6), "end": None}
+        self.save()
+
+    def end(self, name: str, at: float | None = None, **details: Any) -> None:
+        end = self.clock() if at is None else at
+        self.phases[name].update(end=round(end, 6), **details)
+        self.save()
+
+    def seconds(self) -> dict[str, float]:
+        """Each phase's length, the per-phase time breakdown of the variant."""
+        return {name: round(p["end"] - p["start"], 3)
+                for name, p in self.phases.items() if p.get("end") is not None}
+
+    def meta(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"phases": self.phases, "phase_s": self.seconds()}
+        if self.jobs_done:
+            out["jobs_done"] = self.jobs_done
+        return out
 
 
 @dataclass
@@ -149,13 +191,15 @@ def _external(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, S
 
 
 def run_variant(
-    scenario: Scenario, variant: Variant, folder: Path, *, observer: RunObserver | None, stop: threading.Event
+    scenario: Scenario, variant: Variant, folder: Path, *, observer: RunObserver | None,
+    stop: threading.Event, phases: Phases | None = None, keep_data: bool = False,
 ) -> VariantOutcome:
     """Run one variant (one repetition) in ``folder``; return how it ended.
 
     An embedded target gets a fresh stack (new database, this variant's flags); an external target
-    is only loaded and observed.
+    is only loaded and observed. ``phases`` receives the start and end of each phase.
     """
+    phases = phases or Phases()
     target = scenario.target
     with contextlib.ExitStack() as scope:
         if isinstance(target, EmbeddedTarget):
@@ -163,7 +207,8 @@ def run_variant(
                 observer.phase("starting the stack")
             options = RefServerOptions(preset=None, flags=variant.flags, jobs=target.jobs,
                                        images_per_job=target.images_per_job)
-            stack: Stack | None = scope.enter_context(Stack(folder / "stack", refserver=options))
+            stack: Stack | None = scope.enter_context(Stack(folder / "stack", refserver=options,
+                                                            keep_data=keep_data))
             assert stack is not None
             load_target, sampler = _embedded(scenario, target, stack)
         else:
@@ -177,18 +222,63 @@ def run_variant(
                 observer.load_progress(progress, folder / "samples")
 
         with SamplerSet(sampler, folder):
+            phases.begin("warm_up")
             _pause(scenario.warm_up_s, watch, observer, "warm-up")
+            phases.end("warm_up")
             if not watch.halt.is_set():
                 if observer:
                     observer.phase("load")
+                phases.begin("load")
                 run_load(variant.workloads, load_target, folder / "load", progress=on_progress,
                          stop=watch.halt)
+                phases.end("load")
+            if not watch.halt.is_set():
+                _drain(scenario, stack, sampler, load_target, watch, observer, phases)
+            phases.begin("cool_down")
             _pause(scenario.cool_down_s, watch, observer, "cool-down")
+            phases.end("cool_down")
         if stack is not None and not watch.halt.is_set():
             _probe_final_state(stack, load_target.job_ids, folder, observer, stop)
     if watch.died:
         return VariantOutcome(variant.name, folder, "failed", watch.died)
     return VariantOutcome(variant.name, folder)
+
+
+def _drain(scenario: Scenario, stack: Stack | None, sampler: SamplerConfig, load_target: LoadTarget,
+           watch: _Watch, observer: RunObserver | None, phases: Phases) -> None:
+    """Wait, samplers running, until the result workers are done (or the drain times out)."""
+    if observer:
+        observer.phase("drain")
+    phases.begin("drain")
+    # A watcher thread halts the drain when a process of the stack dies or the run is stopped.
+    done = threading.Event()
+
+    def watch_loop() -> None:
+        while not done.wait(0.5):
+            watch.check()
+
+    watcher = threading.Thread(target=watch_loop, name="drain-watch", daemon=True)
+    watcher.start()
+    try:
+        result, jobs = drain(
+            timeout_s=scenario.drain_timeout_s,
+            fixed_s=scenario.drain_wait_s,
+            dsn=stack.dsn if stack is not None else None,
+            monitor_url=stack.nats.monitor_url if stack is not None and stack.nats is not None
+            else sampler.nats_monitor_url,
+            job_ids=load_target.job_ids,
+            stop=watch.halt,
+        )
+    except ContendError as error:  # the load's records stand; the drain is reported as unobserved
+        phases.end("drain", method="failed", timed_out=False, error=error.message)
+        return
+    finally:
+        done.set()
+        watcher.join()
+    details = result.as_dict()
+    del details["start"], details["end"]
+    phases.jobs_done = jobs
+    phases.end("drain", at=result.end, **details)
 
 
 def _probe_final_state(stack: Stack, job_ids: Sequence[int], folder: Path, observer: RunObserver | None,
@@ -222,12 +312,14 @@ def run_scenario(
     observer: RunObserver | None = None,
     stop: threading.Event | None = None,
     after_variant: Callable[[Path, VariantOutcome], bool] | None = None,
+    keep_data: bool = False,
 ) -> RunResult:
     """Perform every variant of ``scenario`` and write the run folder; return where and how it ended.
 
     ``after_variant`` may return False to end the run early (the gate's early abort). Setting
     ``stop`` ends the current variant cleanly and the run as ``partial``, report included; an
-    Interrupted or KeyboardInterrupt raised inside does the same, then propagates.
+    Interrupted or KeyboardInterrupt raised inside does the same, then propagates. ``keep_data``
+    keeps each variant's Postgres data directory and NATS store (else only their logs stay).
     """
     stop = stop or threading.Event()
     run_dir = run_folder(scenario.name, reports)
@@ -250,6 +342,9 @@ def run_scenario(
         "variants": [v.name for v in variants],
         "sweep": _swept_parameter(variants),
         "description": scenario.description,
+        # Who writes this folder: a report of a "running" run whose writer is gone says "interrupted".
+        "pid": os.getpid(),
+        "host": platform.node(),
     }
     _write_json(run_dir / "meta.json", meta)
     result = RunResult(run_dir, "complete")
@@ -268,10 +363,13 @@ def run_scenario(
             _write_json(folder / "meta.json", vmeta)
             if observer:
                 observer.variant_started(index, len(plan), label)
+            phases = Phases()
+            phases.save = functools.partial(_save_variant_meta, folder, vmeta, phases)
             try:
-                outcome = run_variant(scenario, variant, folder, observer=observer, stop=stop)
+                outcome = run_variant(scenario, variant, folder, observer=observer, stop=stop, phases=phases,
+                                      keep_data=keep_data)
             except (Interrupted, KeyboardInterrupt):
-                vmeta.update(status="partial", reason="interrupted", ended=_now())
+                vmeta.update(status="partial", reason="interrupted", ended=_now(), **phases.meta())
                 _write_json(folder / "meta.json", vmeta)
                 raise
             except ContendError as error:
@@ -280,7 +378,7 @@ def run_scenario(
                 outcome.status, outcome.reason = "partial", "interrupted"
                 result.status = "partial"
             _record_versions(meta, folder)
-            vmeta.update(status=outcome.status, reason=outcome.reason, ended=_now())
+            vmeta.update(status=outcome.status, reason=outcome.reason, ended=_now(), **phases.meta())
             _write_json(folder / "meta.json", vmeta)
             result.outcomes.append(outcome)
             if observer:
@@ -296,6 +394,10 @@ def run_scenario(
         _write_json(run_dir / "meta.json", meta)
         _render(run_dir)
     return result
+
+
+def _save_variant_meta(folder: Path, vmeta: dict[str, Any], phases: Phases) -> None:
+    _write_json(folder / "meta.json", {**vmeta, **phases.meta()})
 
 
 def _swept_parameter(variants: list[Variant]) -> str | None:

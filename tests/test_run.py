@@ -118,6 +118,21 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
             (folder / "stack" / "stack.json").read_text())["refserver"]["job_ids"]]
         assert metrics["lost_updates"] == 0
         assert (metrics["jobs_started"], metrics["starved_jobs"]) == (1, 0)
+        # Four phases in order on the samplers' clock; the drain waited for the workers, samplers running.
+        phases = meta["phases"]
+        assert list(phases) == ["warm_up", "load", "drain", "cool_down"]
+        bounds = [t for p in phases.values() for t in (p["start"], p["end"])]
+        assert bounds == sorted(bounds)
+        assert phases["load"]["start"] <= start and end <= phases["load"]["end"]
+        drain = phases["drain"]
+        assert drain["method"] == "queue+workers" and drain["timed_out"] is False
+        assert drain["processed"] == sum(job["true"]["captures"] for job in final["jobs"].values())
+        assert meta["phase_s"]["drain"] == pytest.approx(drain["end"] - drain["start"], abs=1e-3)
+        assert max(json.loads(line)["t"] for line in tick_lines) >= drain["end"]
+        # A lean folder: the server logs stay, Postgres' data directory and the NATS store do not.
+        assert (folder / "stack" / "postgres" / "postgres.log").exists()
+        assert not (folder / "stack" / "postgres" / "pgdata").exists()
+        assert not (folder / "stack" / "nats" / "nats-store").exists()
     stack_json = (run_dir / "variants" / "logs-on" / "stack" / "stack.json").read_text()
     assert '"token": "(not kept)"' in stack_json
     assert _no_contend_children(run_dir)

@@ -34,7 +34,16 @@ LOCKED_RELATIONS_MAX_AGE_S = 1.0
 
 # One read of pg_stat_activity; pg_blocking_pids() only in the CASE branch of Lock waiters
 # (CASE evaluates its branches lazily, and the function is volatile so it is never pre-computed).
-ACTIVITY_SQL = """
+# The exact start of each lock wait (pg_locks.waitstart, Postgres 14+) comes from a materialized CTE
+# that is read only from that same branch: a CTE is evaluated when first read, so pg_locks (which,
+# like pg_blocking_pids, takes every lock-manager partition lock) is read once per tick, and only
+# on ticks that have a waiter.
+WAITS_CTE = """
+WITH waits AS MATERIALIZED (
+  SELECT pid, EXTRACT(EPOCH FROM min(waitstart))::float8 AS waitstart
+    FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL GROUP BY pid
+)"""
+ACTIVITY_SELECT = """
 SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_port, backend_type,
        state, wait_event_type, wait_event,
        EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_age,
@@ -42,10 +51,16 @@ SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_po
        EXTRACT(EPOCH FROM now() - state_change)::float8 AS state_age,
        backend_xid IS NOT NULL AS has_xid,
        left(query, %(chars)s) AS query,
-       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by
-  FROM pg_stat_activity
+       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
+       CASE WHEN wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
+       EXTRACT(EPOCH FROM now())::float8 AS server_now
+  FROM pg_stat_activity a
  WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
+ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
+    waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)")
+# Before Postgres 14 pg_locks has no waitstart: waits are then not timed.
+ACTIVITY_SQL_PRE14 = ACTIVITY_SELECT.format(waitstart="NULL::float8")
 
 # Relations (tables) the root blockers hold granted locks on; read only when there are roots.
 LOCKED_RELATIONS_SQL = """
@@ -137,6 +152,7 @@ class PgSampler:
         self.can_see_all = bool(row and row[0])
         if not self.can_see_all:
             self._warn(NO_MONITOR_WARNING.format(role=role))
+        self.activity_sql = ACTIVITY_SQL if conn.info.server_version >= 140000 else ACTIVITY_SQL_PRE14
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -176,7 +192,7 @@ class PgSampler:
         started = time.perf_counter()
         try:
             with self.conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(ACTIVITY_SQL, {"chars": QUERY_CHARS}).fetchall()
+                rows = cur.execute(self.activity_sql, {"chars": QUERY_CHARS}).fetchall()
         except psycopg.errors.QueryCanceled:
             raise SamplerError(
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
@@ -205,6 +221,13 @@ class PgSampler:
             "cost_ms": round(cost_ms, 3),
             "late_ms": round(late_ms, 3),
             "blocking_calls": blocking_calls,
+            # Each lock wait's exact start (server clock, the wait's identity) and its age at this
+            # tick, so its start on the samplers' clock is t - age (docs/metrics.md, "Lock waits").
+            "waits": [
+                {"pid": row["pid"], "waitstart": row["waitstart"],
+                 "age": round(row["server_now"] - row["waitstart"], 6)}
+                for row in rows if row["waitstart"] is not None
+            ],
         }
         return tick, backends
 
@@ -229,6 +252,7 @@ def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
         "fingerprint": fingerprint(row["query"]),
         # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
         "blocked_by": sorted(set(blocked_by) - {0}) if blocked_by else [],
+        "waitstart": row["waitstart"],
     }
 
 
@@ -243,27 +267,3 @@ def _root(pid: int, blocks: int, backend: dict[str, Any] | None) -> dict[str, An
         "fingerprint": backend.get("fingerprint"),
         "query": backend.get("query"),
     }
-
-
-TIMEOUT_SETTINGS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
-                    "transaction_timeout", "deadlock_timeout")
-
-
-def session_timeouts(dsn: str) -> dict[str, float]:
-    """Return the lock and transaction timeouts (ms, 0 = off) a new session of ``dsn`` starts with.
-
-    Postgres shows no other session's settings; these are the server's, the database's and the
-    role's defaults, which an application's own ``SET`` may change. A setting this server lacks
-    (``transaction_timeout`` before 17) is left out. Read on a connection of its own, because the
-    sampler's own connection sets short timeouts.
-    """
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10,
-                             application_name=APPLICATION_NAME) as conn:
-            rows = conn.execute(
-                "SELECT name, setting::float8 * CASE unit WHEN 's' THEN 1000 WHEN 'min' THEN 60000 ELSE 1 END"
-                "  FROM pg_settings WHERE name = ANY(%s)", (list(TIMEOUT_SETTINGS),),
-            ).fetchall()
-    except psycopg.Error as exc:
-        raise SamplerError(f"cannot read the timeouts: {redact_message(exc)}") from None
-    return {str(name): float(value) for name, value in rows}

@@ -219,8 +219,13 @@ class Scenario(_Model):
     """One or more workloads, run at the same time (kind: batched_post or pull_workers)."""
     warm_up_s: NonNegativeFloat = 5.0
     """Seconds of sampling before the load starts."""
+    drain_timeout_s: NonNegativeFloat = 120.0
+    """Longest wait, after the last POST response, for the result workers to finish (the drain);
+    a drain that takes longer is cut there and reported as timed out."""
+    drain_wait_s: NonNegativeFloat = 10.0
+    """The drain of an external target whose result queue cannot be observed: a fixed wait."""
     cool_down_s: NonNegativeFloat = 2.0
-    """Seconds of sampling after the load ends."""
+    """Seconds of sampling after the drain ends."""
     sampling: Sampling = Sampling()
     """What the samplers observe and how often."""
     variants: list[VariantSpec] = []

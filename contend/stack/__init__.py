@@ -28,8 +28,10 @@ class Stack(Lifecycle):
     """
 
     def __init__(self, run_dir: Path, *, dsn: str | None = None,
-                 refserver: RefServerOptions | None = None) -> None:
+                 refserver: RefServerOptions | None = None, keep_data: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.keep_data = keep_data
+        """Keep Postgres' data directory and the NATS store after stop (logs are always kept)."""
         self.external_dsn = dsn
         self.refserver_options = refserver
         self.postgres: EmbeddedPostgres | ExternalPostgres | None = None
@@ -55,8 +57,9 @@ class Stack(Lifecycle):
             if self.external_dsn:
                 self.postgres = self._exit.enter_context(ExternalPostgres(self.external_dsn))
             else:
-                self.postgres = self._exit.enter_context(EmbeddedPostgres(self.run_dir / "postgres"))
-            self.nats = self._exit.enter_context(NatsServer(self.run_dir / "nats"))
+                self.postgres = self._exit.enter_context(
+                    EmbeddedPostgres(self.run_dir / "postgres", keep_data=self.keep_data))
+            self.nats = self._exit.enter_context(NatsServer(self.run_dir / "nats", keep_data=self.keep_data))
             if self.refserver_options is not None:
                 self.refserver = self._exit.enter_context(RefServer(
                     self.run_dir / "refserver", self.dsn, self.nats_url, self.refserver_options))

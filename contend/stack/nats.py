@@ -24,9 +24,11 @@ def nats_server_binary() -> Path | None:
 class NatsServer(Lifecycle):
     """nats-server with JetStream, client port and HTTP monitoring port on 127.0.0.1."""
 
-    def __init__(self, folder: Path, ready_timeout: float = 30.0) -> None:
+    def __init__(self, folder: Path, ready_timeout: float = 30.0, keep_data: bool = False) -> None:
         self.folder = folder
         self.ready_timeout = ready_timeout
+        self.keep_data = keep_data
+        """Keep the JetStream store after stop (else only the server log stays in ``folder``)."""
         self.port = 0
         self.monitor_port = 0
         self.version = ""
@@ -69,4 +71,6 @@ class NatsServer(Lifecycle):
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if not self.keep_data and (self.process is None or not self.process.alive()):
+            shutil.rmtree(self.folder / "nats-store", ignore_errors=True)
 

@@ -27,9 +27,14 @@ SERVER_SETTINGS = {
     "track_activity_query_size": "16384",
     "compute_query_id": "on",
     "shared_buffers": "128MB",
+    # The server's own account of a run (contend/pglog.py parses it): every lock wait longer than
+    # deadlock_timeout (1 s, the default) when it starts and when it ends, and every ERROR/FATAL,
+    # each line with a UTC millisecond timestamp and the backend pid.
     "log_lock_waits": "on",
     "log_min_messages": "warning",
     "log_min_duration_statement": "-1",
+    "log_line_prefix": "%m [%p] ",
+    "log_timezone": "UTC",
 }
 
 
@@ -70,9 +75,12 @@ class EmbeddedPostgres(Lifecycle):
 
     database = "contend"
 
-    def __init__(self, folder: Path, ready_timeout: float = 60.0) -> None:
+    def __init__(self, folder: Path, ready_timeout: float = 60.0, keep_data: bool = False) -> None:
         self.folder = folder
         self.ready_timeout = ready_timeout
+        self.keep_data = keep_data
+        """Keep the data directory after stop (else only the server log stays in ``folder``)."""
+        self._pgdata: Path | None = None
         self.port = 0
         self.version = ""
         self.process: ManagedProcess | None = None
@@ -115,6 +123,7 @@ class EmbeddedPostgres(Lifecycle):
 
     def start(self) -> None:
         bindir, pgdata = self._choose()
+        self._pgdata = pgdata
         user = _run_as()
         pgdata.mkdir(mode=0o700, exist_ok=True)
         if user:
@@ -155,6 +164,10 @@ class EmbeddedPostgres(Lifecycle):
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        stopped = self.process is None or not self.process.alive()
+        if not self.keep_data and self._pgdata is not None and stopped:
+            # A run folder keeps what a reader needs; the data directory (150 MB) is not among it.
+            shutil.rmtree(self._pgdata, ignore_errors=True)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
