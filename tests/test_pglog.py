@@ -13,21 +13,22 @@ from contend.pglog import parse_lines, read_server_log
 from contend.stack import Stack
 from tests.conftest import wait_for
 
-LINES = """\
-2026-11-30 10:20:01.500 UTC [101] LOG:  process 101 still waiting for ShareLock on transaction 789 after 1000.000 ms
-2026-11-30 10:20:01.500 UTC [101] DETAIL:  Process holding the lock: 100. Wait queue: 101.
-2026-11-30 10:20:03.000 UTC [101] LOG:  process 101 acquired ShareLock on transaction 789 after 2500.000 ms
-2026-11-30 10:20:04.000 UTC [102] LOG:  process 102 still waiting for ExclusiveLock on tuple (0,1) of relation 1 \
-of database 5 after 1000.000 ms
-2026-11-30 10:20:05.000 UTC [103] ERROR:  deadlock detected
-2026-11-30 10:20:06.000 UTC [104] FATAL:  sorry, too many clients already
-2026-11-30 10:20:07.000 UTC [105] ERROR:  canceling statement due to statement timeout
-2026-11-30 10:20:07.000 UTC [105] STATEMENT:  SELECT pg_sleep(1)
-"""
+P = "2026-11-30 10:20:0"
+LINES = [
+    f"{P}1.500 UTC [101] LOG:  process 101 still waiting for ShareLock on transaction 789 after 1000.000 ms",
+    f"{P}1.500 UTC [101] DETAIL:  Process holding the lock: 100. Wait queue: 101.",
+    f"{P}3.000 UTC [101] LOG:  process 101 acquired ShareLock on transaction 789 after 2500.000 ms",
+    f"{P}4.000 UTC [102] LOG:  process 102 still waiting for ExclusiveLock on tuple (0,1) of relation 1 "
+    "of database 5 after 1000.000 ms",
+    f"{P}5.000 UTC [103] ERROR:  deadlock detected",
+    f"{P}6.000 UTC [104] FATAL:  sorry, too many clients already",
+    f"{P}7.000 UTC [105] ERROR:  canceling statement due to statement timeout",
+    f"{P}7.000 UTC [105] STATEMENT:  SELECT pg_sleep(1)",
+]
 
 
 def test_parse_lines_times_each_wait_and_counts_each_error() -> None:
-    log = parse_lines(LINES.splitlines())
+    log = parse_lines(LINES)
     first, second = log.waits
     assert (first.pid, first.mode) == (101, "ShareLock")
     assert first.end is not None and first.end - first.start == pytest.approx(2.5)
@@ -66,10 +67,9 @@ def test_the_embedded_server_logs_a_lock_wait_and_the_errors_it_raised(stack: St
         holder.commit()
         thread.join(timeout=30)
         assert not errors
-        with psycopg.connect(stack.dsn, autocommit=True) as conn:
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                conn.execute("SET statement_timeout = '50ms'")
-                conn.execute("SELECT pg_sleep(2)")
+        with psycopg.connect(stack.dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SET statement_timeout = '50ms'")
+            conn.execute("SELECT pg_sleep(2)")
         wait_for(lambda: f"process {pid} acquired" in _log(stack).read_text(), timeout=30)
         wait_for(lambda: "due to statement timeout" in _log(stack).read_text(), timeout=30)
     finally:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 from contend.errors import SamplerError
-from contend.sample.pyspy import PERMISSION_HINT, PySpySampler, summarize_stacks
+from contend.sample.attribution import app_name
+from contend.sample.pyspy import PERMISSION_HINT, PySpySampler, stack_triggers, summarize_stacks
+from contend.sample.stacks import dump_basis
 
 
 def failing(hint: str | None):
@@ -19,7 +22,8 @@ def failing(hint: str | None):
 def test_permission_error_before_any_dump_disables_stacks_with_one_warning() -> None:
     warnings: list[str] = []
     spy = PySpySampler({"web": [os.getpid()]}, dumper=failing(PERMISSION_HINT), on_warning=warnings.append)
-    assert spy.tick() == [] and spy.tick() == []
+    assert [r["error"] for r in spy.tick()] == [f"py-spy cannot read pid {os.getpid()}"]
+    assert spy.tick() == []
     assert spy.disabled
     assert len(warnings) == 1 and "SYS_PTRACE" in warnings[0] and "without stacks" in warnings[0]
 
@@ -30,7 +34,7 @@ def test_a_failure_after_dumps_worked_is_transient() -> None:
     spy = PySpySampler({"worker": [os.getpid()]}, dumper=lambda pid: results[-1], on_warning=warnings.append)
     assert len(spy.tick()) == 1
     spy.dumper = failing(PERMISSION_HINT)
-    assert spy.tick() == [] and spy.tick() == []
+    assert all("error" in r for r in spy.tick() + spy.tick())
     assert not spy.disabled and len(warnings) == 1
     spy.dumper = lambda pid: results[-1]
     assert [r["role"] for r in spy.tick()] == ["worker"]
@@ -70,3 +74,74 @@ def test_summary_counts_only_threads_in_own_code() -> None:
         "2 of 3 result workers in psycopg wait <- progress",
         "1 of 3 result workers in running <- progress",
     ]
+
+
+def backend(pid: int, *, app: str = "", state: str = "active", blocked_by=(), state_age: float = 0.0) -> dict:
+    return {"pid": pid, "app": app, "state": state, "blocked_by": list(blocked_by), "state_age": state_age}
+
+
+def test_triggers_name_the_clients_of_waiters_roots_and_idle_holders() -> None:
+    holder = backend(10, app=app_name("worker", 501, 1, 1), state="idle in transaction", state_age=2.0)
+    waiter = backend(11, app=app_name("web", 502, 1, 1), blocked_by=[10])
+    other = backend(12, app=app_name("worker", 503, 1, 1))
+    tick = {"roots": [{"pid": 10}]}
+    assert stack_triggers(tick, [holder, waiter, other], idle_in_tx_s=1.0) == [
+        ("lock waiters", {501, 502}), ("idle in transaction", {501})]
+    # Held for less than the threshold and nobody waits: nothing to explain.
+    assert stack_triggers({"roots": []}, [{**holder, "state_age": 0.5}, other], idle_in_tx_s=1.0) == []
+    # Clients that do not name themselves: every target.
+    assert stack_triggers(tick, [backend(10), backend(11, blocked_by=[10])], 1.0) == [("lock waiters", None)]
+
+
+def test_requests_are_rate_limited_per_process_and_limited_to_targets() -> None:
+    calls: list[int] = []
+
+    def dumper(pid: int) -> list:
+        calls.append(pid)
+        return []
+
+    spy = PySpySampler({"web": [1], "worker": [2, 3]}, dumper=dumper, min_interval_s=60.0)
+    spy.request("lock waiters", {2, 99})  # 99 is not a target
+    assert [(r["pid"], r["reason"]) for r in spy.take_pending()] == [(2, "lock waiters")]
+    spy.request("lock waiters", {2})  # dumped less than a minute ago
+    spy.request("idle in transaction", None)
+    assert sorted((r["pid"], r["reason"]) for r in spy.take_pending()) == [
+        (1, "idle in transaction"), (3, "idle in transaction")]
+    assert spy.take_pending() == [] and calls == [2, 1, 3]
+    # The baseline dumps every target whatever the rate limit.
+    assert sorted(r["pid"] for r in spy.tick("baseline")) == [1, 2, 3]
+
+
+def test_run_serves_requests_at_once_and_the_baseline_on_its_clock() -> None:
+    written: list[dict] = []
+    done = threading.Event()
+
+    def write(records: list) -> None:
+        written.extend(records)
+        if any(r["reason"] == "lock waiters" for r in records):
+            done.set()
+
+    spy = PySpySampler({"web": [1]}, dumper=lambda pid: [], write=write, baseline_s=3600.0,
+                       min_interval_s=0.0)
+    stop = threading.Event()
+    runner = threading.Thread(target=spy.run, args=(stop,))
+    runner.start()
+    try:
+        spy.request("lock waiters")
+        assert done.wait(10)
+    finally:
+        stop.set()
+        spy.stop_waiting()
+        runner.join(5)
+    assert not runner.is_alive()
+    assert [r["reason"] for r in written] == ["baseline", "lock waiters"]
+
+
+def test_dump_basis_says_how_many_dumps_and_why() -> None:
+    dumps = [{"pid": 1, "reason": "lock waiters", "threads": [], "nonblocking": True}] * 3 + [
+        {"pid": 2, "reason": "baseline", "threads": [], "nonblocking": True},
+        {"pid": 2, "reason": "baseline", "threads": [], "error": "failed", "nonblocking": True},
+    ]
+    assert dump_basis(dumps) == ("4 dumps of 2 processes (3 lock waiters, 1 baseline); "
+                                 "1 non-blocking dump failed (20%)")
+    assert dump_basis([]) == "0 dumps of 0 processes"

@@ -23,6 +23,7 @@ from contend.report.tables import (
     rows,
     verdict_rows,
 )
+from contend.sample.stacks import dump_basis
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("contend.report", "templates"),
@@ -98,7 +99,7 @@ def _cost(rep: VariantRun) -> str:
         )
     if not late.empty:
         text += f"; lateness p95 {fmt(late.quantile(0.95))} ms"
-    text += f"; {int(calls):,} pg_blocking_pids() calls; {len(rep.pyspy):,} py-spy dumps."
+    text += f"; {int(calls):,} pg_blocking_pids() calls; py-spy: {dump_basis(rep.pyspy)}."
     return text
 
 
@@ -142,6 +143,7 @@ def variant_context(
         "blockers": blockers,
         "attributed": any(b["attribution"] for b in blockers),
         "stacks": stack_summary(rep.pyspy),
+        "stack_basis": dump_basis(rep.pyspy),
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
         "notes": entry.get("notes", []),

@@ -267,3 +267,27 @@ def _root(pid: int, blocks: int, backend: dict[str, Any] | None) -> dict[str, An
         "fingerprint": backend.get("fingerprint"),
         "query": backend.get("query"),
     }
+
+
+TIMEOUT_SETTINGS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
+                    "transaction_timeout", "deadlock_timeout")
+
+
+def session_timeouts(dsn: str) -> dict[str, float]:
+    """Return the lock and transaction timeouts (ms, 0 = off) a new session of ``dsn`` starts with.
+
+    Postgres shows no other session's settings; these are the server's, the database's and the
+    role's defaults, which an application's own ``SET`` may change. A setting this server lacks
+    (``transaction_timeout`` before 17) is left out. Read on a connection of its own, because the
+    sampler's own connection sets short timeouts.
+    """
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10,
+                             application_name=APPLICATION_NAME) as conn:
+            rows = conn.execute(
+                "SELECT name, setting::float8 * CASE unit WHEN 's' THEN 1000 WHEN 'min' THEN 60000 ELSE 1 END"
+                "  FROM pg_settings WHERE name = ANY(%s)", (list(TIMEOUT_SETTINGS),),
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise SamplerError(f"cannot read the timeouts: {redact_message(exc)}") from None
+    return {str(name): float(value) for name, value in rows}

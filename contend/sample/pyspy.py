@@ -1,8 +1,13 @@
-"""py-spy: one-shot stack dumps of server processes, a whole-run recording, and their summary.
+"""py-spy: stack dumps of server processes when they can explain something, and their summary.
 
-``py-spy dump --json`` pauses the target for the few milliseconds of one read; at one dump every
-2 s per process that is far below the ~2 % py-spy's maintainer measured at 100 Hz (field-notes 3).
-Threads blocked in a socket read (waiting for Postgres) are kept: a dump shows every thread.
+A dump costs about 10-20 ms of CPU (py-spy reads the interpreter's symbols at every start), so the
+sampler dumps when the Postgres forest shows lock waiters or a session idle in its transaction,
+when attribution asks for a root's thread, and every target on a slow baseline, instead of every
+process every two seconds (docs/performance.md). ``--nonblocking`` (the default) reads the stacks
+without pausing the target: a paused lock holder would lengthen every wait behind it. Such a read
+fails now and then; failed dumps are recorded and their share reported. Threads blocked in a
+socket read (waiting for Postgres) are kept: a dump shows every thread. A whole-run
+``py-spy record`` is also available.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from contend.errors import SamplerError
+from contend.sample.attribution import parse_app_name
 from contend.sample.stacks import (  # re-exported: the thread classification lived here before
     ROLE_LABELS as ROLE_LABELS,
 )
@@ -53,6 +60,18 @@ def py_spy_binary() -> str:
     return found
 
 
+def _frame(frame: dict[str, Any]) -> dict[str, Any]:
+    out = {"name": frame.get("name"), "filename": frame.get("filename"), "line": frame.get("line")}
+    # dump --locals: addresses tell objects apart; only self's repr (its class) is kept
+    if frame.get("locals") is not None:
+        out["locals"] = [
+            {"name": var.get("name"), "addr": var.get("addr")}
+            | ({"repr": str(var.get("repr") or "")[:80]} if var.get("name") == "self" else {})
+            for var in frame.get("locals") or ()
+        ]
+    return out
+
+
 def parse_dump(text: str) -> list[dict[str, Any]]:
     """Return the threads of ``py-spy dump --json`` output in the record format (docs/records.md)."""
     return [
@@ -62,20 +81,24 @@ def parse_dump(text: str) -> list[dict[str, Any]]:
             "name": thread.get("thread_name"),
             "idle": not thread.get("active", True),
             "active": bool(thread.get("active", True)),
-            "frames": [
-                {"name": f.get("name"), "filename": f.get("filename"), "line": f.get("line")}
-                for f in thread.get("frames", ())
-            ],
+            "frames": [_frame(f) for f in thread.get("frames", ())],
         }
         for thread in json.loads(text)
     ]
 
 
-def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False) -> list[dict[str, Any]]:
-    """Return the threads of process ``pid`` (innermost frame first); SamplerError when it fails."""
+def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False,
+         with_locals: bool = False) -> list[dict[str, Any]]:
+    """Return the threads of process ``pid`` (innermost frame first); SamplerError when it fails.
+
+    ``with_locals`` adds each frame's local variables (name, object address): the wait-for graph
+    tells lock objects apart by them. It costs more (py-spy reads every local's repr).
+    """
     argv = [py_spy_binary(), "dump", "--json", "--pid", str(pid)]
     if nonblocking:
         argv.append("--nonblocking")
+    if with_locals:
+        argv.append("--locals")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -109,12 +132,45 @@ def recorder(pid: int, out: Path, log_path: Path, rate: int = 20) -> ManagedProc
     )
 
 
-class PySpySampler:
-    """Dumps every target process in turn.
+def stack_triggers(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]],
+                   idle_in_tx_s: float) -> list[tuple[str, set[int] | None]]:
+    """Return why stacks could explain this Postgres tick now, and whose: ``(reason, client pids)``.
 
-    A dump can fail for a moment (a thread exiting while py-spy reads it); only a permission
-    error before any dump ever worked disables the sampler, with one warning, and the run goes on
-    without stacks. A process that has exited is no longer dumped.
+    ``lock waiters`` when a backend waits on a lock (the clients of the waiters and of the roots),
+    ``idle in transaction`` when a session has sat idle inside its transaction for ``idle_in_tx_s``
+    or more (its client). The client pid comes from the reference server's application_name; None
+    (every target) when no backend of the reason names its client.
+    """
+    waiting: list[Mapping[str, Any]] = []
+    idle: list[Mapping[str, Any]] = []
+    roots = {int(r["pid"]) for r in tick.get("roots") or ()}
+    for b in backends:
+        if b.get("blocked_by") or b.get("pid") in roots:
+            waiting.append(b)
+        if b.get("state") == "idle in transaction" and (b.get("state_age") or 0.0) >= idle_in_tx_s:
+            idle.append(b)
+    found: list[tuple[str, set[int] | None]] = []
+    for reason, group in (("lock waiters", waiting), ("idle in transaction", idle)):
+        if group:
+            clients = {c.pid for b in group if (c := parse_app_name(b.get("app"))) is not None}
+            found.append((reason, clients or None))
+    return found
+
+
+class PySpySampler:
+    """Dumps target processes when asked (``request``), and every target on a slow baseline.
+
+    The one hook for "take stacks now for reason X": ``request(reason, pids)`` from any thread (the
+    Postgres loop when the forest shows waiters or idle-in-transaction holders); ``dump_now(pid,
+    reason)`` when the caller needs the threads back (the attribution of a root's thread). A process
+    is dumped at most once per ``min_interval_s`` on request; every ``baseline_s`` every target is
+    dumped whatever happens, so the summary also knows the quiet times. Every dump, and every failed
+    one, is one record with its reason (docs/records.md), handed to ``write``.
+
+    A dump can fail for a moment (a thread exiting while py-spy reads it, more often when
+    ``--nonblocking``); only a permission error before any dump ever worked disables the sampler,
+    with one warning, and the run goes on without stacks. A process that has exited is no longer
+    dumped.
     """
 
     def __init__(
@@ -124,30 +180,96 @@ class PySpySampler:
         clock: Callable[[], float] = time.time,
         dumper: Callable[[int], list[dict[str, Any]]] = dump,
         on_warning: Callable[[str], None] = lambda message: None,
+        write: Callable[[list[dict[str, Any]]], None] = lambda records: None,
+        min_interval_s: float = 2.0,
+        baseline_s: float = 10.0,
+        nonblocking: bool = False,
     ) -> None:
         self.targets = {role: list(pids) for role, pids in targets.items()}
+        self.roles = {pid: role for role, pids in self.targets.items() for pid in pids}
         self.clock = clock
         self.dumper = dumper
         self.on_warning = on_warning
+        self.write = write
+        self.min_interval_s = min_interval_s
+        self.baseline_s = baseline_s
+        self.nonblocking = nonblocking
         self.disabled = False
         self.worked = False
         self._gone: set[int] = set()
         self._warned: set[int] = set()
+        self._last: dict[int, float] = {}
+        self._pending: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
 
-    def tick(self) -> list[dict[str, Any]]:
-        """Return one record per target process dumped now."""
-        records = []
-        for role, pids in self.targets.items():
-            for pid in pids:
-                if self.disabled or pid in self._gone:
-                    continue
-                t = self.clock()
-                try:
-                    records.append(dump_record(t, pid, role, self.dumper(pid)))
-                    self.worked = True
-                except SamplerError as exc:
-                    self._failed(pid, exc)
-        return records
+    def request(self, reason: str, pids: Iterable[int] | None = None) -> None:
+        """Ask for stacks of ``pids`` (targets only; None: every target) for ``reason``, soon."""
+        now = time.monotonic()
+        wanted = self.roles if pids is None else [p for p in pids if p in self.roles]
+        with self._lock:
+            for pid in wanted:
+                if now - self._last.get(pid, float("-inf")) >= self.min_interval_s:
+                    self._pending.setdefault(pid, reason)
+            if self._pending:
+                self._wake.set()
+
+    def dump_now(self, pid: int, reason: str) -> list[dict[str, Any]]:
+        """Dump ``pid`` now, record it, and return its threads; SamplerError when it fails."""
+        if self.disabled:
+            raise SamplerError("py-spy is disabled for this run")
+        record = self._dump(pid, reason)
+        self.write([record])
+        if "error" in record:
+            raise SamplerError(str(record["error"]))
+        return list(record["threads"])
+
+    def dump_now_for(self, reason: str) -> Callable[[int], list[dict[str, Any]]]:
+        """Return ``dump_now`` with its reason bound: a dumper for another sampler."""
+        return lambda pid: self.dump_now(pid, reason)
+
+    def tick(self, reason: str = "baseline") -> list[dict[str, Any]]:
+        """Dump every target now; return one record per process (failed dumps included)."""
+        return [self._dump(pid, reason) for pid in list(self.roles) if not self._skip(pid)]
+
+    def take_pending(self) -> list[dict[str, Any]]:
+        """Dump the processes requested since the last call; return their records."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._wake.clear()
+        return [self._dump(pid, reason) for pid, reason in pending.items() if not self._skip(pid)]
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve requests and the baseline until ``stop``; records go to ``write``."""
+        next_baseline = time.monotonic()
+        while not stop.is_set():
+            if time.monotonic() >= next_baseline:
+                self.write(self.tick("baseline"))
+                next_baseline = time.monotonic() + self.baseline_s
+            self.write(self.take_pending())
+            self._wake.wait(max(0.0, next_baseline - time.monotonic()))
+            if stop.is_set():
+                return
+
+    def stop_waiting(self) -> None:
+        """Wake ``run`` so it sees its stop event at once."""
+        self._wake.set()
+
+    def _skip(self, pid: int) -> bool:
+        return self.disabled or pid in self._gone
+
+    def _dump(self, pid: int, reason: str) -> dict[str, Any]:
+        with self._lock:
+            self._last[pid] = time.monotonic()
+        record: dict[str, Any] = {"t": self.clock(), "pid": pid, "role": self.roles.get(pid, "client"),
+                                  "reason": reason, "nonblocking": self.nonblocking}
+        try:
+            record["threads"] = self.dumper(pid)
+            self.worked = True
+        except SamplerError as exc:
+            record.update(threads=[], error=exc.message)
+            self._failed(pid, exc)
+        return record
 
     def _failed(self, pid: int, exc: SamplerError) -> None:
         if not psutil.pid_exists(pid):
@@ -158,5 +280,4 @@ class PySpySampler:
             self.on_warning(f"{exc.message}; the run goes on without stacks. Hint: {exc.hint}")
         elif pid not in self._warned:  # transient: said once per process, then retried silently
             self._warned.add(pid)
-            self.on_warning(f"{exc.message} (retried at the next interval)")
-
+            self.on_warning(f"{exc.message} (retried at the next request)")

@@ -5,6 +5,9 @@ the CLI's main thread: ``SamplerSet`` starts ``python -m contend.sample.runner``
 ``ManagedProcess``. The DSN reaches the child through its environment, never argv (it may hold a
 password). In the child, Postgres ticks run on the main thread at ``pg_interval_s``; py-spy, NATS
 and the on-demand attribution dumps run on their own threads so a slow dump never delays a tick.
+py-spy dumps when a tick shows what stacks can explain (lock waiters, a session idle in its
+transaction: ``pyspy.stack_triggers``) or attribution asks for a root's thread, and every target
+on a slow baseline; the Postgres loop asks through ``PySpySampler.request``.
 SIGTERM stops the loops, flushes and closes every file, and the process exits within a second.
 
 Files, under ``<out_dir>/samples/`` (docs/records.md): pg_ticks.jsonl, pg_backends.jsonl,
@@ -15,6 +18,7 @@ pyspy.jsonl, attribution.jsonl, nats.jsonl, ``pyspy-record-<role>-<pid>.speedsco
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -54,6 +58,13 @@ class SamplerConfig(BaseModel):
     """Else the environment variable that holds the DSN (read by the child)."""
     pg_interval_s: float = Field(default=0.1, gt=0)
     pyspy_interval_s: float = Field(default=2.0, gt=0)
+    """Least seconds between two requested dumps of one process (waiters, idle holders, attribution)."""
+    pyspy_baseline_s: float = Field(default=10.0, gt=0)
+    """Seconds between dumps of every target whatever happens (the quiet times' stacks)."""
+    pyspy_nonblocking: bool = True
+    """Read stacks without pausing the target (``py-spy dump --nonblocking``); failed reads are counted."""
+    pyspy_idle_in_tx_s: float = Field(default=1.0, ge=0)
+    """A session idle in its transaction this long asks for its client's stacks."""
     pyspy_pids: dict[str, list[int]] = Field(default_factory=dict)
     """Role -> pids to dump, e.g. ``{"web": [...], "worker": [...]}``."""
     pyspy_patterns: dict[str, str] = Field(default_factory=dict)
@@ -172,8 +183,14 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     targets = {role: list(pids) for role, pids in config.pyspy_pids.items()}
     for role, pattern in config.pyspy_patterns.items():
         targets.setdefault(role, []).extend(attribution.pids_matching(pattern))
-    spy = pyspy.PySpySampler(targets, on_warning=lambda message: log.warning("py-spy: %s", message))
-    attributor = attribution.Attributor(config.attribution_threshold_s, dumper=pyspy.dump)
+    spy = pyspy.PySpySampler(
+        targets, dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
+        on_warning=lambda message: log.warning("py-spy: %s", message), write=writers["pyspy"].write,
+        min_interval_s=config.pyspy_interval_s, baseline_s=config.pyspy_baseline_s,
+        nonblocking=config.pyspy_nonblocking,
+    )
+    attributor = attribution.Attributor(config.attribution_threshold_s,
+                                        dumper=spy.dump_now_for("attribution"))
     todo: queue.Queue[tuple[dict[str, Any], list[dict[str, Any]]]] = queue.Queue()
     recorders = []
     threads = []
@@ -184,14 +201,11 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 tick, backends = todo.get(timeout=0.2)
             except queue.Empty:
                 continue
-            attributor.dumper = None if spy.disabled else pyspy.dump
             writers["attribution"].write(attribution.attribute_all(attributor, tick, backends))
 
     threads.append(threading.Thread(target=attribute, name="attribution", daemon=True))
     if any(targets.values()):
-        threads.append(threading.Thread(
-            target=_every, args=(config.pyspy_interval_s, stop, lambda: writers["pyspy"].write(spy.tick()),
-                                 "py-spy"), name="py-spy", daemon=True))
+        threads.append(threading.Thread(target=spy.run, args=(stop,), name="py-spy", daemon=True))
     if config.nats_monitor_url:
         nats_sampler = nats.NatsSampler(config.nats_monitor_url)
         threads.append(threading.Thread(
@@ -223,6 +237,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(backends)
+                for reason, clients in pyspy.stack_triggers(tick, backends, config.pyspy_idle_in_tx_s):
+                    spy.request(reason, clients)
                 # Every tick, rootless ones too: the attributor ends a root's episode when it
                 # sees a tick without it.
                 todo.put((tick, backends if tick["roots"] else []))
@@ -233,6 +249,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             stop.wait(next_at - now)
     finally:
         stop.set()
+        spy.stop_waiting()
         for thread in threads:
             thread.join(timeout=3.0)
         for recorder in recorders:

@@ -112,3 +112,30 @@ def stack_summary(dumps: list[dict[str, Any]], own: tuple[str, ...] = OWN_CODE, 
         root = app_root(dumps)
         lines = summarize_stacks(dumps, (root,)) if root else []
     return lines[:limit]
+
+
+def dump_basis(dumps: Iterable[Mapping[str, Any]]) -> str:
+    """Say what the stack summary rests on: ``"14 dumps of 9 processes (10 lock waiters, 4 baseline)"``.
+
+    Failed dumps are counted apart, with their share when the dumps were non-blocking.
+    """
+    reasons: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    pids: set[int] = set()
+    nonblocking = False
+    for record in dumps:
+        key = str(record.get("reason") or "periodic")
+        nonblocking = nonblocking or bool(record.get("nonblocking"))
+        if record.get("error"):
+            failed[key] += 1
+            continue
+        reasons[key] += 1
+        pids.add(int(record.get("pid") or 0))
+    total, bad = sum(reasons.values()), sum(failed.values())
+    text = f"{total} dump{'s' if total != 1 else ''} of {len(pids)} process{'es' if len(pids) != 1 else ''}"
+    if reasons:
+        text += " (" + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) + ")"
+    if bad:
+        mode = "non-blocking " if nonblocking else ""
+        text += f"; {bad} {mode}dump{'s' if bad != 1 else ''} failed ({bad / (total + bad):.0%})"
+    return text

@@ -144,6 +144,7 @@ class ManagedProcess(Lifecycle):
         cwd: Path | None = None,
         user: str | None = None,
         stop_signal: int = signal.SIGTERM,
+        stdout_path: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -154,6 +155,8 @@ class ManagedProcess(Lifecycle):
         self.cwd = cwd
         self.user = user
         self.stop_signal = stop_signal
+        self.stdout_path = stdout_path
+        """Where stdout goes instead of the log (stderr stays in the log), for a command's output."""
         self.proc: subprocess.Popen[bytes] | None = None
         self._entry: Path | None = None
 
@@ -164,13 +167,20 @@ class ManagedProcess(Lifecycle):
         return self.proc.pid
 
     def start(self) -> None:
+        self.launch()
+        self._wait_ready()
+
+    def launch(self) -> None:
+        """Start the process and register it, without waiting for it to be ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(open(self.log_path, "ab"))
+            out = files.enter_context(open(self.stdout_path, "wb")) if self.stdout_path else log
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=out,
+                stderr=log if self.stdout_path else subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
                 user=self.user,
@@ -178,7 +188,6 @@ class ManagedProcess(Lifecycle):
                 preexec_fn=_die_with_parent,
             )
         self._register()
-        self._wait_ready()
 
     def _register(self) -> None:
         me = os.getpid()

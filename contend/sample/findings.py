@@ -1,0 +1,232 @@
+"""Findings: what the cross-layer wait-for graph shows, in one plain sentence each.
+
+Pure. ``of_graph`` reads one ``waitgraph.Graph`` and returns the findings of that moment;
+``aggregate`` merges the findings of every moment of a run into one per (kind, identity), with
+first and last seen, samples and episodes. Kinds, most important first:
+
+    cross_layer_deadlock       a cycle through at least one Python edge and one database edge
+    python_lock_convoy         >= 2 threads with open transactions wait on one Python lock
+    idle_in_tx_waiting_on_app  a root blocker idle in transaction while its thread is blocked in the app
+    dominant_root_blocker      the statement that caused most blocked-seconds (from the Postgres ticks)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from contend.sample.waitgraph import Edge, Graph, activity, describe, frame_state
+
+KINDS = ("cross_layer_deadlock", "python_lock_convoy", "idle_in_tx_waiting_on_app", "dominant_root_blocker")
+LOCK_KINDS = ("lock", "handler lock")
+TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "transaction_timeout")
+
+
+def _finding(kind: str, key: str, graph: Graph, threads: Iterable[str], text: str,
+             **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "key": key, "t": graph.t,
+            "threads": [graph.nodes[k].site() for k in threads if k in graph.nodes], "text": text, **extra}
+
+
+def of_graph(graph: Graph, timeouts: Mapping[str, float | None] | None = None) -> list[dict[str, Any]]:
+    """Return the findings of one moment, most important first."""
+    return deadlocks(graph, timeouts or {}) + convoys(graph) + idle_waiting_on_app(graph)
+
+
+# --- cross-layer deadlocks ------------------------------------------------------------------------
+
+
+def cycles(graph: Graph) -> list[list[Edge]]:
+    """Return one cycle of edges per Python edge that closes a cycle through a database edge."""
+    out_edges: dict[str, list[Edge]] = {}
+    for edge in graph.edges:
+        if edge.holder is not None:
+            out_edges.setdefault(edge.waiter, []).append(edge)
+    found: dict[frozenset[str], list[Edge]] = {}
+    for start in graph.edges:
+        if start.layer != "python" or start.holder is None:
+            continue
+        path = _path(out_edges, start.holder, start.waiter)
+        if path is None:
+            continue
+        cycle = [start, *path]
+        if any(e.layer == "db" for e in cycle):
+            found.setdefault(frozenset(e.waiter for e in cycle), cycle)
+    return list(found.values())
+
+
+def _path(out_edges: Mapping[str, list[Edge]], source: str, target: str) -> list[Edge] | None:
+    """Return the shortest path of edges from ``source`` to ``target`` (breadth first), if any."""
+    if source == target:
+        return []
+    came: dict[str, Edge] = {}
+    frontier = [source]
+    seen = {source}
+    while frontier:
+        nxt = []
+        for node in frontier:
+            for edge in out_edges.get(node, ()):
+                holder = str(edge.holder)
+                if holder in seen:
+                    continue
+                seen.add(holder)
+                came[holder] = edge
+                if holder == target:
+                    path = []
+                    while holder != source:
+                        path.append(came[holder])
+                        holder = came[holder].waiter
+                    return path[::-1]
+                nxt.append(holder)
+        frontier = nxt
+    return None
+
+
+def _ms(value: float) -> str:
+    return f"{value / 1000:g} s" if value >= 1000 else f"{value:g} ms"
+
+
+def breaker(graph: Graph, cycle: Sequence[Edge], timeouts: Mapping[str, float | None]) -> str:
+    """Say which Postgres timeout ends the cycle first, or that none will."""
+    options = []
+    for edge in cycle:
+        node = graph.nodes[edge.waiter]
+        if node.backend is None:
+            continue
+        bpid = node.backend["pid"]
+        names = ["transaction_timeout"]
+        if edge.layer == "db":
+            names += ["lock_timeout", "statement_timeout"]
+        if node.idle_in_transaction:
+            names.append("idle_in_transaction_session_timeout")
+        options += [(float(timeouts[n] or 0), n, bpid) for n in names if timeouts.get(n)]
+    if not options:
+        known = [n for n in TIMEOUTS if n in timeouts]
+        if not known:
+            return "Postgres cannot see it (one wait is in Python) and its timeouts were not read."
+        return ("Postgres cannot see it (one wait is in Python) and no timeout is set that would end it ("
+                + ", ".join(f"{n} = 0" for n in known) + "): it lasts until a process is stopped.")
+    value, name, bpid = min(options)
+    action = "terminates the session of" if name == "idle_in_transaction_session_timeout" else "cancels"
+    return (f"Postgres cannot see it (one wait is in Python); {name} ({_ms(value)}) {action} "
+            f"backend {bpid} and ends it.")
+
+
+def deadlocks(graph: Graph, timeouts: Mapping[str, float | None]) -> list[dict[str, Any]]:
+    findings = []
+    for cycle in cycles(graph):
+        steps = [f"{describe(graph, cycle[0].waiter)} waits for {cycle[0].what}"]
+        steps += [f"held by {describe(graph, e.waiter)}, which waits for {e.what}" for e in cycle[1:]]
+        text = (f"Cross-layer deadlock of {len(cycle)} threads: {', '.join(steps)}, held by the first. "
+                f"{breaker(graph, cycle, timeouts)}")
+        key = "|".join(sorted(e.waiter for e in cycle))
+        findings.append(_finding("cross_layer_deadlock", key, graph, [e.waiter for e in cycle], text,
+                                 edges=[e.record() for e in cycle]))
+    return findings
+
+
+# --- Python lock convoys --------------------------------------------------------------------------
+
+
+def lock_waiters(graph: Graph) -> dict[str, list[Edge]]:
+    """Return Python lock identity -> the edges of the threads waiting for it."""
+    by_lock: dict[str, list[Edge]] = {}
+    for edge in graph.edges:
+        if edge.layer == "python" and edge.kind in LOCK_KINDS and edge.lock:
+            by_lock.setdefault(edge.lock, []).append(edge)
+    return by_lock
+
+
+def convoys(graph: Graph) -> list[dict[str, Any]]:
+    findings = []
+    for lock, edges in lock_waiters(graph).items():
+        in_tx = [e for e in edges if graph.nodes[e.waiter].in_transaction]
+        if len(in_tx) < 2:
+            continue
+        holders = {e.holder for e in edges}
+        holder = holders.pop() if len(holders) == 1 else None
+        ages = [graph.nodes[e.waiter].backend["xact_age"] or 0.0 for e in in_tx]  # type: ignore[index]
+        if holder is None:
+            who = f"an unknown holder ({edges[0].inferred})"
+        else:
+            who = f"{describe(graph, holder)}, which {activity(graph, holder)}"
+        text = (f"{len(in_tx)} threads with open transactions (oldest {max(ages):.1f} s) wait for "
+                f"{edges[0].what}, held by {who}.")
+        threads = ([holder] if holder else []) + [e.waiter for e in in_tx]
+        findings.append(_finding("python_lock_convoy", lock, graph, threads, text, waiters=len(in_tx),
+                                 holder=graph.nodes[holder].site() if holder else None))
+    return findings
+
+
+# --- root blockers idle in transaction, blocked in the application --------------------------------
+
+
+def blocked_in_app(graph: Graph, key: str) -> bool:
+    """Tell whether a thread idle in transaction is held up in the application (not running)."""
+    node = graph.nodes[key]
+    if not node.idle_in_transaction or node.tid is None or not node.frames:
+        return False
+    if any(e.layer == "python" for e in graph.out(key)):
+        return True
+    return not node.active
+
+
+def idle_waiting_on_app(graph: Graph) -> list[dict[str, Any]]:
+    findings = []
+    for key, node in graph.nodes.items():
+        blocked = [e for e in graph.into(key) if e.layer == "db"]
+        if not blocked or any(e.layer == "db" for e in graph.out(key)) or not blocked_in_app(graph, key):
+            continue
+        site = node.site()
+        assert node.backend is not None  # idle in transaction
+        where = "on a network call" if frame_state(node.frames) == "network" else "in the application"
+        text = (f"Backend {node.backend['pid']} blocks {len(blocked)} backend(s) while idle in "
+                f"transaction for "
+                f"{float(node.backend.get('xact_age') or 0):.1f} s: its {describe(graph, key)} is blocked "
+                f"{where}, and {activity(graph, key)}.")
+        findings.append(_finding("idle_in_tx_waiting_on_app", f"{key}|{site['function']}", graph, [key], text,
+                                 blocks=len(blocked)))
+    return findings
+
+
+# --- gauges of one moment, for the metrics --------------------------------------------------------
+
+
+def gauges(graph: Graph) -> dict[str, int]:
+    """Return the per-moment counts the run's metrics take the maximum of."""
+    waiters = [len(e) for e in lock_waiters(graph).values()]
+    return {
+        "python_lock_waiters": max(waiters, default=0),
+        "idle_in_tx_blocked_in_app": sum(1 for k in graph.nodes if blocked_in_app(graph, k)),
+    }
+
+
+# --- over a run -----------------------------------------------------------------------------------
+
+
+def aggregate(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Merge the findings of ``waitgraph.jsonl`` records into one per (kind, key), most important first.
+
+    An episode is a run of consecutive records that show the finding; ``samples`` counts records.
+    """
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    last_index: dict[tuple[str, str], int] = {}
+    for index, record in enumerate(sorted(records, key=lambda r: float(r["t"]))):
+        for found in record.get("findings") or ():
+            ident = (str(found["kind"]), str(found["key"]))
+            entry = merged.get(ident)
+            size = int(found.get("waiters") or found.get("blocks") or len(found.get("threads") or ()))
+            if entry is None:
+                entry = merged[ident] = {
+                    "kind": ident[0], "key": ident[1], "first_seen": record["t"], "samples": 0,
+                    "episodes": 0, "size_max": 0,
+                }
+            if last_index.get(ident) != index - 1:
+                entry["episodes"] += 1
+            last_index[ident] = index
+            entry["last_seen"] = record["t"]
+            entry["samples"] += 1
+            if size >= entry["size_max"]:  # keep the words of the worst moment
+                entry.update(size_max=size, threads=found.get("threads"), text=found.get("text"))
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    return sorted(merged.values(), key=lambda f: (order.get(f["kind"], 99), -f["samples"], f["first_seen"]))

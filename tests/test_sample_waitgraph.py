@@ -1,0 +1,191 @@
+"""The cross-layer wait-for graph and its findings, on real threads, a real Postgres and real py-spy.
+
+The server is ``tests/waitgraph_helper.py``, a small threaded process whose connections name their
+thread in ``application_name`` as the reference server's do.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from contend.sample import findings, pyspy, waitgraph
+from contend.sample.attribution import resolve_client
+from contend.sample.pg import PgSampler, connect, session_timeouts
+from contend.stack import Stack
+from tests.conftest import wait_for
+
+HELPER = Path(__file__).with_name("waitgraph_helper.py")
+
+
+@pytest.fixture(scope="module")
+def wg_dsn(stack: Stack) -> str:
+    """A database of its own: the helpers' backends must not show in other tests' counts."""
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE waitgraph_tests")
+    return stack.dsn.rsplit("/", 1)[0] + "/waitgraph_tests"
+
+
+@pytest.fixture()
+def server(wg_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """Start the helper in a mode; return its info (pid, threads); always killed (rolling back)."""
+    with psycopg.connect(wg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS wg_rows (id int PRIMARY KEY, n int NOT NULL)")
+        conn.execute("INSERT INTO wg_rows SELECT g, 0 FROM generate_series(1, 20) g ON CONFLICT DO NOTHING")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> dict[str, Any]:
+        info_path = tmp_path / f"info-{mode}.json"
+        procs.append(subprocess.Popen([sys.executable, str(HELPER), mode, str(info_path)],
+                                      env={"SAMPLE_DSN": wg_dsn, "PATH": "/usr/bin:/bin"}))
+        wait_for(info_path.exists, timeout=60)
+        return dict(json.loads(info_path.read_text()))
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def snapshot(dsn: str, pid: int, with_locals: bool = True) -> waitgraph.Graph:
+    """Dump the helper with py-spy and read Postgres once; return the graph of that moment."""
+    threads = pyspy.dump(pid, with_locals=with_locals)
+    conn = connect(dsn)
+    try:
+        tick, backends = PgSampler(conn).tick()
+    finally:
+        conn.close()
+    clients = {int(b["pid"]): resolve_client(b) for b in backends}
+    return waitgraph.build(tick["t"], [{"pid": pid, "threads": threads}], backends, clients)
+
+
+def found(dsn: str, pid: int, kind: str, with_locals: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll until a finding of ``kind`` shows (a thread reaches its wait a moment after starting)."""
+    result: dict[str, Any] = {}
+
+    def look() -> bool:
+        graph = snapshot(dsn, pid, with_locals)
+        result["graph"] = graph
+        result["findings"] = findings.of_graph(graph, session_timeouts(dsn))
+        return any(f["kind"] == kind for f in result["findings"])
+
+    wait_for(look, timeout=timeout, interval=0.3)
+    return result
+
+
+@pytest.mark.slow
+def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg_dsn: str) -> None:
+    info = server("deadlock")
+    result = found(wg_dsn, info["pid"], "cross_layer_deadlock")
+    deadlock = next(f for f in result["findings"] if f["kind"] == "cross_layer_deadlock")
+    threads = {t["tid"]: t for t in deadlock["threads"]}
+    for name, function, path in (("row-first", "row_first", "row_first"),
+                                 ("lock-first", "update_row", "lock_first -> update_row")):
+        expected = info["threads"][name]
+        thread = threads[expected["tid"]]
+        assert thread["pid"] == info["pid"]
+        assert thread["backend_pid"] == expected["backend_pid"]
+        assert thread["function"] == function and thread["path"].endswith(path)
+        assert thread["file"].endswith("waitgraph_helper.py") and thread["line"] > 0
+    layers = sorted(e["layer"] for e in deadlock["edges"])
+    assert layers == ["db", "python"]
+    assert "Cross-layer deadlock of 2 threads" in deadlock["text"]
+    # The test database sets no timeout, so nothing ends it; the sentence says so.
+    assert "no timeout is set that would end it" in deadlock["text"]
+    assert "LOCK" in deadlock["text"]
+    assert findings.gauges(result["graph"])["idle_in_tx_blocked_in_app"] == 1
+
+
+@pytest.mark.slow
+def test_b_convoy_behind_a_logging_handler_lock_is_found_with_its_holder(server, wg_dsn: str) -> None:
+    info = server("convoy")
+    emitter = info["threads"]["emitter"]
+    posters = {info["threads"][f"poster-{i}"]["tid"] for i in range(4)}
+
+    def four_waiting(with_locals: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+
+        def look() -> bool:
+            result.update(found(wg_dsn, info["pid"], "python_lock_convoy", with_locals))
+            convoy = [f for f in result["findings"] if f["kind"] == "python_lock_convoy"]
+            return bool(convoy) and convoy[0]["waiters"] == 4
+
+        wait_for(look, timeout=30, interval=0.1)
+        return result
+
+    result = four_waiting(with_locals=True)
+    convoy = next(f for f in result["findings"] if f["kind"] == "python_lock_convoy")
+    assert convoy["holder"]["tid"] == emitter["tid"]
+    assert convoy["holder"]["backend_pid"] == emitter["backend_pid"]
+    assert {t["tid"] for t in convoy["threads"][1:]} == posters
+    assert all(t["function"] == "save_results" for t in convoy["threads"][1:])
+    assert "4 threads with open transactions" in convoy["text"]
+    assert "the lock of logging handler JobLogHandler" in convoy["text"]
+    # what the holder waits on: the row lock the helper's main thread holds
+    assert f"backend {emitter['backend_pid']}, which waits for a lock held by backend" in convoy["text"]
+    edges = [e for e in result["graph"].edges if e.kind == "handler lock"]
+    assert {e.inferred for e in edges} == {"object identity from locals"}
+    assert findings.gauges(result["graph"])["python_lock_waiters"] == 4
+
+    # Without locals, the lock is named by its expression; the one thread holding one is the holder.
+    plain = four_waiting(with_locals=False)
+    convoy = next(f for f in plain["findings"] if f["kind"] == "python_lock_convoy")
+    assert convoy["holder"]["tid"] == emitter["tid"]
+    assert "a logging handler's lock" in convoy["text"]
+    assert {e.inferred for e in plain["graph"].edges if e.kind == "handler lock"} == {
+        "the only thread holding this expression"}
+
+
+@pytest.mark.slow
+def test_c_plain_row_lock_queues_give_no_python_finding(server, wg_dsn: str) -> None:
+    info = server("rows")
+    result: dict[str, Any] = {}
+
+    def queued() -> bool:
+        result["graph"] = graph = snapshot(wg_dsn, info["pid"])
+        return sum(1 for e in graph.edges if e.layer == "db") >= 3
+
+    wait_for(queued, timeout=30, interval=0.3)
+    graph = result["graph"]
+    assert [e for e in graph.edges if e.layer == "python"] == []
+    assert findings.of_graph(graph, session_timeouts(wg_dsn)) == []
+    assert findings.gauges(graph) == {"python_lock_waiters": 0, "idle_in_tx_blocked_in_app": 0}
+
+
+def test_lock_sites_of_with_blocks_and_acquire_spans() -> None:
+    sites = waitgraph.parse_lock_sites(
+        "import threading\n"            # 1
+        "LOCK = threading.Lock()\n"     # 2
+        "def f(self):\n"                # 3
+        "    with self._lock, open('x'):\n"  # 4
+        "        a = 1\n"               # 5
+        "    with transaction.atomic():\n"   # 6
+        "        b = 2\n"               # 7
+        "    LOCK.acquire()\n"          # 8
+        "    try:\n"                    # 9
+        "        c = 3\n"               # 10
+        "    finally:\n"                # 11
+        "        LOCK.release()\n"      # 12
+        "    d = 4\n"                   # 13
+    )
+    assert sites.waits == {4: ("self._lock",), 8: ("LOCK",)}
+    assert sites.holds[5] == ("self._lock",)
+    assert 7 not in sites.holds  # a call is never read as a lock
+    assert [line for line, held in sites.holds.items() if "LOCK" in held] == [9, 10, 11, 12]
+    assert 13 not in sites.holds
+
+
+def test_aggregate_counts_samples_and_episodes() -> None:
+    seen = {"kind": "cross_layer_deadlock", "key": "1:2|1:3", "threads": [{"pid": 1}] * 2, "text": "x"}
+    records = [{"t": 1.0, "findings": [seen]}, {"t": 2.0, "findings": [seen]}, {"t": 3.0, "findings": []},
+               {"t": 4.0, "findings": [seen]}]
+    (merged,) = findings.aggregate(records)
+    seen_at = (merged["samples"], merged["episodes"], merged["first_seen"], merged["last_seen"])
+    assert seen_at == (3, 2, 1.0, 4.0)
