@@ -10,6 +10,8 @@
     ├── Interrupted                   Ctrl-C or SIGTERM                                  -> exit 130
     └── ThresholdsFailed              the run worked, but a gate threshold failed        -> exit 1
 
+Exit codes of contend's own child processes (load, samplers) are ``ChildExit``.
+
 The CLI prints any ContendError as ``Error: <message>`` and, on the next line, ``Hint: <hint>``;
 never a traceback. The exit codes are documented in the README.
 """
@@ -25,6 +27,26 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     RUNTIME = 3
     INTERRUPTED = 130
+
+
+class ChildExit(enum.IntEnum):
+    """Exit codes of contend's own child processes, returned by the child and read by its parent.
+
+    The load hub and workers (``contend.load.child``, read by ``contend.load.launcher``) and the
+    sampler runner (``contend.sample.runner``); a negative code is the signal that stopped a child.
+    """
+
+    OK = 0
+    NO_TOKEN = 1
+    """The load process found no API token in its environment."""
+    REFUSED = 2
+    """A load worker refused the master's target (not loopback and remote not allowed)."""
+    FAILED = 3
+    """The sampler runner failed; its log says why."""
+    NO_WORKERS = 4
+    """Not every load worker joined the master in time."""
+    PARTIAL = 5
+    """The load was stopped before its plan was done; its records are complete up to then."""
 
 
 class ContendError(Exception):

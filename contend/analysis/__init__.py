@@ -33,8 +33,8 @@ from contend.analysis.reading import (
     VariantRun,
     load_run,
     load_variant,
-    read_jsonl,
 )
+from contend.jsonl import read_jsonl
 from contend.sample.stacks import LIBRARY_MARKERS, OWN_CODE, app_root, stack_summary
 
 __all__ = [

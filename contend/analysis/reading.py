@@ -1,7 +1,7 @@
 """Reading a run folder: its raw records (docs/records.md) as pandas frames.
 
 This is the only reader of a run folder. Everything here tolerates what a killed run leaves behind:
-a torn last line, a missing file, a variant without ``meta.json``. What was wrong is kept in
+a torn last line (contend.jsonl), a missing file, a variant without ``meta.json``. What was wrong is kept in
 ``notes`` so the report can say it.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from contend.errors import ConfigError
+from contend.jsonl import read_jsonl
 from contend.scenario import load_scenario
 
 REQUEST_COLUMNS = (
@@ -57,32 +58,6 @@ NATS_COLUMNS = (
     "num_redelivered",
 )
 RESULTS_STREAM = "ml_results"
-
-
-def read_jsonl(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Return the JSON objects of a JSON-lines file; a missing file gives [], a bad line is skipped.
-
-    A run killed mid-write leaves a truncated last line; that is expected and noted, not an error.
-    """
-    if not path.exists():
-        return []
-    rows: list[dict[str, Any]] = []
-    bad = 0
-    loads = json.loads
-    with path.open("rb") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                row = loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    if bad and notes is not None:
-        notes.append(f"{path.name}: skipped {bad} unreadable line(s) (a run stopped mid-write leaves one)")
-    return rows
 
 
 def _frame(rows: list[dict[str, Any]], columns: Iterable[str]) -> pd.DataFrame:

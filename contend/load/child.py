@@ -41,11 +41,12 @@ from locust.env import Environment
 from locust.event import EventHook
 from locust.exception import StopUser
 
-from contend.errors import ConfigError
+from contend.errors import ChildExit, ConfigError
+from contend.jsonl import JsonlWriter, dumps
 from contend.load import bodies
 from contend.load.config import BatchedPost, PullWorkers
 from contend.load.plan import TOKEN_ENV, Plan, PlannedWorkload
-from contend.load.records import RecordFile, percentile, request_record
+from contend.load.records import FLUSH_EVERY_S, percentile, request_record
 from contend.target import check_target, is_loopback_host
 
 MAX_WORKLOADS = 16
@@ -93,7 +94,7 @@ class Hub:
         self.users_done = [0] * len(plan.workloads)
         self.hellos: set[str] = set()
         self.finals: set[str] = set()
-        self.files: dict[str, RecordFile] = {}
+        self.files: dict[str, JsonlWriter] = {}
         self.in_flight: dict[str, int] = {}
         self.durations: list[float] = []
         self.ok = self.failed = self.results = 0
@@ -116,7 +117,7 @@ class Hub:
     def _on_records(self, data: dict[str, Any]) -> None:
         worker = data["worker"]
         if worker not in self.files:
-            self.files[worker] = RecordFile(self.load_dir / f"requests-{worker}.jsonl")
+            self.files[worker] = JsonlWriter(self.load_dir / f"requests-{worker}.jsonl", FLUSH_EVERY_S)
         f = self.files[worker]
         f.write_lines(data["lines"])
         f.flush()  # a shipment arrives every SHIP_EVERY_S: flush each one
@@ -225,7 +226,7 @@ class Node:
         ok = [r for r in records if r["error"] is None]
         self.send("records", {
             "worker": self.worker,
-            "lines": [json.dumps(r, separators=(",", ":")) for r in records],
+            "lines": [dumps(r) for r in records],
             "ok_s": [r["t1"] - r["t0"] for r in ok],  # progress figures, so the hub need not parse lines
             "results": sum(r["results"] for r in ok),
             "in_flight": self.in_flight,
@@ -545,7 +546,8 @@ def _master_classes(plan: Plan) -> list[type[User]]:
 def _token() -> str:
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
-        sys.exit("no API token in the environment of the load process")
+        log.error("no API token in the environment of the load process")
+        sys.exit(ChildExit.NO_TOKEN)
     return token
 
 
@@ -585,14 +587,14 @@ def run_hub(plan: Plan, load_dir: Path, bind: str | None) -> int:
                 hub.write_progress("failed", workers())
                 log.error("only %d of %d load workers joined", len(hub.hellos), plan.workers)
                 runner.quit()
-                return 4
+                return ChildExit.NO_WORKERS
             gevent.sleep(0.1)
     gevent.signal_handler(signal.SIGTERM, lambda: setattr(hub, "halted", True))
     gevent.signal_handler(signal.SIGINT, lambda: setattr(hub, "halted", True))
     total = sum(hub.users)
     status = hub.serve(lambda: runner.start(total, spawn_rate=max(total, 1)), workers)
     runner.quit()
-    return 0 if status == "ok" else 5
+    return ChildExit.OK if status == "ok" else ChildExit.PARTIAL
 
 
 def run_worker(master: str, allow_remote: bool) -> int:
@@ -622,7 +624,7 @@ def run_worker(master: str, allow_remote: bool) -> int:
     node.send("hello", {"index": runner.worker_index})
     gevent.spawn(node.shipper)
     runner.greenlet.join()
-    return 2 if refused else 0
+    return ChildExit.REFUSED if refused else ChildExit.OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contend.errors import ConfigError, LoadError
+from contend.errors import ChildExit, ConfigError, LoadError
 from contend.load.config import BatchedPost, Workload
 from contend.load.plan import DEFAULT_TOKEN_VARS, TOKEN_ENV, Plan, PlannedWorkload, read_token
 from contend.load.records import LoadSummary, read_records
@@ -24,8 +24,6 @@ from contend.target import check_target
 
 MAX_WORKLOADS = 16  # user classes the load processes define (contend.load.child.SLOTS)
 POLL_S = 0.5
-EXIT_PARTIAL = 5
-EXIT_NO_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -214,14 +212,14 @@ class LoadRun:
             self.stop()
         if progress is not None and (p := self.poll()) is not None:
             progress(p)
-        if code == EXIT_NO_WORKERS:
+        if code == ChildExit.NO_WORKERS:
             raise LoadError(
                 f"not all {self.plan.workers} load workers joined the master at {self.master_bind}",
                 hint=self.hub.log_tail(),
             )
-        if code not in (0, EXIT_PARTIAL, None) and not self.stopped_early(code):
+        if code not in (ChildExit.OK, ChildExit.PARTIAL, None) and not self.stopped_early(code):
             raise LoadError(f"the load process exited with code {code}", hint=self.hub.log_tail())
-        status = "ok" if code == 0 else "partial"
+        status = "ok" if code == ChildExit.OK else "partial"
         return LoadSummary.from_records(read_records(self.out_dir), status=status)
 
     def stopped_early(self, code: int | None) -> bool:

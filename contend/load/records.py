@@ -1,18 +1,18 @@
 """Per-request records (docs/records.md, ``load/requests-*.jsonl``) and the totals computed from them.
 
-No locust here: the load processes write records through ``RecordFile``, the launcher and the
-analysis read them back with ``read_records``.
+No locust here: the load processes write records through ``contend.jsonl.JsonlWriter``, the
+launcher reads them back with ``read_records`` and the analysis with ``contend.jsonl.read_jsonl``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from contend.jsonl import iter_jsonl
 
 FLUSH_EVERY_S = 0.5
 """Records reach the disk at least this often (the contract says at least every second)."""
@@ -43,38 +43,10 @@ def request_record(
     }
 
 
-class RecordFile:
-    """An append-only JSON-lines file, flushed to the OS at least every ``FLUSH_EVERY_S``."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._flushed = time.monotonic()
-
-    def write_lines(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self._file.write(line)
-            self._file.write("\n")
-        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
-            self.flush()
-
-    def flush(self) -> None:
-        self._file.flush()
-        self._flushed = time.monotonic()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-
 def read_records(load_dir: Path) -> Iterator[dict[str, Any]]:
     """Yield every complete record of ``load_dir/requests-*.jsonl`` (a torn last line is skipped)."""
     for path in sorted(load_dir.glob("requests-*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+        yield from iter_jsonl(path)
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

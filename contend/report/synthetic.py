@@ -12,7 +12,9 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from contend.jsonl import JsonlWriter
 
 HOT_UPDATE = 'UPDATE "jobs_job" SET "logs" = $1 WHERE "jobs_job"."id" = $2'
 HOT_SELECT = 'SELECT ... FROM "jobs_job" WHERE "jobs_job"."id" = $1 FOR UPDATE'
@@ -41,8 +43,12 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-def _line(fh: TextIO, row: dict[str, Any]) -> None:
-    fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+def _writer(path: Path) -> JsonlWriter:
+    return JsonlWriter(path, flush_every_s=math.inf)  # written in one go: flushed when closed
+
+
+def _line(out: JsonlWriter, row: dict[str, Any]) -> None:
+    out.write([row])
 
 
 def _write_variant(
@@ -75,7 +81,7 @@ def _write_variant(
     (folder / "meta.json").write_text(json.dumps(meta))
 
     concurrency = int(v.params.get("concurrency", 4))
-    with (folder / "load" / "requests-w0.jsonl").open("w") as fh:
+    with _writer(folder / "load" / "requests-w0.jsonl") as fh:
         for u in range(concurrency):
             t = start + rng.random()
             while t < end:
@@ -127,8 +133,8 @@ def _write_variant(
                 t += 0.1
 
     n_ticks = int(duration_s * hz)
-    ticks = (samples / "pg_ticks.jsonl").open("w")
-    rows = (samples / "pg_backends.jsonl").open("w") if with_backends else None
+    ticks = _writer(samples / "pg_ticks.jsonl")
+    rows = _writer(samples / "pg_backends.jsonl") if with_backends else None
     with ticks:
         for i in range(n_ticks):
             t = start + i / hz
@@ -206,7 +212,7 @@ def _write_variant(
     if rows is not None:
         rows.close()
 
-    with (samples / "nats.jsonl").open("w") as fh:
+    with _writer(samples / "nats.jsonl") as fh:
         redelivered = [0, 0]
         for s in range(int(duration_s)):
             t = start + s + 0.5
@@ -254,7 +260,7 @@ def _write_variant(
         {"name": "wait", "filename": "/usr/lib/python3.11/threading.py", "line": 320},
         {"name": "next_task", "filename": "/srv/app/contend/refserver/worker.py", "line": 40},
     ]
-    with (samples / "pyspy.jsonl").open("w") as fh:
+    with _writer(samples / "pyspy.jsonl") as fh:
         for s in range(0, int(duration_s), 2):
             for role, stack, pid in (("web", web_stack, 41), ("worker", worker_stack, 52)):
                 threads = [
@@ -269,7 +275,7 @@ def _write_variant(
                     for k in range(8)
                 ]
                 _line(fh, {"t": start + s, "pid": pid, "role": role, "threads": threads})
-    with (samples / "attribution.jsonl").open("w") as fh:
+    with _writer(samples / "attribution.jsonl") as fh:
         if c > 0:
             for k in range(3):
                 _line(

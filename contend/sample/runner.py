@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import queue
@@ -30,12 +29,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from contend.errors import ConfigError, SamplerError, StackError
+from contend.errors import ChildExit, ConfigError, SamplerError, StackError
+from contend.jsonl import JsonlWriter
 from contend.sample import attribution, nats, pg, pyspy
 from contend.stack.postgres import redact_message
 from contend.stack.process import Lifecycle, ManagedProcess
@@ -74,27 +74,6 @@ class SamplerConfig(BaseModel):
     nats_monitor_url: str | None = None
     nats_interval_s: float = Field(default=1.0, gt=0)
     attribution_threshold_s: float = Field(default=1.0, ge=0)
-
-
-class JsonlWriter:
-    """Appends JSON lines to one file; ``write`` flushes, so a killed run keeps every record."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        self._lock = threading.Lock()
-
-    def write(self, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
-        text = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records)
-        with self._lock:
-            self._file.write(text)
-            self._file.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
 
 
 class SamplerSet(Lifecycle):
@@ -276,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         run_child(Path(argv[0]), stop)
     except (SamplerError, ConfigError) as exc:
         log.error("%s%s", exc.message, f" (hint: {exc.hint})" if exc.hint else "")
-        return 3
-    return 0
+        return ChildExit.FAILED
+    return ChildExit.OK
 
 
 if __name__ == "__main__":
