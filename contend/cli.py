@@ -384,7 +384,7 @@ def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path |
     report.md, then applies the scenario's thresholds (exit 1 when one fails). Ctrl-C stops
     cleanly and still writes a report, marked partial.
     """
-    from contend.display import RunDisplay
+    from contend.display import RunDisplay, planned
     from contend.gate import gate_run
     from contend.report import write_report
     from contend.run import VariantOutcome, run_scenario
@@ -408,7 +408,8 @@ def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path |
 
     signal.signal(signal.SIGINT, graceful)
     signal.signal(signal.SIGTERM, graceful)
-    with RunDisplay() as display:
+    plans = {variant.name: planned(variant.workloads) for variant in scenario.expand()}
+    with RunDisplay(plans=plans) as display:
         result = run_scenario(scenario, reports, source=scenario_file.read_text(), observer=display,
                               after_variant=after, stop=stop, keep_data=keep_data)
     click.echo(f"run folder: {result.run_dir} ({result.status})", err=True)
