@@ -59,9 +59,11 @@ FLAGS: tuple[Flag, ...] = (
          choices=("json", "table")),
     Flag("PROGRESS_LOCK", "none",
          "progress update of a result task: select_for_update (before PR #1261), none (plain read, "
-         "narrowed save; PR #1261), none_full_save (plain read, full-row save), optimistic "
-         "(compare-and-retry), atomic (one UPDATE with jsonb arithmetic, issue #1256 option D)",
-         choices=("select_for_update", "none", "none_full_save", "optimistic", "atomic")),
+         "narrowed save; PR #1261), guarded (Antenna's current main: plain read, the terminal status "
+         "as one UPDATE ... WHERE status IN (<finalizable>), then a save of progress and updated_at), "
+         "none_full_save (plain read, full-row save), optimistic (compare-and-retry), atomic (one "
+         "UPDATE with jsonb arithmetic, issue #1256 option D)",
+         choices=("select_for_update", "none", "guarded", "none_full_save", "optimistic", "atomic")),
     Flag("NATS_TASK_TTR", "300", "ack_wait of each job's task consumer, seconds (30 before PR #1261)",
          minimum=1),
     Flag("NATS_MAX_DELIVER", "2", "deliveries of a task before NATS gives up on it", minimum=1),
@@ -75,15 +77,31 @@ FLAGS: tuple[Flag, ...] = (
     Flag("WEB_CONCURRENCY", "1", "web processes (each serves every request on its own thread)",
          minimum=1),
     Flag("ML_WORKER_CONCURRENCY", "8", "result worker processes on the ml_results queue", minimum=0),
+    Flag("DB_STATEMENT_TIMEOUT_MS", "30000",
+         "statement_timeout of every web and worker database connection, milliseconds (Antenna's "
+         "local settings: 30 s; 0 = none, as its production); a lock wait counts toward it",
+         minimum=0),
+    Flag("JOB_INITIAL_LOG_LINES", "0",
+         "log lines each fixture job already carries, as a long-running job does (capped at 1000, "
+         "the json store's limit): json = logs.stdout filled, newest first; table = jobs_joblog rows",
+         minimum=0),
     Flag("CACHALOT", "on",
-         "modelled django-cachalot: each write to a table pays CACHALOT_INVALIDATION_MS of "
-         "invalidation work (no shared cache runs here)",
+         "modelled django-cachalot 2.6 (no shared cache runs here): a cacheable SELECT pays "
+         "CACHALOT_READ_MS before it and again after it (modelled as a miss: lookup, then store); a "
+         "write pays CACHALOT_INVALIDATION_MS once after COMMIT when inside an atomic block, before "
+         "the statement in autocommit",
          choices=("on", "off")),
     Flag("CACHALOT_RESULT_TASK", "off",
-         "cachalot also inside the result task (on before PR #1261, which wrapped it in "
-         "cachalot_disabled)",
+         "off = the result task runs in cachalot_disabled() (PR #1261), which turns off the read "
+         "side only: its writes still pay invalidations",
          choices=("on", "off")),
-    Flag("CACHALOT_INVALIDATION_MS", "20", "modelled cost of one cachalot invalidation, milliseconds",
+    Flag("CACHALOT_INVALIDATION_MS", "20",
+         "modelled cost of one cachalot invalidation (a cache set_many), milliseconds; issue #1256 "
+         "measured about 2.5 s of invalidation work per result task",
+         minimum=0),
+    Flag("CACHALOT_READ_MS", "1",
+         "modelled cost of one cachalot cache round trip on a cacheable read, milliseconds (a Redis "
+         "GET or SET on a local network)",
          minimum=0),
 )
 
@@ -92,7 +110,7 @@ _BY_NAME = {flag.name: flag for flag in FLAGS}
 _PR_1261 = {
     "JOB_LOG_PERSIST_ENABLED": "true", "JOB_LOG_STORE": "json", "PROGRESS_LOCK": "none",
     "NATS_TASK_TTR": "300", "JOBS_POLL_ORDER": "random", "JOBS_POLL_DEFAULT_LIMIT": "1",
-    "CACHALOT_RESULT_TASK": "off",
+    "CACHALOT_RESULT_TASK": "off", "JOB_INITIAL_LOG_LINES": "1000",
 }
 
 PRESETS: dict[str, tuple[str, dict[str, str]]] = {
@@ -107,6 +125,9 @@ PRESETS: dict[str, tuple[str, dict[str, str]]] = {
                          {**_PR_1261, "JOB_LOG_PERSIST_ENABLED": "false"}),
     "joblog-1259": ("PR #1259: log lines are INSERTs into jobs_joblog, the parent row is not rewritten",
                     {**_PR_1261, "JOB_LOG_STORE": "table"}),
+    "head": ("Antenna's current main: log lines in jobs_joblog, guarded terminal-status UPDATE, 300 s "
+             "ack_wait, random job, limit 1",
+             {**_PR_1261, "JOB_LOG_STORE": "table", "PROGRESS_LOCK": "guarded"}),
 }
 
 

@@ -32,7 +32,14 @@ def test_presets_bundle_the_chronology():
     assert [pr[k] for k in keys] == ["none", "300", "random", "1", "json"]
     assert resolve_flags("pr-1261-logs-off", {})["JOB_LOG_PERSIST_ENABLED"] == "false"
     assert resolve_flags("joblog-1259", {})["JOB_LOG_STORE"] == "table"
-    assert set(PRESETS) == {"pre-1261", "pr-1261", "pr-1261-logs-off", "joblog-1259"}
+    head = resolve_flags("head", {})
+    assert [head[k] for k in keys] == ["guarded", "300", "random", "1", "table"]
+    assert set(PRESETS) == {"pre-1261", "pr-1261", "pr-1261-logs-off", "joblog-1259", "head"}
+    # Every preset models a long-running job; the flag's own default is a fresh one.
+    assert {resolve_flags(name, {})["JOB_INITIAL_LOG_LINES"] for name in PRESETS} == {"1000"}
+    assert resolve_flags(None, {})["JOB_INITIAL_LOG_LINES"] == "0"
+    assert resolve_flags(None, {})["DB_STATEMENT_TIMEOUT_MS"] == "30000"
+    assert resolve_flags(None, {"DB_STATEMENT_TIMEOUT_MS": "0"})["DB_STATEMENT_TIMEOUT_MS"] == "0"
 
 
 def test_overrides_win_and_are_normalised():
@@ -43,11 +50,11 @@ def test_overrides_win_and_are_normalised():
 
 
 @pytest.mark.parametrize(("preset", "overrides", "expected"), [
-    ("nope", {}, "unknown preset 'nope' (allowed: pre-1261, pr-1261, pr-1261-logs-off, joblog-1259)"),
+    ("nope", {}, "unknown preset 'nope' (allowed: pre-1261, pr-1261, pr-1261-logs-off, joblog-1259, head)"),
     (None, {"FOO": "1"}, "unknown flag 'FOO' (allowed: JOB_LOG_PERSIST_ENABLED,"),
     (None, {"PROGRESS_LOCK": "sometimes"},
-     "flag PROGRESS_LOCK: 'sometimes' is not allowed (allowed: select_for_update|none|none_full_save|"
-     "optimistic|atomic)"),
+     "flag PROGRESS_LOCK: 'sometimes' is not allowed (allowed: select_for_update|none|guarded|"
+     "none_full_save|optimistic|atomic)"),
     (None, {"NATS_TASK_TTR": "0"}, "flag NATS_TASK_TTR: '0' is not allowed (allowed: integer >= 1)"),
     (None, {"WEB_CONCURRENCY": "two"}, "flag WEB_CONCURRENCY: 'two' is not allowed (allowed: integer >= 1)"),
 ])

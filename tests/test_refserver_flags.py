@@ -236,7 +236,10 @@ def test_lost_update_free_modes_count_every_result_and_complete_the_job(tmp_path
         progress, finished = api.sql("SELECT progress, finished_at FROM jobs_job WHERE id = %s", job)[0]
         stages = {s["key"]: s for s in progress["stages"]}
         params = {k: {p["key"]: p["value"] for p in s["params"]} for k, s in stages.items()}
-        assert params["process"] == {"processed": 12, "remaining": 0, "failed": 0}
+        # processed/remaining are set, not added, from each task's own read of the pending set: a
+        # task that read it earlier may write them last (in Antenna too); the max() guard keeps the
+        # stage's progress at 100 %.
+        assert stages["process"]["progress"] == 1.0 and params["process"]["failed"] == 0
         assert params["results"] == {"captures": 12, "detections": 12, "classifications": 12}
         assert progress["summary"] == {"status": "SUCCESS", "progress": 1.0}
         assert finished is not None

@@ -98,9 +98,11 @@ def web(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     _django(f"worker-{args.index + _fork(args.processes)}")
     import nats
+    from django.conf import settings
     from django.db import close_old_connections
 
     from contend.refserver import queues
+    from contend.refserver.apps import cachalot_disabled
     from contend.refserver.tasks import process_result
 
     loop = asyncio.new_event_loop()
@@ -122,8 +124,12 @@ def worker(args: argparse.Namespace) -> None:
             continue
         for msg in messages:
             loop.run_until_complete(msg.ack())  # Celery without acks_late acks on receipt
-            task = json.loads(msg.data)
-            process_result(task["job_id"], task["result_data"], task["reply_subject"])
+            task = queues.decode_result_message(msg.data)
+            if settings.FLAGS["CACHALOT_RESULT_TASK"] == "on":
+                process_result(task["job_id"], task["result_data"], task["reply_subject"])
+            else:
+                with cachalot_disabled():  # PR #1261: the read side of cachalot is off in this task
+                    process_result(task["job_id"], task["result_data"], task["reply_subject"])
             close_old_connections()  # what Celery's Django fix-up does after each task
 
 

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.db import transaction
 
 WRITES = ("INSERT", "UPDATE", "DELETE")
+_local = threading.local()
 
 
 def application_name() -> str:
@@ -18,24 +21,50 @@ def application_name() -> str:
             f"ntid={threading.get_native_id()}")
 
 
-def cachalot_active() -> bool:
-    """Tell whether this process pays the modelled cachalot invalidation cost per write."""
-    if settings.FLAGS["CACHALOT"] != "on":
-        return False
-    return not settings.REF_ROLE.startswith("worker") or settings.FLAGS["CACHALOT_RESULT_TASK"] == "on"
+@contextlib.contextmanager
+def cachalot_disabled() -> Iterator[None]:
+    """Like django-cachalot's ``cachalot_disabled()``: this thread's reads skip the cache, writes still
+    invalidate."""
+    before = getattr(_local, "cachalot_disabled", False)
+    _local.cachalot_disabled = True
+    try:
+        yield
+    finally:
+        _local.cachalot_disabled = before
 
 
-def _cachalot_invalidation(execute: Callable[..., Any], sql: str, params: Any, many: bool,
-                           context: Any) -> Any:
-    """Model django-cachalot: after a write to an app table, wait one invalidation round trip.
+def _pay_invalidation() -> None:
+    time.sleep(int(settings.FLAGS["CACHALOT_INVALIDATION_MS"]) / 1000)
 
-    The wait happens inside the caller's transaction, as the real invalidation does, so lock
-    holders spend it ``idle in transaction``. The side tables standing in for Redis are exempt.
+
+def _cachalot(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+    """Model where django-cachalot 2.6 spends time around one statement (no cache runs here).
+
+    A write to an app table invalidates that table's cached queries: inside an atomic block
+    cachalot buffers the invalidation and sends it once the outermost block has committed (nothing
+    on a rollback); in autocommit it sends it before the statement. A cacheable read (an app table,
+    not FOR UPDATE, not ORDER BY RANDOM()) looks the query up first and, on a miss, stores the
+    result after it; every read is modelled as a miss because the hot tables are invalidated by
+    every write. The side tables standing in for Redis are not app tables.
     """
+    head = sql.lstrip()[:10].upper()
+    side_table = '"ref_' in sql or " ref_" in sql
+    if head.startswith(WRITES) and not side_table:
+        connection = context["connection"]
+        if not connection.in_atomic_block:
+            _pay_invalidation()
+        elif not any(func is _pay_invalidation for _, func, _ in connection.run_on_commit):
+            transaction.on_commit(_pay_invalidation, using=connection.alias)
+        return execute(sql, params, many, context)
+    disabled = getattr(_local, "cachalot_disabled", False)
+    cacheable = (head.startswith("SELECT") and not side_table and not disabled
+                 and "FOR UPDATE" not in sql and "RANDOM()" not in sql)
+    if not cacheable:
+        return execute(sql, params, many, context)
+    read_s = int(settings.FLAGS["CACHALOT_READ_MS"]) / 1000
+    time.sleep(read_s)
     result = execute(sql, params, many, context)
-    head = sql.lstrip()[:40].upper()
-    if head.startswith(WRITES) and '"REF_' not in head and " REF_" not in head:
-        time.sleep(int(settings.FLAGS["CACHALOT_INVALIDATION_MS"]) / 1000)
+    time.sleep(read_s)
     return result
 
 
@@ -43,8 +72,8 @@ def _on_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
     # Django opens connections lazily in the thread that uses them, so this runs in that thread.
     with connection.cursor() as cursor:
         cursor.execute("SELECT set_config('application_name', %s, false)", [application_name()])
-    if cachalot_active() and _cachalot_invalidation not in connection.execute_wrappers:
-        connection.execute_wrappers.append(_cachalot_invalidation)
+    if settings.FLAGS["CACHALOT"] == "on" and _cachalot not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_cachalot)
 
 
 class RefServerConfig(AppConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,7 +11,17 @@ from django.conf import settings
 from django.db import transaction
 
 from contend.refserver import queues, state
-from contend.refserver.models import Algorithm, Job, Pipeline, ProcessingService, Project, SourceImage, Token
+from contend.refserver.joblog import MAX_LOG_LENGTH
+from contend.refserver.models import (
+    Algorithm,
+    Job,
+    JobLog,
+    Pipeline,
+    ProcessingService,
+    Project,
+    SourceImage,
+    Token,
+)
 
 PIPELINE_SLUG = "quebec_vermont_moths_2023"
 DETECTOR_KEY = "example_detector"
@@ -55,6 +66,7 @@ def create_fixtures(jobs: int, images_per_job: int, token: str | None = None,
             # Distinct creation times make newest-first ordering deterministic.
             Job.objects.filter(pk=job.pk).update(created_at=base + timedelta(seconds=n))
             _collect(job, len(images))
+            _fill_logs(job, min(int(settings.FLAGS["JOB_INITIAL_LOG_LINES"]), MAX_LOG_LENGTH), user)
             state.initialize_job(job.pk, [str(img.pk) for img in images])
             job_rows.append((job, images))
             all_images += [img.pk for img in images]
@@ -77,3 +89,40 @@ def _collect(job: Job, total: int) -> None:
             stage["status"] = "STARTED"
     progress["summary"] = {"status": "STARTED", "progress": 1 / len(progress["stages"])}
     Job.objects.filter(pk=job.pk).update(progress=progress)
+
+
+def history_lines(job_id: int, count: int, user: str) -> list[tuple[datetime, str, str]]:
+    """Return ``count`` (time, level, message) log lines a long-running job has written, newest first.
+
+    The messages are the ones the /tasks/, /result/ views and the result task write, one
+    two-second step apart, so an array of them has the size and content of a real one.
+    """
+    now = datetime.now()
+    lines = []
+    for n in range(count):
+        seq = 100000 - n
+        stamp = int(now.timestamp() * 1e9) - n
+        subject = f"$JS.ACK.job_{job_id}.job-{job_id}-consumer.1.{seq}.{seq}.{stamp}.{n}"
+        who = f"user={user}, token_id={uuid.uuid4().hex[:8]}"
+        message = [
+            f"Queued pipeline result: task_id={uuid.uuid4()}, reply_subject={subject}, {who}",
+            f"Processing pipeline result for job {job_id}, reply_subject={subject}",
+            f"Updated job {job_id} progress in stage 'process' to {(seq % 97) + 1}%",
+            f"Job {job_id} throughput: elapsed={seq}s, processed={seq % 5000}/5000, rate=41.3 imgs/min, "
+            "stage=results",
+            f"Tasks fetched: requested=24, delivered=24, {who}",
+        ][n % 5]
+        lines.append((now - timedelta(seconds=2 * n), "INFO", message))
+    return lines
+
+
+def _fill_logs(job: Job, count: int, user: str) -> None:
+    """Give the job the log history JOB_INITIAL_LOG_LINES asks for, in the store JOB_LOG_STORE names."""
+    if count <= 0:
+        return
+    history = history_lines(job.pk, count, user)
+    if settings.FLAGS["JOB_LOG_STORE"] == "table":
+        JobLog.objects.bulk_create(JobLog(job=job, level=level, message=text) for _, level, text in history)
+        return
+    stdout = [f"[{when:%Y-%m-%d %H:%M:%S}] {level} {message}" for when, level, message in history]
+    Job.objects.filter(pk=job.pk).update(logs={"stdout": stdout, "stderr": []})

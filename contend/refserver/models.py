@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import models
@@ -10,6 +11,7 @@ from django.db import models
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 ACTIVE_STATES = ("STARTED", "RETRY")
 FAILED_STATES = ("FAILURE", "REVOKED", "UNKNOWN")
+FINALIZABLE_STATES = ("CREATED", "PENDING", "STARTED", "RETRY")  # may auto-finish (Antenna #1337)
 
 
 def stage_param(name: str, value: Any) -> dict[str, Any]:
@@ -141,6 +143,13 @@ class Job(models.Model):
     class Meta:
         db_table = "jobs_job"
         ordering = ["-created_at"]
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Return this job's process-wide logger (Antenna's ``Job.logger``); see joblog.py."""
+        from contend.refserver.joblog import job_logger
+
+        return job_logger(self)
 
 
 class JobLog(models.Model):

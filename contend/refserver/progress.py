@@ -3,6 +3,8 @@
 - select_for_update (before PR #1261): ``SELECT ... FOR UPDATE``, log lines, full-row save, log line,
   COMMIT: the row is locked from the first statement to the commit.
 - none (PR #1261): the same with a plain read and a save of progress/status/finished_at/updated_at.
+- guarded (Antenna's current main): plain read, ``UPDATE ... SET status, finished_at WHERE id = ... AND
+  status IN (<finalizable>)`` when the job completes, then a save of progress/updated_at only.
 - none_full_save: plain read, full-row save (a lost-update hazard on ``logs`` too).
 - optimistic: plain read, ``UPDATE ... WHERE progress = <what was read>``, retried until it applies;
   log lines outside any transaction.
@@ -20,8 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from contend.refserver import joblog
-from contend.refserver.models import FINAL_STATES, Job
+from contend.refserver.models import FINAL_STATES, FINALIZABLE_STATES, Job
 
 RESULT_COUNT_KEYS = ("detections", "classifications", "captures")
 
@@ -77,22 +78,42 @@ def update_job_progress(job_id: int, stage: str, pct: float, complete_state: str
     with transaction.atomic():
         query = Job.objects.select_for_update() if mode == "select_for_update" else Job.objects
         job = query.get(pk=job_id)
-        new, lifted = apply_stage_update(job.progress, stage, pct, complete_state, params, add_counts)
-        if lifted:
-            joblog.warning(job, f"Progress for stage '{stage}' lifted to {job_stage(new, stage):.0%} "
-                                f"by max() guard (passed {pct:.0%})")
-        job.progress = new
+        before = job_stage(job.progress, stage)
+        new, _ = apply_stage_update(job.progress, stage, pct, complete_state, params, add_counts)
+        if job_stage(new, stage) >= 1.0 and pct < 1.0:
+            # Antenna warns only when the max() guard lifts a stage to 100 %.
+            job.logger.warning(f"Stage '{stage}' lifted to 100% by the max() guard: this task passed "
+                               f"{pct:.1%}, the row had {before:.1%}")
         complete = is_complete(new)
-        if complete:
-            job.status = new["summary"]["status"]
-            job.finished_at = datetime.now()
-        joblog.info(job, f"Updated job {job_id} progress in stage '{stage}' to {job_stage(new, stage):.0%}")
-        if mode == "none":
-            job.save(update_fields=["progress", "status", "finished_at", "updated_at"])
+        job.logger.info(f"Updated job {job_id} progress in stage '{stage}' to {job_stage(new, stage):.0%}")
+        if mode == "guarded":
+            _guarded_finish(job, new, complete)
+            job.progress = new
+            job.save(update_fields=["progress", "updated_at"])
         else:
-            job.save()
+            job.progress = new
+            if complete:
+                job.status = new["summary"]["status"]
+                job.finished_at = datetime.now()
+            if mode == "none":
+                job.save(update_fields=["progress", "status", "finished_at", "updated_at"])
+            else:
+                job.save()
         _log_throughput(job, stage)
     return complete
+
+
+def _guarded_finish(job: Job, new: dict[str, Any], complete: bool) -> None:
+    """Antenna's current main: the terminal status is one guarded UPDATE, never a stale full save."""
+    if not complete:
+        return
+    now = datetime.now()
+    state = new["summary"]["status"]
+    if Job.objects.filter(pk=job.pk, status__in=FINALIZABLE_STATES).update(status=state, finished_at=now):
+        job.status, job.finished_at = state, now
+        return
+    new["summary"]["status"] = job.progress["summary"]["status"]  # the column keeps the JSON's word
+    job.logger.warning(f"Stage completed but job {job.pk} was already {job.status}; not applying {state}")
 
 
 def _optimistic(job_id: int, stage: str, pct: float, complete_state: str, add_counts: bool,
@@ -113,7 +134,7 @@ def _optimistic(job_id: int, stage: str, pct: float, complete_state: str, add_co
             if cur.rowcount == 1:
                 break
         time.sleep(0.001)
-    joblog.info(job, f"Updated job {job_id} progress in stage '{stage}' to {job_stage(new, stage):.0%}")
+    job.logger.info(f"Updated job {job_id} progress in stage '{stage}' to {job_stage(new, stage):.0%}")
     _log_throughput(job, stage)
     return complete
 
@@ -136,7 +157,7 @@ def _atomic(job_id: int, stage: str, pct: float, complete_state: str, add_counts
         raise Job.DoesNotExist(f"job {job_id} not found")
     progress = row[0] if isinstance(row[0], dict) else json.loads(row[0])
     job = Job(pk=job_id)
-    joblog.info(job, f"Updated job {job_id} progress in stage '{stage}' to {job_stage(progress, stage):.0%}")
+    job.logger.info(f"Updated job {job_id} progress in stage '{stage}' to {job_stage(progress, stage):.0%}")
     return is_complete(progress)
 
 
@@ -151,5 +172,5 @@ def _log_throughput(job: Job, stage: str) -> None:
     total = done + (values.get("remaining") or 0)
     elapsed = (datetime.now() - job.started_at).total_seconds() if job.started_at else 0.0
     rate = done / elapsed * 60 if elapsed > 0 else 0.0
-    joblog.info(job, f"Job {job.pk} throughput: elapsed={elapsed:.0f}s, processed={done}/{total}, "
-                     f"rate={rate:.1f} imgs/min, stage={stage}")
+    job.logger.info(f"Job {job.pk} throughput: elapsed={elapsed:.0f}s, processed={done}/{total}, "
+                    f"rate={rate:.1f} imgs/min, stage={stage}")

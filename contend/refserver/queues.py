@@ -1,21 +1,24 @@
 """NATS JetStream as Antenna uses it: a stream and durable pull consumer per job, and the ml_results queue.
 
 Per-job task queues open a new connection per call (as Antenna's TaskQueueManager does); the
-``ml_results`` work queue (Antenna's Celery queue on RabbitMQ) is published to through one long-lived
-connection per web process and consumed by the result workers, one message at a time.
+``ml_results`` work queue (Antenna's Celery queue on RabbitMQ) is published to from the request
+thread itself through a small pool of plain connections (what Celery's ``.delay()`` does with
+kombu's producer pool) and consumed by the result workers, one message at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import Future
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 from nats.js import api
@@ -141,40 +144,113 @@ async def ensure_results_queue(js: Any) -> None:
     ))
 
 
+class _NatsSocket:
+    """One blocking NATS client connection that only publishes (core NATS, no JetStream PubAck).
+
+    The ml_results stream captures whatever is published on its subject, so a publish is a socket
+    write on the calling thread, as kombu's basic_publish without publisher confirms is.
+    """
+
+    def __init__(self, url: str) -> None:
+        where = urlsplit(url)
+        self.sock = socket.create_connection((where.hostname or "127.0.0.1", where.port or 4222), timeout=5)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._read_line()  # INFO {...}
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"lang":"python","version":"contend",'
+                          b'"protocol":1,"name":"contend-ref-publisher"}\r\nPING\r\n')
+        reply = self._read_line()
+        if not reply.startswith(b"PONG"):
+            raise OSError(f"NATS refused the connection: {reply[:200]!r}")
+        self.sock.setblocking(False)
+
+    def _read_line(self) -> bytes:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise OSError("NATS closed the connection")
+            data += chunk
+        return data
+
+    def publish(self, subject: str, payload: bytes) -> None:
+        self._answer_pings()
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+        finally:
+            self.sock.setblocking(False)
+
+    def _answer_pings(self) -> None:
+        """Answer the server's keep-alive PINGs that arrived while the connection sat in the pool."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not data or b"-ERR" in data:
+            raise OSError(f"NATS connection lost: {data[:200]!r}")
+        for _ in range(data.count(b"PING\r\n")):
+            self.sock.sendall(b"PONG\r\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
 class ResultPublisher:
-    """One NATS connection per web process, on its own event-loop thread, shared by request threads."""
+    """Celery's ``.delay()`` as a NATS publish: on the calling thread, concurrent across threads.
+
+    Like kombu's producer pool (``broker_pool_limit`` = 10), at most ``POOL_LIMIT`` connections per
+    process, each used by one thread at a time; a thread that finds none free waits for one. The
+    body is JSON compressed with gzip, as Antenna's Celery settings ask.
+    """
+
+    POOL_LIMIT = 10
 
     def __init__(self) -> None:
+        self._free: list[_NatsSocket] = []
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._js: Any = None
+        self._slots = threading.BoundedSemaphore(self.POOL_LIMIT)
+        self._stream_ready = False
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="nats-publisher", daemon=True).start()
-
-                async def connect() -> Any:
-                    nc = await _connect()
-                    js = nc.jetstream()
-                    await ensure_results_queue(js)
-                    return js
-
-                self._js = asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
-                self._loop = loop
-            return self._loop
+    def _ensure_stream(self) -> None:
+        if self._stream_ready:
+            return
+        async def work(nc: Any) -> None:
+            await ensure_results_queue(nc.jetstream())
+        run(work)
+        self._stream_ready = True
 
     def publish(self, job_id: int, result_data: dict[str, Any], reply_subject: str) -> str:
         """Queue one result for the workers now (not on commit); return its task id."""
-        loop = self._start()
         task_id = str(uuid.uuid4())
-        body = json.dumps({"task_id": task_id, "job_id": job_id, "result_data": result_data,
-                           "reply_subject": reply_subject}).encode()
-        publish = self._js.publish(ML_RESULTS, body, timeout=10)
-        done: Future[Any] = asyncio.run_coroutine_threadsafe(publish, loop)
-        done.result(15)
+        body = gzip.compress(json.dumps({"task_id": task_id, "job_id": job_id, "result_data": result_data,
+                                         "reply_subject": reply_subject}).encode())
+        self._ensure_stream()
+        with self._slots:
+            with self._lock:
+                conn = self._free.pop() if self._free else None
+            if conn is not None:
+                try:
+                    conn.publish(ML_RESULTS, body)
+                except OSError:  # the server dropped an idle pooled connection: take a new one
+                    conn.close()
+                    conn = None
+            if conn is None:
+                conn = _NatsSocket(nats_url())
+                try:
+                    conn.publish(ML_RESULTS, body)
+                except OSError:
+                    conn.close()
+                    raise
+            with self._lock:
+                self._free.append(conn)
         return task_id
+
+
+def decode_result_message(data: bytes) -> dict[str, Any]:
+    """Return the task a result message carries (gzip-compressed JSON)."""
+    task: dict[str, Any] = json.loads(gzip.decompress(data))
+    return task
 
 
 publisher = ResultPublisher()

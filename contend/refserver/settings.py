@@ -34,6 +34,9 @@ DATABASES = {
         "PORT": str(_dsn.port or 5432),
         "ATOMIC_REQUESTS": FLAGS["ATOMIC_REQUESTS"] == "true",
         "CONN_MAX_AGE": 0,
+        # Antenna's local settings pass the same libpq option; a lock wait counts toward it.
+        "OPTIONS": ({"options": f"-c statement_timeout={FLAGS['DB_STATEMENT_TIMEOUT_MS']}"}
+                    if int(FLAGS["DB_STATEMENT_TIMEOUT_MS"]) else {}),
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import transaction
 
-from contend.refserver import joblog, queues, state
+from contend.refserver import queues, state
 from contend.refserver.models import Algorithm, Classification, Detection, Job, SourceImage
 from contend.refserver.progress import update_job_progress
 
@@ -48,16 +48,16 @@ def process_result(job_id: int, result_data: dict[str, Any], reply_subject: str)
             log.error("job %s not found, acking its result", job_id)
             queues.acknowledge(reply_subject)
             return
-        joblog.info(job, f"Processing pipeline result for job {job_id}, reply_subject={reply_subject}")
-        joblog.info(job, f"Job {job_id} progress: {progress.total - progress.remaining}/{progress.total} "
-                         "images processed")
+        job.logger.info(f"Processing pipeline result for job {job_id}, reply_subject={reply_subject}")
+        job.logger.info(f"Job {job_id} progress: {progress.total - progress.remaining}/{progress.total} "
+                        "images processed")
         counts = {"detections": 0, "classifications": 0, "captures": 0}
         if "error" in result_data:
-            joblog.error(job, f"Pipeline returned error for image {result_data.get('image_id')}: "
-                              f"{result_data['error']}")
+            job.logger.error(f"Pipeline returned error for image {result_data.get('image_id')}: "
+                             f"{result_data['error']}")
         else:
             counts = save_results(job, result_data)
-            joblog.info(job, f"Successfully saved results for job {job_id}")
+            job.logger.info(f"Successfully saved results for job {job_id}")
         results = state.update_state(job_id, processed, "results")
         if results is None:
             _fail_job(job_id, "Redis state missing for job")
@@ -68,16 +68,16 @@ def process_result(job_id: int, result_data: dict[str, Any], reply_subject: str)
         complete = update_job_progress(job_id, "results", results.percentage, complete_state(results),
                                        add_counts=True, **counts)
         if complete:
-            joblog.info(job, f"Job {job_id} is_complete()=True, cleaning up")
+            job.logger.info(f"Job {job_id} is_complete()=True, cleaning up")
             state.cleanup(job_id)
             queues.delete_job_queue(job_id)
         queues.acknowledge(reply_subject)
-        joblog.info(job, f"Successfully acknowledged task via NATS: {reply_subject}")
+        job.logger.info(f"Successfully acknowledged task via NATS: {reply_subject}")
     except Exception as exc:
         log.exception("result task for job %s failed", job_id)
         if job is not None:
-            joblog.error(job, f"Error processing pipeline result for job {job_id}: {exc}. "
-                              "NATS will re-deliver the task message.")
+            job.logger.error(f"Error processing pipeline result for job {job_id}: {exc}. "
+                             "NATS will re-deliver the task message.")
 
 
 def _fail_job(job_id: int, reason: str) -> None:
@@ -87,23 +87,23 @@ def _fail_job(job_id: int, reason: str) -> None:
             return
         job.status = "FAILURE"
         job.save(update_fields=["status", "progress", "finished_at"])
-    joblog.error(job, f"Job {job_id} failed: {reason}")
+    job.logger.error(f"Job {job_id} failed: {reason}")
 
 
 def save_results(job: Job, result: dict[str, Any]) -> dict[str, int]:
     """Write detections and classifications of one result, with Antenna's log lines; return counts."""
     started = time.monotonic()
-    joblog.info(job, f"Saving results for job {job.pk} from pipeline {result.get('pipeline')}")
+    job.logger.info(f"Saving results for job {job.pk} from pipeline {result.get('pipeline')}")
     pipeline = job.pipeline
     algorithms = {a.key: a for a in Algorithm.objects.filter(pipelines=pipeline)} if pipeline else {}
-    joblog.info(job, f"Algorithms registered for pipeline: {', '.join(sorted(algorithms))}")
+    job.logger.info(f"Algorithms registered for pipeline: {', '.join(sorted(algorithms))}")
     detectors = [a for a in algorithms.values() if a.task_type == "detection"]
     if len(detectors) != 1:
         raise PipelineNotConfigured(f"pipeline {pipeline} must have exactly one detection algorithm")
     images = {str(img.pk): img for img in SourceImage.objects.filter(
         pk__in=[int(i["id"]) for i in result.get("source_images", []) if str(i["id"]).isdigit()])}
     for missing in {str(i["id"]) for i in result.get("source_images", [])} - set(images):
-        joblog.error(job, f"Source image {missing} not found, skipping")
+        job.logger.error(f"Source image {missing} not found, skipping")
     detections = classifications = 0
     for det in result.get("detections") or []:
         image = images.get(str(det["source_image_id"]))
@@ -133,15 +133,15 @@ def save_results(job: Job, result: dict[str, Any]) -> dict[str, int]:
     for image in images.values():
         if not any(str(d["source_image_id"]) == str(image.pk) for d in result.get("detections") or []):
             Detection.objects.get_or_create(source_image=image, bbox=None, algorithm=detectors[0])
-    joblog.info(job, f"Created {detections} new detections")
-    joblog.info(job, f"Created {classifications} classifications")
+    job.logger.info(f"Created {detections} new detections")
+    job.logger.info(f"Created {classifications} classifications")
     for image in images.values():
-        joblog.info(job, f"Determining occurrences for source image {image.pk}")
+        job.logger.info(f"Determining occurrences for source image {image.pk}")
         image.detections_count = image.detections.exclude(bbox=None).count()
         image.save(update_fields=["detections_count"])
-    joblog.info(job, f"Created {detections} new occurrences")
-    joblog.info(job, f"Updated {detections} detections with occurrences")
-    joblog.info(job, "Creating detection images in sub-task")
-    joblog.info(job, f"Saved results for job {job.pk} in {time.monotonic() - started:.2f} seconds")
+    job.logger.info(f"Created {detections} new occurrences")
+    job.logger.info(f"Updated {detections} detections with occurrences")
+    job.logger.info("Creating detection images in sub-task")
+    job.logger.info(f"Saved results for job {job.pk} in {time.monotonic() - started:.2f} seconds")
     return {"detections": detections, "classifications": classifications, "captures": len(images)}
 

@@ -21,7 +21,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest, JsonResponse
 from pydantic import BaseModel, ValidationError
 
-from contend.refserver import joblog, queues
+from contend.refserver import queues
 from contend.refserver.models import ACTIVE_STATES, FAILED_STATES, FINAL_STATES, Job, JobLog, Token
 from contend.refserver.schemas import ResultsRequest, TasksRequest
 
@@ -186,8 +186,8 @@ def job_tasks(request: HttpRequest, pk: int) -> JsonResponse:
     if job.dispatch_mode != "async_api":
         return _error(400, "Only async_api jobs have fetchable tasks")
     if job.status not in ACTIVE_STATES:
-        joblog.info(job, f"Tasks requested for non-active job (status={job.status}); returning empty. "
-                         f"{_who(request)}")
+        job.logger.info(f"Tasks requested for non-active job (status={job.status}); returning empty. "
+                        f"{_who(request)}")
         return JsonResponse({"tasks": []})
     if job.pipeline is None:
         return _error(400, "Job has no pipeline")
@@ -196,11 +196,11 @@ def job_tasks(request: HttpRequest, pk: int) -> JsonResponse:
         tasks = queues.reserve_tasks(job.pk, body.batch_size, int(flags["NATS_TASK_TTR"]),
                                      int(flags["NATS_MAX_DELIVER"]))
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        joblog.warning(job, f"Task queue unavailable while fetching tasks: {exc}")
+        job.logger.warning(f"Task queue unavailable while fetching tasks: {exc}")
         return JsonResponse({"error": "Task queue temporarily unavailable"}, status=503)
     if tasks:
-        joblog.info(job, f"Tasks fetched: requested={body.batch_size}, delivered={len(tasks)}, "
-                         f"{_who(request)}")
+        job.logger.info(f"Tasks fetched: requested={body.batch_size}, delivered={len(tasks)}, "
+                        f"{_who(request)}")
     return JsonResponse({"tasks": tasks})
 
 
@@ -222,8 +222,8 @@ def job_result(request: HttpRequest, pk: int) -> JsonResponse:
             return JsonResponse({"status": "error", "job_id": job.pk,
                                  "detail": "Task queue temporarily unavailable"}, status=503)
         log.info("Queued pipeline result for job %s", job.pk)
-        joblog.info(job, f"Queued pipeline result: task_id={task_id}, reply_subject={item.reply_subject}, "
-                         f"{_who(request)}")
+        job.logger.info(f"Queued pipeline result: task_id={task_id}, reply_subject={item.reply_subject}, "
+                        f"{_who(request)}")
         queued.append({"reply_subject": item.reply_subject, "status": "queued", "task_id": task_id})
     return JsonResponse({"status": "accepted", "job_id": job.pk, "results_queued": len(queued),
                          "tasks": queued})
