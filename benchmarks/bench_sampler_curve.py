@@ -36,9 +36,9 @@ from typing import Any
 import psycopg
 
 import contend.stack.postgres as pgstack
+from contend.jsonl import JsonlWriter
 from contend.sample.cost import process_cpu
 from contend.sample.pg import PgSampler, connect
-from contend.sample.runner import JsonlWriter
 from contend.stack.postgres import EmbeddedPostgres, bindir_candidates
 
 QUEUE = 10

@@ -76,21 +76,30 @@ def test_summary_counts_only_threads_in_own_code() -> None:
     ]
 
 
-def backend(pid: int, *, app: str = "", state: str = "active", blocked_by=(), state_age: float = 0.0) -> dict:
-    return {"pid": pid, "app": app, "state": state, "blocked_by": list(blocked_by), "state_age": state_age}
+def backend(pid: int, *, app: str = "", state: str = "active", blocked_by=(), state_age: float = 0.0,
+            query_age: float = 0.0) -> dict:
+    return {"pid": pid, "app": app, "state": state, "blocked_by": list(blocked_by), "state_age": state_age,
+            "query_age": query_age}
 
 
-def test_triggers_name_the_clients_of_waiters_roots_and_idle_holders() -> None:
+def test_triggers_name_the_clients_of_long_waiters_their_blockers_and_idle_holders() -> None:
     holder = backend(10, app=app_name("worker", 501, 1, 1), state="idle in transaction", state_age=2.0)
-    waiter = backend(11, app=app_name("web", 502, 1, 1), blocked_by=[10])
-    other = backend(12, app=app_name("worker", 503, 1, 1))
-    tick = {"roots": [{"pid": 10}]}
-    assert stack_triggers(tick, [holder, waiter, other], idle_in_tx_s=1.0) == [
+    first = backend(11, app=app_name("web", 502, 1, 1), blocked_by=[10])
+    second = backend(12, app=app_name("worker", 503, 1, 1), blocked_by=[10, 11])
+    other = backend(13, app=app_name("worker", 504, 1, 1))
+    tick = {"roots": [{"pid": 10}], "waits": [{"pid": 11, "age": 0.8}, {"pid": 12, "age": 0.1}]}
+    rows = [holder, first, second, other]
+    assert stack_triggers(tick, rows, wait_s=0.5, idle_in_tx_s=1.0) == [
         ("lock waiters", {501, 502}), ("idle in transaction", {501})]
-    # Held for less than the threshold and nobody waits: nothing to explain.
-    assert stack_triggers({"roots": []}, [{**holder, "state_age": 0.5}, other], idle_in_tx_s=1.0) == []
-    # Clients that do not name themselves: every target.
-    assert stack_triggers(tick, [backend(10), backend(11, blocked_by=[10])], 1.0) == [("lock waiters", None)]
+    # Waits younger than the threshold and a holder idle for less: nothing to explain yet.
+    young = {**tick, "waits": [{"pid": 11, "age": 0.2}, {"pid": 12, "age": 0.1}]}
+    assert stack_triggers(young, [{**holder, "state_age": 0.5}, first, second, other],
+                          wait_s=0.5, idle_in_tx_s=1.0) == []
+    # Without waitstart (before Postgres 14) the query's age stands in; clients that do not name
+    # themselves: every target.
+    bare = [backend(10), backend(11, blocked_by=[10], query_age=3.0)]
+    assert stack_triggers({"roots": [{"pid": 10}]}, bare, wait_s=0.5, idle_in_tx_s=1.0) == [
+        ("lock waiters", None)]
 
 
 def test_requests_are_rate_limited_per_process_and_limited_to_targets() -> None:
@@ -100,7 +109,7 @@ def test_requests_are_rate_limited_per_process_and_limited_to_targets() -> None:
         calls.append(pid)
         return []
 
-    spy = PySpySampler({"web": [1], "worker": [2, 3]}, dumper=dumper, min_interval_s=60.0)
+    spy = PySpySampler({"web": [1], "worker": [2, 3]}, dumper=dumper, min_interval_s=60.0, max_per_s=100.0)
     spy.request("lock waiters", {2, 99})  # 99 is not a target
     assert [(r["pid"], r["reason"]) for r in spy.take_pending()] == [(2, "lock waiters")]
     spy.request("lock waiters", {2})  # dumped less than a minute ago
@@ -122,7 +131,7 @@ def test_run_serves_requests_at_once_and_the_baseline_on_its_clock() -> None:
             done.set()
 
     spy = PySpySampler({"web": [1]}, dumper=lambda pid: [], write=write, baseline_s=3600.0,
-                       min_interval_s=0.0)
+                       min_interval_s=0.0, max_per_s=100.0)
     stop = threading.Event()
     runner = threading.Thread(target=spy.run, args=(stop,))
     runner.start()
@@ -145,3 +154,23 @@ def test_dump_basis_says_how_many_dumps_and_why() -> None:
     assert dump_basis(dumps) == ("4 dumps of 2 processes (3 lock waiters, 1 baseline); "
                                  "1 non-blocking dump failed (20%)")
     assert dump_basis([]) == "0 dumps of 0 processes"
+
+
+def test_requested_dumps_share_a_budget_that_holds_one_round() -> None:
+    calls: list[int] = []
+
+    def dumper(pid: int) -> list:
+        calls.append(pid)
+        return []
+
+    # Three targets: the bucket starts with three dumps; refills at one per 1000 s (never, here).
+    spy = PySpySampler({"worker": [1, 2, 3]}, dumper=dumper, min_interval_s=0.0, max_per_s=0.001)
+    spy.request("lock waiters", [1, 2])
+    assert len(spy.take_pending()) == 2
+    spy.request("lock waiters", [1, 2, 3])
+    # One dump left in the bucket: the process dumped least recently (3, never) goes first.
+    assert [r["pid"] for r in spy.take_pending()] == [3]
+    spy.request("lock waiters", [1])
+    assert spy.take_pending() == []  # dropped, not kept for later
+    spy.tick("baseline")  # the baseline is outside the budget
+    assert calls == [1, 2, 3, 1, 2, 3]

@@ -132,25 +132,30 @@ def recorder(pid: int, out: Path, log_path: Path, rate: int = 20) -> ManagedProc
     )
 
 
-def stack_triggers(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]],
-                   idle_in_tx_s: float) -> list[tuple[str, set[int] | None]]:
+def stack_triggers(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]], *,
+                   wait_s: float, idle_in_tx_s: float) -> list[tuple[str, set[int] | None]]:
     """Return why stacks could explain this Postgres tick now, and whose: ``(reason, client pids)``.
 
-    ``lock waiters`` when a backend waits on a lock (the clients of the waiters and of the roots),
-    ``idle in transaction`` when a session has sat idle inside its transaction for ``idle_in_tx_s``
-    or more (its client). The client pid comes from the reference server's application_name; None
-    (every target) when no backend of the reason names its client.
+    ``lock waiters`` when a backend has waited on a lock for ``wait_s`` or more (the clients of
+    those waiters, of their blockers and of the roots), ``idle in transaction`` when a session has
+    sat idle inside its transaction for ``idle_in_tx_s`` or more (its client). A wait's age is the
+    tick's ``waits`` age (``pg_locks.waitstart``), else its query's age. The client pid comes from
+    the reference server's application_name; None (every target) when no backend of the reason
+    names its client.
     """
-    waiting: list[Mapping[str, Any]] = []
-    idle: list[Mapping[str, Any]] = []
-    roots = {int(r["pid"]) for r in tick.get("roots") or ()}
-    for b in backends:
-        if b.get("blocked_by") or b.get("pid") in roots:
-            waiting.append(b)
-        if b.get("state") == "idle in transaction" and (b.get("state_age") or 0.0) >= idle_in_tx_s:
-            idle.append(b)
+    rows = list(backends)
+    ages = {int(w["pid"]): float(w["age"]) for w in tick.get("waits") or ()}
+    waiters = [b for b in rows if b.get("blocked_by")
+               and ages.get(int(b["pid"]), b.get("query_age") or 0.0) >= wait_s]
+    involved = {int(r["pid"]) for r in tick.get("roots") or ()} if waiters else set()
+    for b in waiters:
+        involved.add(int(b["pid"]))
+        involved.update(int(p) for p in b["blocked_by"])
+    idle = [b for b in rows
+            if b.get("state") == "idle in transaction" and (b.get("state_age") or 0.0) >= idle_in_tx_s]
     found: list[tuple[str, set[int] | None]] = []
-    for reason, group in (("lock waiters", waiting), ("idle in transaction", idle)):
+    groups = (("lock waiters", [b for b in rows if int(b["pid"]) in involved]), ("idle in transaction", idle))
+    for reason, group in groups:
         if group:
             clients = {c.pid for b in group if (c := parse_app_name(b.get("app"))) is not None}
             found.append((reason, clients or None))
@@ -163,9 +168,15 @@ class PySpySampler:
     The one hook for "take stacks now for reason X": ``request(reason, pids)`` from any thread (the
     Postgres loop when the forest shows waiters or idle-in-transaction holders); ``dump_now(pid,
     reason)`` when the caller needs the threads back (the attribution of a root's thread). A process
-    is dumped at most once per ``min_interval_s`` on request; every ``baseline_s`` every target is
-    dumped whatever happens, so the summary also knows the quiet times. Every dump, and every failed
-    one, is one record with its reason (docs/records.md), handed to ``write``.
+    is dumped at most once per ``min_interval_s`` on request, and requested dumps share a budget of
+    ``max_per_s`` dumps a second (a bucket that holds one dump of every target, so the first
+    incident is seen whole; a request the bucket cannot pay is dropped, and asked again by the next
+    tick if its cause lasts): under constant contention py-spy costs a bounded share of a core.
+    Every ``baseline_s`` every target is dumped whatever happens, so the summary also knows the
+    quiet times (at most one dump of each target per ``baseline_s``, outside the budget).
+    Attribution's dumps are never refused, but they draw on the budget.
+    Every dump, and every failed one, is one record with its reason (docs/records.md), handed to
+    ``write``.
 
     A dump can fail for a moment (a thread exiting while py-spy reads it, more often when
     ``--nonblocking``); only a permission error before any dump ever worked disables the sampler,
@@ -181,8 +192,9 @@ class PySpySampler:
         dumper: Callable[[int], list[dict[str, Any]]] = dump,
         on_warning: Callable[[str], None] = lambda message: None,
         write: Callable[[list[dict[str, Any]]], None] = lambda records: None,
-        min_interval_s: float = 2.0,
-        baseline_s: float = 10.0,
+        min_interval_s: float = 5.0,
+        max_per_s: float = 0.5,
+        baseline_s: float = 30.0,
         nonblocking: bool = False,
     ) -> None:
         self.targets = {role: list(pids) for role, pids in targets.items()}
@@ -192,6 +204,9 @@ class PySpySampler:
         self.on_warning = on_warning
         self.write = write
         self.min_interval_s = min_interval_s
+        self.max_per_s = max_per_s
+        self._tokens = float(len(self.roles))
+        self._filled_at = time.monotonic()
         self.baseline_s = baseline_s
         self.nonblocking = nonblocking
         self.disabled = False
@@ -229,15 +244,24 @@ class PySpySampler:
         return lambda pid: self.dump_now(pid, reason)
 
     def tick(self, reason: str = "baseline") -> list[dict[str, Any]]:
-        """Dump every target now; return one record per process (failed dumps included)."""
-        return [self._dump(pid, reason) for pid in list(self.roles) if not self._skip(pid)]
+        """Dump every target now, outside the budget; return one record per process (failed ones too)."""
+        return [self._dump(pid, reason, budget=False) for pid in list(self.roles) if not self._skip(pid)]
 
     def take_pending(self) -> list[dict[str, Any]]:
-        """Dump the processes requested since the last call; return their records."""
+        """Dump the processes requested since the last call that the budget pays; return their records.
+
+        The least recently dumped go first.
+        """
         with self._lock:
             pending, self._pending = self._pending, {}
             self._wake.clear()
-        return [self._dump(pid, reason) for pid, reason in pending.items() if not self._skip(pid)]
+            now = time.monotonic()
+            self._tokens = min(float(len(self.roles)),
+                               self._tokens + (now - self._filled_at) * self.max_per_s)
+            self._filled_at = now
+            paid = int(max(0.0, self._tokens))
+        order = sorted(pending, key=lambda pid: self._last.get(pid, float("-inf")))
+        return [self._dump(pid, pending[pid]) for pid in order[:paid] if not self._skip(pid)]
 
     def run(self, stop: threading.Event) -> None:
         """Serve requests and the baseline until ``stop``; records go to ``write``."""
@@ -258,9 +282,10 @@ class PySpySampler:
     def _skip(self, pid: int) -> bool:
         return self.disabled or pid in self._gone
 
-    def _dump(self, pid: int, reason: str) -> dict[str, Any]:
+    def _dump(self, pid: int, reason: str, budget: bool = True) -> dict[str, Any]:
         with self._lock:
             self._last[pid] = time.monotonic()
+            self._tokens -= 1.0 if budget else 0.0
         record: dict[str, Any] = {"t": self.clock(), "pid": pid, "role": self.roles.get(pid, "client"),
                                   "reason": reason, "nonblocking": self.nonblocking}
         try:

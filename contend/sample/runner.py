@@ -57,12 +57,16 @@ class SamplerConfig(BaseModel):
     dsn_env: str = "CONTEND_DSN"
     """Else the environment variable that holds the DSN (read by the child)."""
     pg_interval_s: float = Field(default=0.1, gt=0)
-    pyspy_interval_s: float = Field(default=2.0, gt=0)
-    """Least seconds between two requested dumps of one process (waiters, idle holders, attribution)."""
-    pyspy_baseline_s: float = Field(default=10.0, gt=0)
+    pyspy_interval_s: float = Field(default=5.0, gt=0)
+    """Least seconds between two requested dumps of one process (waiters, idle holders)."""
+    pyspy_max_per_s: float = Field(default=0.5, gt=0)
+    """Requested dumps a second, all processes together (the budget; see PySpySampler)."""
+    pyspy_baseline_s: float = Field(default=30.0, gt=0)
     """Seconds between dumps of every target whatever happens (the quiet times' stacks)."""
     pyspy_nonblocking: bool = True
     """Read stacks without pausing the target (``py-spy dump --nonblocking``); failed reads are counted."""
+    pyspy_wait_s: float = Field(default=0.5, ge=0)
+    """A lock wait this long asks for the stacks of its client, its blockers' and the roots'."""
     pyspy_idle_in_tx_s: float = Field(default=1.0, ge=0)
     """A session idle in its transaction this long asks for its client's stacks."""
     pyspy_pids: dict[str, list[int]] = Field(default_factory=dict)
@@ -165,7 +169,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     spy = pyspy.PySpySampler(
         targets, dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
         on_warning=lambda message: log.warning("py-spy: %s", message), write=writers["pyspy"].write,
-        min_interval_s=config.pyspy_interval_s, baseline_s=config.pyspy_baseline_s,
+        min_interval_s=config.pyspy_interval_s, max_per_s=config.pyspy_max_per_s,
+        baseline_s=config.pyspy_baseline_s,
         nonblocking=config.pyspy_nonblocking,
     )
     attributor = attribution.Attributor(config.attribution_threshold_s,
@@ -216,7 +221,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(backends)
-                for reason, clients in pyspy.stack_triggers(tick, backends, config.pyspy_idle_in_tx_s):
+                for reason, clients in pyspy.stack_triggers(
+                        tick, backends, wait_s=config.pyspy_wait_s, idle_in_tx_s=config.pyspy_idle_in_tx_s):
                     spy.request(reason, clients)
                 # Every tick, rootless ones too: the attributor ends a root's episode when it
                 # sees a tick without it.
