@@ -148,6 +148,9 @@ def _sampler_settings(scenario: Scenario) -> dict[str, Any]:
     return {
         "pg_interval_s": sampling.pg_interval_s,
         "pyspy_interval_s": sampling.pyspy_interval_s,
+        "pyspy_max_per_s": sampling.pyspy_max_per_s,
+        "pyspy_baseline_s": sampling.pyspy_baseline_s,
+        "pyspy_nonblocking": sampling.pyspy_nonblocking,
         "pyspy_record": sampling.pyspy and sampling.pyspy_record,
         "nats_interval_s": sampling.nats_interval_s,
         "attribution_threshold_s": sampling.attribution_threshold_s,

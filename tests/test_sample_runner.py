@@ -90,7 +90,7 @@ def test_missing_dsn_is_a_config_error(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_config_is_frozen_and_strict() -> None:
     config = SamplerConfig()
-    assert (config.pg_interval_s, config.pyspy_interval_s, config.nats_interval_s) == (0.1, 2.0, 1.0)
+    assert (config.pg_interval_s, config.pyspy_interval_s, config.nats_interval_s) == (0.1, 5.0, 1.0)
     with pytest.raises(ValueError):
         SamplerConfig(pg_interval=1)  # type: ignore[call-arg]
     with pytest.raises(ValueError):

@@ -106,8 +106,14 @@ class Sampling(_Model):
     """Postgres activity and blocker-graph tick."""
     pyspy: bool = True
     """Sample the server's Python stacks with py-spy."""
-    pyspy_interval_s: PositiveFloat = 2.0
-    """Seconds between py-spy dumps of each server process."""
+    pyspy_interval_s: PositiveFloat = 5.0
+    """Least seconds between two dumps of one server process asked for by lock waits or idle holders."""
+    pyspy_max_per_s: PositiveFloat = 0.5
+    """Such dumps per second, all processes together: the py-spy budget under constant contention."""
+    pyspy_baseline_s: PositiveFloat = 30.0
+    """Seconds between dumps of every server process whatever happens (the quiet times' stacks)."""
+    pyspy_nonblocking: bool = True
+    """Read stacks without pausing the server (a paused lock holder lengthens every wait behind it)."""
     pyspy_record: bool = False
     """Also record a speedscope profile of each server process."""
     nats: bool = True
