@@ -5,10 +5,11 @@
 
 For each preset: start Postgres + NATS + the reference server (1 web process, 8 workers, 1 job),
 fire 10 concurrent POSTs of 50 error results (Antenna's load script, one round, 120 s client
-timeout), and poll pg_stat_activity every 50 ms for ``window`` seconds. Printed per preset:
+timeout), and poll pg_stat_activity every 20 ms for ``window`` seconds. Printed per preset:
 start-up time of the whole stack, the most backends waiting on the job row at one moment (each
 with a non-empty pg_blocking_pids), the longest single lock wait seen, the most backends idle in
-transaction at one moment, and POSTs ok with their p50/p95 latency.
+transaction at one moment and the oldest such transaction, the seconds web sessions spent idle in
+their transactions per POST (sampled every 20 ms), and POSTs ok with their p50/p95 latency.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ TICK = """
                               AND cardinality(pg_blocking_pids(pid)) > 0),
            coalesce(max(extract(epoch FROM clock_timestamp() - query_start))
                     FILTER (WHERE wait_event_type = 'Lock'), 0),
-           count(*) FILTER (WHERE state = 'idle in transaction')
+           count(*) FILTER (WHERE state = 'idle in transaction'),
+           count(*) FILTER (WHERE state = 'idle in transaction'
+                              AND application_name LIKE 'contend-ref:web %%'),
+           coalesce(max(extract(epoch FROM clock_timestamp() - xact_start))
+                    FILTER (WHERE state = 'idle in transaction'), 0)
       FROM pg_stat_activity WHERE application_name LIKE 'contend-ref:%%'"""
+TICK_S = 0.02
 
 
 def run(preset: str, window: float) -> dict[str, Any]:
@@ -60,18 +66,23 @@ def run(preset: str, window: float) -> dict[str, Any]:
         threads = [threading.Thread(target=post, args=(n,), daemon=True) for n in range(10)]
         for thread in threads:
             thread.start()
-        waiters, longest, idle = 0, 0.0, 0
+        waiters, longest, idle, web_idle_s, oldest = 0, 0.0, 0, 0.0, 0.0
         end = time.monotonic() + window
         with psycopg.connect(stack.dsn, autocommit=True) as conn:
+            last = time.monotonic()
             while time.monotonic() < end:
                 row = conn.execute(TICK).fetchone()
                 assert row is not None
+                now = time.monotonic()
                 waiters, longest, idle = max(waiters, row[0]), max(longest, float(row[1])), max(idle, row[2])
-                time.sleep(0.05)
+                web_idle_s += row[3] * (now - last)  # web sessions idle in a transaction, this tick
+                oldest, last = max(oldest, float(row[4])), now
+                time.sleep(TICK_S)
         ok = sorted(t for status, t in outcomes if status == 200)
     return {
         "preset": preset, "startup_s": round(startup, 1), "max_waiters_on_job_row": waiters,
         "longest_lock_wait_s": round(longest, 3), "max_idle_in_tx": idle,
+        "oldest_idle_in_tx_s": round(oldest, 2), "web_idle_in_tx_s_per_post": round(web_idle_s / 10, 3),
         "posts_ok_within_window": f"{len(ok)}/10",
         "post_p50_s": round(statistics.median(ok), 2) if ok else None,
         "post_p95_s": round(ok[min(len(ok) - 1, int(0.95 * len(ok)))], 2) if ok else None,

@@ -204,8 +204,6 @@ def test_real_tasks_round_trip_saves_detections_and_acks(api):
 
 @pytest.mark.parametrize(("path", "body", "field"), [
     ("result", {}, "results"),
-    ("result", {"results": [{"reply_subject": "x", "result": {"pipeline": "p"}}]}, "results"),
-    ("result", {"results": [{"result": {"error": "e", "image_id": "1"}}]}, "results"),
     ("tasks", {}, "batch_size"),
     ("tasks", {"batch_size": 0}, "batch_size"),
 ])
@@ -215,24 +213,68 @@ def test_invalid_bodies_give_400(api, path, body, field):
     assert field in response.json()
 
 
-def test_non_json_body_gives_400(api):
-    response = api.client.post(f"/jobs/{api.info['job_ids'][2]}/result/", content=b"{not json",
-                               headers={"Content-Type": "application/json"})
+def test_an_invalid_result_entry_gives_pydantic_style_errors(api):
+    body = {"results": [{"reply_subject": "x", "result": {"error": "e", "image_id": "1"}},
+                        {"result": {"error": "e", "image_id": "2"}}]}
+    response = api.result(api.info["job_ids"][2], body)
+    assert response.status_code == 400
+    assert response.json() == {"results": [{"loc": [1, "reply_subject"], "msg": "field required",
+                                            "type": "value_error.missing"}]}
+    assert api.client.post(f"/jobs/{api.info['job_ids'][2]}/tasks/", json={"batch_size": 0}).json() == {
+        "batch_size": ["Ensure this value is greater than or equal to 1."]}
+
+
+def test_non_json_bodies_give_400_or_415_as_drf_parsers_do(api):
+    path = f"/jobs/{api.info['job_ids'][2]}/result/"
+    response = api.client.post(path, content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["detail"].startswith("JSON parse error")
+    response = api.client.post(path, content=b"results", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert response.json() == {"detail": 'Unsupported media type "text/plain" in request.'}
 
 
-@pytest.mark.parametrize(("headers", "detail"), [
-    ({}, "Authentication credentials were not provided."),
-    ({"Authorization": "Token " + "0" * 40}, "Invalid token."),
-    ({"Authorization": "Bearer abc"}, "Authentication credentials were not provided."),
+def test_an_unknown_job_gives_drfs_404_body(api):
+    for response in (api.client.get("/jobs/999999/"),
+                     api.client.post("/jobs/999999/tasks/", json={"batch_size": 1}),
+                     api.result(999999, error_results("missing", 1))):
+        assert response.status_code == 404
+        assert response.json() == {"detail": "Not found."}
+
+
+def test_tasks_of_a_job_that_is_not_async_answer_drfs_bare_list(api):
+    job = api.sql("INSERT INTO jobs_job (created_at, updated_at, name, queue, status, progress, logs, delay,"
+                  " shuffle, job_type_key, project_id, pipeline_id, dispatch_mode) SELECT now(), now(),"
+                  " 'internal job', queue, status, progress, logs, delay, shuffle, job_type_key, project_id,"
+                  " pipeline_id, 'internal' FROM jobs_job WHERE id = %s RETURNING id",
+                  api.info["job_ids"][2])[0][0]
+    try:
+        response = api.client.post(f"/jobs/{job}/tasks/", json={"batch_size": 1})
+    finally:
+        api.sql("DELETE FROM jobs_job WHERE id = %s RETURNING id", job)  # the other tests count the jobs
+    assert response.status_code == 400
+    assert response.json() == ["Only async_api jobs have fetchable tasks"]
+
+
+def test_reads_are_allowed_without_a_token_writes_are_not(api):
+    anonymous = httpx.Client(base_url=api.info["url"] + "/api/v2", timeout=30)
+    assert anonymous.get("/jobs/", params={"ids_only": 1}).status_code == 200
+    assert anonymous.get("/projects/").json()["results"][0]["id"] == api.info["project_id"]
+    response = anonymous.post(f"/jobs/{api.info['job_ids'][2]}/tasks/", json={"batch_size": 1})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(("headers", "detail", "get_status"), [
+    ({}, "Authentication credentials were not provided.", 200),
+    ({"Authorization": "Token " + "0" * 40}, "Invalid token.", 401),
+    ({"Authorization": "Bearer abc"}, "Authentication credentials were not provided.", 200),
 ])
-def test_missing_or_wrong_token_gives_401(api, headers, detail):
+def test_missing_or_wrong_token_gives_401(api, headers, detail, get_status):
     job = api.info["job_ids"][2]
-    calls = (("GET", "/jobs/"), ("POST", f"/jobs/{job}/result/"), ("POST", f"/jobs/{job}/tasks/"))
-    for method, path in calls:
-        response = httpx.request(method, api.info["url"] + "/api/v2" + path, headers=headers,
-                                 json=error_results("auth", 1))
+    assert httpx.get(api.info["url"] + "/api/v2/jobs/", headers=headers).status_code == get_status
+    for path in (f"/jobs/{job}/result/", f"/jobs/{job}/tasks/"):
+        response = httpx.post(api.info["url"] + "/api/v2" + path, headers=headers,
+                              json=error_results("auth", 1))
         assert response.status_code == 401
         assert response.json() == {"detail": detail}
         assert response.headers["WWW-Authenticate"] == "Token"
@@ -372,3 +414,33 @@ def test_contend_up_prints_url_token_and_job_ids_and_stops_cleanly(tmp_path):
     assert ref["url"] in out and ref["token"] in out
     assert f"jobs      {', '.join(map(str, ref['job_ids']))}" in out
     assert stack_processes(stack_json.parent) == []
+
+
+def test_a_registered_pipeline_accepts_results_of_its_own_algorithms(api):
+    """An unchanged ADC worker registers its pipeline, then posts results named after its own models.
+
+    Last in the module: the registration replaces the pipeline's example detector."""
+    job = api.info["job_ids"][3]
+    registration = {"processing_service_name": "adc-worker on gpu-1", "pipelines": [{
+        "name": "Quebec & Vermont moths", "slug": api.info["pipeline_slug"], "version": 1,
+        "algorithms": [{"name": "Moth detector", "key": "moth_detector_2024", "task_type": "localization"},
+                       {"name": "Species classifier", "key": "qv_moths_2023",
+                        "task_type": "classification"}]}]}
+    response = api.client.post(f"/projects/{api.info['project_id']}/pipelines/", json=registration)
+    assert response.status_code == 201
+    assert set(response.json()["pipelines_created"]) == {"moth_detector_2024", "qv_moths_2023"}
+    task = api.tasks(job, 1)[0]
+    image = task["image_id"]
+    result = {"pipeline": api.info["pipeline_slug"], "total_time": 0.1,
+              "source_images": [{"id": image, "url": task["image_url"]}],
+              "detections": [{"source_image_id": image, "bbox": {"x1": 1, "y1": 2, "x2": 3, "y2": 4},
+                              "algorithm": {"name": "Moth detector", "key": "moth_detector_2024"},
+                              "timestamp": "2026-04-22T10:15:00",
+                              "classifications": [{"classification": "sp", "scores": [0.9],
+                                                   "algorithm": {"name": "c", "key": "qv_moths_2023"},
+                                                   "timestamp": "2026-04-22T10:15:01"}]}]}
+    body = {"results": [{"reply_subject": task["reply_subject"], "result": result}]}
+    assert api.result(job, body).status_code == 200
+    wait_for(lambda: api.sql("SELECT count(*) FROM main_classification c JOIN main_detection d"
+                             " ON d.id = c.detection_id WHERE d.source_image_id = %s", int(image))[0][0] == 1,
+             timeout=60)

@@ -11,6 +11,7 @@ from django.db import models
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 ACTIVE_STATES = ("STARTED", "RETRY")
 FAILED_STATES = ("FAILURE", "REVOKED", "UNKNOWN")
+DETECTION_TASK_TYPES = ("detection", "localization", "segmentation")
 FINALIZABLE_STATES = ("CREATED", "PENDING", "STARTED", "RETRY")  # may auto-finish (Antenna #1337)
 
 

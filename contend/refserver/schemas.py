@@ -78,3 +78,25 @@ class ResultsRequest(_Schema):
 class TasksRequest(_Schema):
     batch_size: int = Field(ge=1)
     client_info: dict[str, Any] | None = None
+
+
+class AlgorithmConfig(_Schema):
+    name: str
+    key: str
+    task_type: str = "detection"
+    version: int = 1
+    description: str | None = None
+
+
+class PipelineConfig(_Schema):
+    name: str
+    slug: str
+    version: int
+    description: str | None = None
+    algorithms: list[AlgorithmConfig] = []
+    stages: list[Any] = []
+
+
+class PipelineRegistrationRequest(_Schema):
+    processing_service_name: str
+    pipelines: list[PipelineConfig] = []

@@ -9,7 +9,14 @@ from typing import Any
 from django.db import transaction
 
 from contend.refserver import queues, state
-from contend.refserver.models import Algorithm, Classification, Detection, Job, SourceImage
+from contend.refserver.models import (
+    DETECTION_TASK_TYPES,
+    Algorithm,
+    Classification,
+    Detection,
+    Job,
+    SourceImage,
+)
 from contend.refserver.progress import update_job_progress
 
 FAILURE_THRESHOLD = 0.5
@@ -97,7 +104,7 @@ def save_results(job: Job, result: dict[str, Any]) -> dict[str, int]:
     pipeline = job.pipeline
     algorithms = {a.key: a for a in Algorithm.objects.filter(pipelines=pipeline)} if pipeline else {}
     job.logger.info(f"Algorithms registered for pipeline: {', '.join(sorted(algorithms))}")
-    detectors = [a for a in algorithms.values() if a.task_type == "detection"]
+    detectors = [a for a in algorithms.values() if a.task_type in DETECTION_TASK_TYPES]
     if len(detectors) != 1:
         raise PipelineNotConfigured(f"pipeline {pipeline} must have exactly one detection algorithm")
     images = {str(img.pk): img for img in SourceImage.objects.filter(

@@ -11,4 +11,6 @@ urlpatterns = [
     re_path(r"^api/v2/jobs/(?P<pk>\d+)/?$", views.job_detail),
     re_path(r"^api/v2/jobs/(?P<pk>\d+)/tasks/?$", views.job_tasks),
     re_path(r"^api/v2/jobs/(?P<pk>\d+)/result/?$", views.job_result),
+    re_path(r"^api/v2/projects/?$", views.project_list),
+    re_path(r"^api/v2/projects/(?P<pk>\d+)/pipelines/?$", views.project_pipelines),
 ]

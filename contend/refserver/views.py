@@ -22,8 +22,20 @@ from django.http import HttpRequest, JsonResponse
 from pydantic import BaseModel, ValidationError
 
 from contend.refserver import queues
-from contend.refserver.models import ACTIVE_STATES, FAILED_STATES, FINAL_STATES, Job, JobLog, Token
-from contend.refserver.schemas import ResultsRequest, TasksRequest
+from contend.refserver.models import (
+    ACTIVE_STATES,
+    DETECTION_TASK_TYPES,
+    FAILED_STATES,
+    FINAL_STATES,
+    Algorithm,
+    Job,
+    JobLog,
+    Pipeline,
+    ProcessingService,
+    Project,
+    Token,
+)
+from contend.refserver.schemas import PipelineRegistrationRequest, ResultsRequest, TasksRequest
 
 PAGE_SIZE = 10
 CUTOFF_HOURS = 72
@@ -38,19 +50,25 @@ def _error(status: int, detail: str, **extra: Any) -> JsonResponse:
     return response
 
 
-def api_view(*methods: str) -> Callable[[View], View]:
-    """Token authentication and method check, as DRF's TokenAuthentication and APIView do."""
+def api_view(*methods: str, anonymous_get: bool = False) -> Callable[[View], View]:
+    """Token authentication, permission and method check, as DRF's TokenAuthentication and APIView do.
+
+    ``anonymous_get``: a request without a token may read (Antenna's IsActiveStaffOrReadOnly); a
+    token that is wrong is refused on every method.
+    """
     def decorate(view: View) -> View:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
             header = request.META.get("HTTP_AUTHORIZATION", "").split()
-            if not header or header[0].lower() != "token":
+            token = None
+            if header and header[0].lower() == "token":
+                if len(header) != 2:
+                    return _error(401, "Invalid token header. No credentials provided.")
+                token = Token.objects.filter(key=header[1]).first()
+                if token is None:
+                    return _error(401, "Invalid token.")
+            if token is None and not (anonymous_get and request.method == "GET"):
                 return _error(401, "Authentication credentials were not provided.")
-            if len(header) != 2:
-                return _error(401, "Invalid token header. No credentials provided.")
-            token = Token.objects.filter(key=header[1]).first()
-            if token is None:
-                return _error(401, "Invalid token.")
             if request.method not in methods:
                 return _error(405, f'Method "{request.method}" not allowed.')
             request.token = token
@@ -65,26 +83,74 @@ def _who(request: HttpRequest) -> str:
     return f"user={token.user}, token_id={hashlib.sha256(str(token.key).encode()).hexdigest()[:8]}"
 
 
-def _body(request: HttpRequest, schema: type[BaseModel]) -> BaseModel | JsonResponse:
+def _data(request: HttpRequest) -> Any:
+    """Return the parsed body as DRF's default parsers would, or the 400/415 answer they give."""
+    media_type = request.content_type or ""
+    if not request.body:
+        return {}
+    if media_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return {}  # a form carries none of the JSON fields: validation answers 400
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return _error(415, f'Unsupported media type "{request.META.get("CONTENT_TYPE", "")}" in request.')
     try:
-        data = json.loads(request.body or b"{}")
+        return json.loads(request.body)
     except ValueError as exc:
         return _error(400, f"JSON parse error - {exc}")
+
+
+def _drf_errors(exc: ValidationError) -> dict[str, list[str]]:
+    """Return DRF serializer-field errors: ``{field: [message, ...]}``."""
+    errors: dict[str, list[str]] = {}
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "non_field_errors"
+        where = ".".join(str(p) for p in err["loc"][1:])
+        message = "This field is required." if err["type"] == "missing" and not where else err["msg"]
+        if err["type"] == "greater_than_equal" and not where:
+            message = f"Ensure this value is greater than or equal to {err['ctx']['ge']}."
+        elif err["type"].startswith("int_") and not where:
+            message = "A valid integer is required."
+        errors.setdefault(field, []).append(f"{where}: {message}" if where else message)
+    return errors
+
+
+_UNION_TAGS = {"PipelineResultsResponse", "PipelineResultsError"}
+
+
+def _schema_errors(exc: ValidationError) -> dict[str, Any]:
+    """Return a schema field's errors as Antenna's pydantic field gives them: {field: [{loc, msg, type}]}.
+
+    ``loc`` starts inside the field's value; pydantic 1's names for a missing field are kept.
+    """
+    errors: dict[str, Any] = {}
+    for err in exc.errors():
+        field, *loc = err["loc"] or ("non_field_errors",)
+        if not loc:
+            errors.setdefault(str(field), []).append("This field is required.")
+            continue
+        missing = err["type"] == "missing"
+        errors.setdefault(str(field), []).append({
+            "loc": [part for part in loc if part not in _UNION_TAGS],
+            "msg": "field required" if missing else err["msg"],
+            "type": "value_error.missing" if missing else err["type"],
+        })
+    return errors
+
+
+def _body(request: HttpRequest, schema: type[BaseModel],
+          schema_fields: bool = False) -> BaseModel | JsonResponse:
+    data = _data(request)
+    if isinstance(data, JsonResponse):
+        return data
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        errors: dict[str, list[str]] = {}
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "non_field_errors"
-            where = ".".join(str(p) for p in err["loc"][1:])
-            message = "This field is required." if err["type"] == "missing" and not where else err["msg"]
-            errors.setdefault(field, []).append(f"{where}: {message}" if where else message)
-        return JsonResponse(errors, status=400)
+        errors = _schema_errors(exc) if schema_fields else _drf_errors(exc)
+        return JsonResponse(errors, status=400, safe=False)
 
 
 def _get_job(pk: int) -> Job | JsonResponse:
     job = Job.objects.select_related("pipeline", "project").filter(pk=pk).first()
-    return job if job is not None else _error(404, "No Job matches the given query.")
+    return job if job is not None else _error(404, "Not found.")
 
 
 def _truthy(value: str | None) -> bool:
@@ -124,7 +190,7 @@ def _serialize(job: Job, logs: dict[str, list[str]] | None = None) -> dict[str, 
     }
 
 
-@api_view("GET")
+@api_view("GET", anonymous_get=True)
 def job_list(request: HttpRequest) -> JsonResponse:
     params = request.GET
     ids_only = _truthy(params.get("ids_only"))
@@ -136,15 +202,22 @@ def job_list(request: HttpRequest) -> JsonResponse:
               "random": qs.order_by("?")}[order]
         if "limit" not in params and "page_size" not in params:
             default_limit = int(settings.FLAGS["JOBS_POLL_DEFAULT_LIMIT"])
+    return _page(request, qs, default_limit, lambda j: (
+        {"id": j.pk, "pipeline_slug": j.pipeline.slug if j.pipeline else None, "user_permissions": []}
+        if ids_only else _serialize(j)))
+
+
+def _page(request: HttpRequest, rows: QuerySet[Any], default_limit: int,
+          serialize: Callable[[Any], dict[str, Any]]) -> JsonResponse:
+    """Return one LimitOffset page of ``rows`` with Antenna's envelope."""
+    params = request.GET
     try:
         limit = max(1, int(params.get("limit", default_limit)))
         offset = max(0, int(params.get("offset", 0)))
     except ValueError:
         return _error(400, "limit and offset must be integers")
-    count = qs.count()
-    page = list(qs[offset:offset + limit])
-    results = ([{"id": j.pk, "pipeline_slug": j.pipeline.slug if j.pipeline else None, "user_permissions": []}
-                for j in page] if ids_only else [_serialize(j) for j in page])
+    count = rows.count()
+    results = [serialize(row) for row in rows[offset:offset + limit]]
 
     def link(new_offset: int) -> str:
         query = params.copy()
@@ -160,7 +233,7 @@ def job_list(request: HttpRequest) -> JsonResponse:
     })
 
 
-@api_view("GET")
+@api_view("GET", anonymous_get=True)
 def job_detail(request: HttpRequest, pk: int) -> JsonResponse:
     job = _get_job(pk)
     if isinstance(job, JsonResponse):
@@ -176,21 +249,22 @@ def job_detail(request: HttpRequest, pk: int) -> JsonResponse:
 
 @api_view("POST")
 def job_tasks(request: HttpRequest, pk: int) -> JsonResponse:
-    job = _get_job(pk)
-    if isinstance(job, JsonResponse):
-        return job
     body = _body(request, TasksRequest)
     if isinstance(body, JsonResponse):
         return body
     assert isinstance(body, TasksRequest)
+    job = _get_job(pk)
+    if isinstance(job, JsonResponse):
+        return job
     if job.dispatch_mode != "async_api":
-        return _error(400, "Only async_api jobs have fetchable tasks")
+        # DRF's ValidationError("...") answers a bare list of messages.
+        return JsonResponse(["Only async_api jobs have fetchable tasks"], status=400, safe=False)
     if job.status not in ACTIVE_STATES:
         job.logger.info(f"Tasks requested for non-active job (status={job.status}); returning empty. "
                         f"{_who(request)}")
         return JsonResponse({"tasks": []})
     if job.pipeline is None:
-        return _error(400, "Job has no pipeline")
+        return JsonResponse(["This job does not have a pipeline configured"], status=400, safe=False)
     flags = settings.FLAGS
     try:
         tasks = queues.reserve_tasks(job.pk, body.batch_size, int(flags["NATS_TASK_TTR"]),
@@ -209,7 +283,7 @@ def job_result(request: HttpRequest, pk: int) -> JsonResponse:
     job = _get_job(pk)
     if isinstance(job, JsonResponse):
         return job
-    body = _body(request, ResultsRequest)
+    body = _body(request, ResultsRequest, schema_fields=True)
     if isinstance(body, JsonResponse):
         return body
     assert isinstance(body, ResultsRequest)
@@ -227,3 +301,48 @@ def job_result(request: HttpRequest, pk: int) -> JsonResponse:
         queued.append({"reply_subject": item.reply_subject, "status": "queued", "task_id": task_id})
     return JsonResponse({"status": "accepted", "job_id": job.pk, "results_queued": len(queued),
                          "tasks": queued})
+
+
+@api_view("GET", anonymous_get=True)
+def project_list(request: HttpRequest) -> JsonResponse:
+    return _page(request, Project.objects.order_by("pk"), PAGE_SIZE, lambda p: {
+        "id": p.pk, "name": p.name, "created_at": p.created_at, "updated_at": p.updated_at,
+        "user_permissions": []})
+
+
+@api_view("POST")
+def project_pipelines(request: HttpRequest, pk: int) -> JsonResponse:
+    """Register a pull-mode processing service's pipelines for a project (ADC's registration)."""
+    body = _body(request, PipelineRegistrationRequest)
+    if isinstance(body, JsonResponse):
+        return body
+    assert isinstance(body, PipelineRegistrationRequest)
+    project = Project.objects.filter(pk=pk).first()
+    if project is None:
+        return _error(404, "Not found.")
+    service = ProcessingService.objects.filter(name=body.processing_service_name).first()
+    if service is None:
+        service = ProcessingService.objects.create(name=body.processing_service_name, project=project)
+    created: list[str] = []
+    for config in body.pipelines:
+        pipeline, new = Pipeline.objects.get_or_create(slug=config.slug, defaults={"name": config.name})
+        pipeline.projects.add(project)
+        service.pipelines.add(pipeline)
+        if new:
+            created.append(pipeline.slug)
+        known = {a.key for a in pipeline.algorithms.all()}
+        for spec in config.algorithms:
+            algorithm, _ = Algorithm.objects.update_or_create(
+                key=spec.key,
+                defaults={"name": spec.name, "task_type": spec.task_type, "version": spec.version})
+            if spec.task_type in DETECTION_TASK_TYPES:
+                # A pipeline has one detector: a real one replaces the fixtures' example (docs/refserver.md).
+                pipeline.algorithms.remove(*pipeline.algorithms.filter(task_type__in=DETECTION_TASK_TYPES)
+                                          .exclude(pk=algorithm.pk))
+            if spec.key not in known:
+                pipeline.algorithms.add(algorithm)
+                created.append(spec.key)
+    ProcessingService.objects.filter(pk=service.pk).update(last_seen=datetime.now(), last_seen_live=True)
+    return JsonResponse({"timestamp": datetime.now(), "success": True, "error": None,
+                         "pipelines": [c.model_dump(mode="json") for c in body.pipelines],
+                         "pipelines_created": created, "algorithms_created": []}, status=201)
