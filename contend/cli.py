@@ -114,21 +114,47 @@ def dsn_option(required: bool = False) -> Callable[[Callable[..., Any]], Callabl
               help="Result worker processes (default: the ML_WORKER_CONCURRENCY flag).")
 @click.option("--keep-data", is_flag=True,
               help="Keep Postgres' data directory and the NATS store on stop (logs are always kept).")
+@click.option("--flags-from-env", is_flag=True,
+              help="Take each flag of `contend flags` set in the environment (over the preset; --flag wins).")
+@click.option("--token-env", metavar="NAME",
+              help="Variable holding the API key to create (default: a throw-away key, printed).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Once up, write where the server is to this file, in the fixtures format of a "
+              "command target (base_url, job_ids, pipeline_slug, dsn without password, pyspy_pids, "
+              "token_env), and print nothing else on stdout.")
 def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs: tuple[str, ...],
-       jobs: int, images: int, web_concurrency: int | None, workers: int | None, keep_data: bool) -> None:
+       jobs: int, images: int, web_concurrency: int | None, workers: int | None, keep_data: bool,
+       flags_from_env: bool, token_env: str | None, json_path: Path | None) -> None:
     """Start the stack in the foreground and print how to connect; Ctrl-C stops everything.
 
-    The same information is written as JSON to stack.json in the run folder.
+    The same information is written as JSON to stack.json in the run folder. With --json, a
+    command target can drive this server as a black box (scenarios/byo-refserver.yaml).
     """
-    from contend.flags import parse_overrides
+    import os
+
+    from contend.flags import flag_names, parse_overrides
     from contend.stack import RefServerOptions, Stack
 
     options = None
+    if token_env and not os.environ.get(token_env):
+        raise ConfigError(f"--token-env {token_env}: the variable is not set",
+                          hint="export it with a 40-hex key, e.g. from python -c 'import secrets; "
+                          "print(secrets.token_hex(20))'")
+    if json_path is not None and refserver and not token_env:
+        raise ConfigError("--json needs --token-env: a command target reads the API key from that variable")
     if refserver:
-        options = RefServerOptions(preset=preset, flags=parse_overrides(flag_pairs), jobs=jobs,
-                                   images_per_job=images, web_concurrency=web_concurrency,
-                                   worker_concurrency=workers)
+        from_env = {name: os.environ[name] for name in flag_names() if flags_from_env and name in os.environ}
+        options = RefServerOptions(preset=preset, flags={**from_env, **parse_overrides(flag_pairs)},
+                                   jobs=jobs, images_per_job=images, web_concurrency=web_concurrency,
+                                   worker_concurrency=workers, token_env=token_env)
         options.resolved_flags()  # a bad flag is a usage error before anything starts
+    if json_path is not None:
+        with Stack(run_folder("up", reports), dsn=dsn, refserver=options, keep_data=keep_data) as stack:
+            _write_target_json(json_path, stack.info(), token_env)
+            with contextlib.suppress(KeyboardInterrupt, Interrupted):
+                while True:
+                    time.sleep(3600)
+        return
     folder = run_folder("up", reports)
     started = time.monotonic()
     with Stack(folder, dsn=dsn, refserver=options, keep_data=keep_data) as stack:
@@ -154,6 +180,25 @@ def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs:
         except Interrupted:
             pass
     click.echo("stack stopped")
+
+
+def _write_target_json(path: Path, info: dict[str, Any], token_env: str | None) -> None:
+    """Write how to reach the stack for a command target's fixtures (no token, no DSN password)."""
+    from contend.stack.postgres import redact_dsn
+
+    ref = info.get("refserver") or {}
+    data = {"base_url": ref.get("url"), "job_ids": ref.get("job_ids", []),
+            "pipeline_slug": ref.get("pipeline_slug"), "token_env": token_env,
+            "dsn": info["postgres"]["dsn"] if info["postgres"]["embedded"] else None,
+            "pyspy_pids": {"web": ref.get("pids", {}).get("web", []),
+                           "worker": ref.get("pids", {}).get("workers", [])},
+            "flags": ref.get("flags", {})}
+    if data["dsn"] is not None and redact_dsn(data["dsn"]) != data["dsn"]:
+        data["dsn"] = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
 
 
 @cli.command()

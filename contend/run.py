@@ -18,7 +18,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,14 +30,18 @@ from pydantic import SecretStr
 from contend import __version__
 from contend.errors import ConfigError, ContendError, Interrupted, StackError
 from contend.load import LoadProgress, LoadTarget, run_load
+from contend.load.launcher import read_token_for
+from contend.load.plan import DEFAULT_TOKEN_VARS
 from contend.runfolder import run_folder
 from contend.sample.drain import drain
 from contend.sample.final import FINAL_STATE, probe_final_state
 from contend.sample.runner import SamplerConfig, SamplerSet
-from contend.scenario import EmbeddedTarget, ExternalTarget, Scenario, Variant
+from contend.scenario import CommandTarget, EmbeddedTarget, ExternalTarget, Scenario, Variant
 from contend.stack import Stack
+from contend.stack.command import CommandStack, Fixtures
 from contend.stack.postgres import redact_message
 from contend.stack.refserver import RefServerOptions
+from contend.target import check_target
 
 RUN_TOKEN_ENV = "CONTEND_RUN_TOKEN"
 
@@ -193,6 +197,43 @@ def _external(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, S
     return load_target, sampler
 
 
+@contextlib.contextmanager
+def _command_target(scenario: Scenario, target: CommandTarget, variant: Variant, folder: Path,
+                    stop: threading.Event, observer: RunObserver | None
+                    ) -> Iterator[tuple[LoadTarget, SamplerConfig]]:
+    """Run the target's up, ready and fixtures with this variant's flags; down always follows."""
+    assert target.up is not None and target.ready is not None  # expand() refused it otherwise
+    if target.token_env:
+        read_token_for(LoadTarget(base_url="http://localhost", token_env=target.token_env))
+    if observer:
+        observer.phase("starting the target (up, ready, fixtures)")
+    secrets = [target.token_env or "", *DEFAULT_TOKEN_VARS, target.dsn_env or ""]
+    with CommandStack(folder, up=target.up, ready=target.ready, fixtures=target.fixtures,
+                      down=target.down, cwd=Path(target.cwd).resolve() if target.cwd else None,
+                      flags=variant.flags, secret_envs=[s for s in secrets if s],
+                      allow_remote=target.allow_remote, stop_event=stop) as command:
+        got = command.fixtures or Fixtures(job_ids=[])
+        base_url = got.base_url or target.base_url
+        assert base_url is not None  # expand() asks for a base_url or fixtures
+        load_target = LoadTarget(base_url=base_url, token_env=got.token_env or target.token_env,
+                                 job_ids=got.job_ids, pipeline_slug=got.pipeline_slug,
+                                 allow_remote=target.allow_remote)
+        check_target(base_url, target.allow_remote)
+        pyspy = scenario.sampling.pyspy
+        pids = {role: [*target.pyspy_pids.get(role, []), *got.pyspy_pids.get(role, [])]
+                for role in {*target.pyspy_pids, *got.pyspy_pids}}
+        if got.dsn is None and target.dsn_env is None:
+            raise ConfigError("no monitoring DSN: the fixtures printed none and target.dsn_env is empty")
+        sampler = SamplerConfig(
+            dsn=SecretStr(got.dsn) if got.dsn else None,
+            dsn_env=target.dsn_env or "CONTEND_DSN",
+            pyspy_pids=pids if pyspy else {},
+            pyspy_patterns=target.pyspy_patterns if pyspy else {},
+            **_sampler_settings(scenario),
+        )
+        yield load_target, sampler
+
+
 def run_variant(
     scenario: Scenario, variant: Variant, folder: Path, *, observer: RunObserver | None,
     stop: threading.Event, phases: Phases | None = None, keep_data: bool = False,
@@ -214,6 +255,10 @@ def run_variant(
                                                             keep_data=keep_data))
             assert stack is not None
             load_target, sampler = _embedded(scenario, target, stack)
+        elif isinstance(target, CommandTarget):
+            stack = None
+            load_target, sampler = scope.enter_context(
+                _command_target(scenario, target, variant, folder / "target", stop, observer))
         else:
             stack = None
             load_target, sampler = _external(scenario, target)

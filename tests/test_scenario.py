@@ -186,7 +186,7 @@ MISTAKES = [
      UnsafeTargetError.hint),
     (W + "target:\n  kind: external\n  base_url: http://127.0.0.1:8000\nvariants:\n  - name: a\n"
      "    flags: {CACHALOT: off}\n",
-     "s.yaml:8: variants[0]: flags and presets need an embedded target (contend cannot set the flags of "
+     "s.yaml:8: variants[0]: flags need an embedded or a command target (contend cannot set the flags of "
      "an external server)", None),
     (W + "target:\n  kind: external\n  base_url: http://127.0.0.1:8000\n  token_env: tok-3f9a1c\n",
      "s.yaml:7: target.token_env: give the name of an environment variable (such as MY_TOKEN), never "

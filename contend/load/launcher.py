@@ -209,6 +209,7 @@ class LoadRun:
                 time.sleep(POLL_S)
         finally:
             code = self.hub.proc.returncode if self.hub.proc is not None else None
+            asked = self.stopped  # stop() below marks every run stopped; only an earlier stop was ours
             self.stop()
         if progress is not None and (p := self.poll()) is not None:
             progress(p)
@@ -217,7 +218,7 @@ class LoadRun:
                 f"not all {self.plan.workers} load workers joined the master at {self.master_bind}",
                 hint=self.hub.log_tail(),
             )
-        if code not in (ChildExit.OK, ChildExit.PARTIAL, None) and not self.stopped_early(code):
+        if code not in (ChildExit.OK, ChildExit.PARTIAL, None) and not (asked and self.stopped_early(code)):
             raise LoadError(f"the load process exited with code {code}", hint=self.hub.log_tail())
         status = "ok" if code == ChildExit.OK else "partial"
         return LoadSummary.from_records(read_records(self.out_dir), status=status)

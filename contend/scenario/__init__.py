@@ -13,6 +13,7 @@ from __future__ import annotations
 from contend.scenario.loader import dump_scenario, load_scenario, parse_scenario
 from contend.scenario.models import (
     DOCS_HINT,
+    CommandTarget,
     EmbeddedTarget,
     ExternalTarget,
     ReportOptions,
@@ -29,8 +30,27 @@ from contend.scenario.reference import EXAMPLE, schema, schema_markdown
 from contend.scenario.variants import Scalar, ScenarioError, Variant, key_path
 
 __all__ = [
-    "DOCS_HINT", "EXAMPLE", "EmbeddedTarget", "ExternalTarget", "ReportOptions", "Sampling", "Scalar",
-    "Scenario", "ScenarioError", "Target", "ThresholdCheck", "ThresholdSpec", "Variant", "VariantSpec",
-    "describe_variants", "dump_scenario", "key_path", "load_scenario", "parse_scenario", "schema",
-    "schema_markdown", "to_threshold",
+    "DOCS_HINT",
+    "EXAMPLE",
+    "CommandTarget",
+    "EmbeddedTarget",
+    "ExternalTarget",
+    "ReportOptions",
+    "Sampling",
+    "Scalar",
+    "Scenario",
+    "ScenarioError",
+    "Target",
+    "ThresholdCheck",
+    "ThresholdSpec",
+    "Variant",
+    "VariantSpec",
+    "describe_variants",
+    "dump_scenario",
+    "key_path",
+    "load_scenario",
+    "parse_scenario",
+    "schema",
+    "schema_markdown",
+    "to_threshold",
 ]

@@ -62,9 +62,9 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     try:
         scenario.expand()
     except ScenarioError as error:
-        line = lines[_known_prefix(error.path, lines)]
-        raise ConfigError(f"{source}:{line}: {key_path(error.path)}: {error.detail}",
-                          hint=error.hint or DOCS_HINT) from None
+        found = [f"{source}:{lines[_known_prefix(e.path, lines)]}: {key_path(e.path)}: {e.detail}"
+                 for e in (error, *error.also)]
+        raise ConfigError("\n".join(found), hint=error.hint or DOCS_HINT) from None
     return scenario
 
 

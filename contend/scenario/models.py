@@ -28,18 +28,20 @@ from pydantic import (
 )
 
 from contend.flags import FLAGS
-from contend.load.config import Workload
+from contend.load.config import BatchedPost, PullWorkers, Workload
 from contend.scenario.variants import (
     KeyPath,
     Scalar,
     ScenarioError,
     Variant,
     apply_params,
+    command_flags,
     located,
     matrix_combinations,
     value_text,
     variant_flags,
 )
+from contend.stack.command import ENV_NAME, Command, Ready
 from contend.target import check_target
 from contend.thresholds import Threshold, did_you_mean, matches_variant, parse_threshold
 
@@ -70,6 +72,13 @@ class EmbeddedTarget(_Model):
     """Images (tasks) per job."""
 
 
+def _variable_name(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(ENV_NAME, value):
+        raise ValueError("give the name of an environment variable (such as MY_TOKEN), "
+                         "never the secret itself")
+    return value
+
+
 class ExternalTarget(_Model):
     """A server contend does not start (your own Antenna); load goes to base_url."""
 
@@ -87,16 +96,82 @@ class ExternalTarget(_Model):
     allow_remote: bool = False
     """Send load to a non-loopback host (never do this against production)."""
 
-    @field_validator("token_env", "dsn_env")
-    @classmethod
-    def _names_a_variable(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError("give the name of an environment variable (such as MY_TOKEN), "
-                             "never the secret itself")
-        return value
+    _names_a_variable = field_validator("token_env", "dsn_env")(_variable_name)
 
 
-Target = Annotated[EmbeddedTarget | ExternalTarget, Field(discriminator="kind")]
+class CommandTarget(_Model):
+    """Your own server, started and stopped by your commands for every variant (docs/external-target.md).
+
+    The commands get your environment plus the variant's flags and CONTEND_TARGET_DIR (a folder of
+    the run for their own files; ``{target_dir}`` in an argument becomes it).
+    """
+
+    kind: Literal["command"]
+    up: Command | None = None
+    """Starts the server (required): [docker, compose, up, -d], or a process that stays in the foreground."""
+    ready: Ready | None = None
+    """How contend knows the server is up (required): {url: ...} answering 2xx, or {command: [...]}."""
+    fixtures: Command | None = None
+    """Prints JSON on stdout: job_ids, and optionally base_url, token_env, pipeline_slug, dsn (without a
+    password), pyspy_pids; none: the workloads name their job and the target its base_url."""
+    down: Command | None = None
+    """Stops the server; runs after every variant, on failure, Ctrl-C and SIGTERM too. Then up's process
+    group is stopped (SIGTERM, then SIGKILL); none: only that."""
+    cwd: str | None = None
+    """Folder the commands run in, relative to the folder contend runs in; none: that folder."""
+    flags: dict[str, Scalar] = {}
+    """Environment variables of every variant's commands (a variant's own flags win)."""
+    base_url: str | None = None
+    """Where the load goes, http(s)://host[:port]; none: the base_url the fixtures print."""
+    token_env: str | None = None
+    """Environment variable holding the API token; none: the fixtures' token_env, else ANTENNA_TOKEN, then
+    CONTEND_TOKEN."""
+    dsn_env: str | None = "CONTEND_DSN"
+    """Environment variable holding the monitoring DSN; a dsn the fixtures print (no password) wins."""
+    pyspy_pids: dict[str, list[PositiveInt]] = {}
+    """Server processes for py-spy by role (the fixtures' pyspy_pids are added)."""
+    pyspy_patterns: dict[str, str] = {}
+    """Server processes for py-spy by role and a regular expression on their command line."""
+    allow_remote: bool = False
+    """Send load to a non-loopback host (never do this against production)."""
+
+    _names_a_variable = field_validator("token_env", "dsn_env")(_variable_name)
+
+    def problems(self, workloads: Sequence[Workload]) -> list[ScenarioError]:
+        """Return one error per missing or unsafe piece, each at its key."""
+        missing: list[tuple[KeyPath, str]] = []
+        if self.up is None:
+            missing.append((("target", "up"), "the command that starts your server, e.g. "
+                            "up: [docker, compose, up, -d] (a list; a string needs shell: true)"))
+        if self.ready is None:
+            missing.append((("target", "ready"), "how contend knows the server is up, e.g. "
+                            "ready: {url: 'http://127.0.0.1:8000/api/v2/', timeout_s: 300}"))
+        if self.base_url is None and self.fixtures is None:
+            missing.append((("target", "base_url"), "where the load goes; give base_url, "
+                            "or a fixtures command that prints it"))
+        if self.dsn_env is None and self.fixtures is None:
+            missing.append((("target", "dsn_env"), "the variable holding a monitoring DSN "
+                            "(or a fixtures command that prints a dsn)"))
+        for i, w in enumerate(workloads if self.fixtures is None else ()):
+            if isinstance(w, BatchedPost) and w.job is None:
+                missing.append((("workloads", i, "job"), "the job the POSTs go to; "
+                                "set it, or give the target a fixtures command that prints job_ids"))
+            if isinstance(w, PullWorkers) and w.pipeline_slug is None:
+                missing.append((("workloads", i, "pipeline_slug"), "the pipeline the pollers ask for; "
+                                "set it, or give the target a fixtures command that prints pipeline_slug"))
+        found = [ScenarioError(path, f"missing: {text}") for path, text in missing]
+        urls = [(("target", "base_url"), self.base_url),
+                (("target", "ready", "url"), self.ready.url if self.ready else None)]
+        for path, url in urls:
+            if url is not None:
+                try:
+                    located(path, check_target, url, self.allow_remote)
+                except ScenarioError as error:
+                    found.append(error)
+        return found
+
+
+Target = Annotated[EmbeddedTarget | ExternalTarget | CommandTarget, Field(discriminator="kind")]
 
 
 class Sampling(_Model):
@@ -220,7 +295,7 @@ class Scenario(_Model):
     description: str = ""
     """What the scenario shows and what outcome to expect (shown in the report)."""
     target: Target = EmbeddedTarget()
-    """The server under load: kind embedded (the default) or external."""
+    """The server under load: kind embedded (the default), external, or command (your own stack)."""
     workloads: Annotated[list[Workload], Field(min_length=1)]
     """One or more workloads, run at the same time (kind: batched_post or pull_workers)."""
     warm_up_s: NonNegativeFloat = 5.0
@@ -271,9 +346,11 @@ class Scenario(_Model):
         preset or workload parameter.
         """
         target = self.target
-        external = isinstance(target, ExternalTarget)
+        external = not isinstance(target, EmbeddedTarget)
         if isinstance(target, ExternalTarget):
             located(("target", "base_url"), check_target, target.base_url, target.allow_remote)
+        if isinstance(target, CommandTarget) and (problems := target.problems(self.workloads)):
+            raise ScenarioError(problems[0].path, problems[0].detail, also=problems[1:])
         target_preset = target.preset if isinstance(target, EmbeddedTarget) else None
         variants = []
         for path, spec in self._specs():
@@ -283,8 +360,13 @@ class Scenario(_Model):
                                       web_concurrency=target.web_concurrency,
                                       worker_concurrency=target.worker_concurrency,
                                       target_flags=target.flags, own_flags=spec.flags)
-            elif spec.flags or spec.preset:
-                raise ScenarioError(path, "flags and presets need an embedded target "
+            elif spec.preset:
+                raise ScenarioError((*path, "preset"), "presets need an embedded target "
+                                    "(a command target takes flags: environment variables of its commands)")
+            elif isinstance(target, CommandTarget):
+                flags = command_flags(path, target.flags, spec.flags)
+            elif spec.flags:
+                raise ScenarioError(path, "flags need an embedded or a command target "
                                           "(contend cannot set the flags of an external server)")
             at = path if path == ("matrix",) else (*path, "params")
             workloads = apply_params(self.workloads, spec.params, at)
@@ -336,6 +418,12 @@ def describe_variants(scenario: Scenario) -> list[str]:
     runs = len(variants) * scenario.repetitions
     lines = [f"scenario {scenario.name}: {len(variants)} variant(s) x {scenario.repetitions} "
              f"repetition(s) = {runs} run(s)"]
+    target = scenario.target
+    if isinstance(target, CommandTarget):
+        steps = ["up", "ready", *(["fixtures"] if target.fixtures else []),
+                 "down" if target.down else "down: stop up's process group"]
+        lines.append(f"  target: commands {', '.join(steps)}, in {target.cwd or 'the current folder'}")
+        defaults = {}
     for v in variants:
         parts = [v.name + (" (baseline)" if v.baseline else "")]
         if v.preset:

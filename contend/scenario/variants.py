@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from contend.errors import ConfigError
 from contend.flags import flag_names, resolve_flags
 from contend.load.config import BatchedPost, PullWorkers
+from contend.stack.command import ENV_NAME
 from contend.thresholds import Threshold, did_you_mean
 
 Scalar = bool | int | float | str
@@ -30,7 +32,8 @@ class Variant:
 
     name: str
     flags: dict[str, str]
-    """Every flag of the reference server (empty for an external target)."""
+    """Every flag of the reference server; a command target's environment variables; empty for an
+    external target."""
     workloads: tuple[BatchedPost | PullWorkers, ...]
     baseline: bool
     repetitions: int
@@ -45,10 +48,13 @@ class Variant:
 class ScenarioError(ConfigError):
     """A ConfigError about one key of the scenario; ``path`` is that key's location."""
 
-    def __init__(self, path: Sequence[str | int], message: str, hint: str | None = None) -> None:
+    def __init__(self, path: Sequence[str | int], message: str, hint: str | None = None,
+                 also: Sequence[ScenarioError] = ()) -> None:
         super().__init__(f"{key_path(path)}: {message}", hint=hint)
         self.path = tuple(path)
         self.detail = message
+        self.also = tuple(also)
+        """More errors found at the same time (each missing piece of a command target)."""
 
 
 def key_path(path: Sequence[str | int]) -> str:
@@ -149,3 +155,20 @@ def variant_flags(path: KeyPath, *, target_preset: str | None, own_preset: str |
     where = (*path, "preset") if own_preset else ("target", "preset")
     resolved: dict[str, str] = located(where, resolve_flags, own_preset or target_preset, overrides)
     return resolved
+
+
+def command_flags(path: KeyPath, target_flags: Mapping[str, Scalar], own_flags: Mapping[str, Scalar]
+                  ) -> dict[str, str]:
+    """Return the flags of one variant of a command target (environment variables of its commands):
+    the target's, then the variant's own."""
+    matrix = path == ("matrix",)
+    flags: dict[str, str] = {}
+    for name, value, at in [
+        *[(k, v, ("target", "flags", k)) for k, v in target_flags.items()],
+        *[(k, v, ("matrix", k) if matrix else (*path, "flags", k)) for k, v in own_flags.items()],
+    ]:
+        if not re.fullmatch(ENV_NAME, name):
+            raise ScenarioError(at, f"{name!r} cannot name an environment variable",
+                                hint="letters, digits and _, not starting with a digit")
+        flags[name] = value_text(value)
+    return flags

@@ -222,6 +222,8 @@ class CommandStack(Lifecycle):
         self._wait_ready()
         if self.fixtures_command is not None and not self.stop_event.is_set():
             self.fixtures = self._read_fixtures()
+            if self.fixtures.token_env:
+                self.secret_envs += (self.fixtures.token_env,)
 
     def _wait_ready(self) -> None:
         assert self.up is not None and self.up.proc is not None

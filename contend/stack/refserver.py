@@ -36,6 +36,8 @@ class RefServerOptions:
     worker_concurrency: int | None = None
     jobs: int = 1
     images_per_job: int = 100
+    token_env: str | None = None
+    """The variable holding the API key the fixtures create; none: a throw-away key."""
 
     def resolved_flags(self) -> dict[str, str]:
         """Return every flag's value; explicit process counts win over the flags."""
@@ -61,7 +63,7 @@ class RefServer(Lifecycle):
         self.port = 0
         # A throw-away key for this local server; it reaches the setup process through its
         # environment only and is never logged.
-        self.token = secrets.token_hex(20)
+        self.token = os.environ.get(options.token_env or "") or secrets.token_hex(20)
         self.fixtures: dict[str, Any] = {}
         self.web: list[ManagedProcess] = []
         self.workers: list[ManagedProcess] = []

@@ -1,0 +1,93 @@
+"""The command target in a scenario file: each missing piece explained at its line, flags as environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contend.errors import ConfigError
+from contend.scenario import CommandTarget, describe_variants, load_scenario, parse_scenario
+from tests.conftest import CONTEND
+
+GOOD = """\
+name: mine
+target:
+  kind: command
+  cwd: .
+  up: [docker, compose, up, -d]
+  ready: {url: "http://127.0.0.1:8000/api/v2/", timeout_s: 300, log: [docker, compose, logs, --tail, "30"]}
+  fixtures: {run: "docker compose exec -T django python manage.py fixtures | tail -1", shell: true}
+  down: {run: [docker, compose, down], timeout_s: 60}
+  flags: {WEB_CONCURRENCY: 2}
+  token_env: ANTENNA_TOKEN
+workloads:
+  - {kind: batched_post, batch: 5}
+matrix:
+  JOB_LOG_PERSIST_ENABLED: [true, false]
+  NATS_TASK_TTR: [30, 300]
+"""
+
+
+def test_a_command_target_expands_its_flags_into_each_variants_environment() -> None:
+    scenario = parse_scenario(GOOD)
+    assert isinstance(scenario.target, CommandTarget)
+    variants = scenario.expand()
+    assert [v.flags for v in variants][:2] == [
+        {"WEB_CONCURRENCY": "2", "JOB_LOG_PERSIST_ENABLED": "true", "NATS_TASK_TTR": "30"},
+        {"WEB_CONCURRENCY": "2", "JOB_LOG_PERSIST_ENABLED": "true", "NATS_TASK_TTR": "300"},
+    ]
+    lines = describe_variants(scenario)
+    assert lines[1] == "  target: commands up, ready, fixtures, down, in ."
+    # Every flag is shown, even one equal to a reference-server default: this is not that server.
+    assert "JOB_LOG_PERSIST_ENABLED=true" in lines[2]
+
+
+def test_validate_explains_each_missing_piece_with_its_line(tmp_path: Path) -> None:
+    import subprocess
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\ntarget:\n  kind: command\n  dsn_env: null\nworkloads:\n"
+                    "  - {kind: batched_post, batch: 5}\n  - {kind: pull_workers}\n")
+    out = subprocess.run([*CONTEND, "validate", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith(f"Error: {path}:2: target.up: missing: the command that starts your server")
+    assert lines[1].startswith(f"{path}:2: target.ready: missing: how contend knows the server is up")
+    assert lines[2].startswith(f"{path}:2: target.base_url: missing: where the load goes")
+    assert lines[3].startswith(f"{path}:4: target.dsn_env: missing:")
+    assert lines[4].startswith(f"{path}:6: workloads[0].job: missing: the job the POSTs go to")
+    assert lines[5].startswith(f"{path}:7: workloads[1].pipeline_slug: missing: the pipeline")
+
+
+@pytest.mark.parametrize(("change", "where", "what"), [
+    ("  up: docker compose up -d\n", ":4: target.up", "a string needs shell: true"),
+    ("  base_url: http://10.1.2.3:8000\n", ":4: target.base_url", "not a loopback address"),
+    ("  ready: {url: 'http://example.org/'}\n", ":4: target.ready.url", "not a loopback address"),
+    ("  ready: {timeout_s: 5}\n", ":4: target.ready", "either url"),
+    ("  preset: pr-1261\n", ":4: target.preset", "unknown key"),
+    ("  flags: {'bad name': 1}\n", ":4: target.flags.bad name", "cannot name an environment variable"),
+    ("  token_env: 0123abcdef\n", ":4: target.token_env", "never the secret itself"),
+])
+def test_mistakes_of_a_command_target_point_at_their_line(change: str, where: str, what: str) -> None:
+    keys = {"up": "  up: [run-it]\n", "ready": "  ready: {url: 'http://127.0.0.1:8000/'}\n",
+            "base_url": "  base_url: http://127.0.0.1:8000\n"}
+    key = change.split(":")[0].strip()
+    keys.pop(key, None)
+    text = ("name: mine\ntarget:\n  kind: command\n" + change + "".join(keys.values())
+            + "workloads:\n  - {kind: batched_post, batch: 5, job: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_scenario(text, "mine.yaml")
+    assert f"mine.yaml{where}" in caught.value.message and what in caught.value.message
+
+
+def test_a_variant_preset_needs_an_embedded_target() -> None:
+    text = GOOD.split("matrix:")[0] + "variants:\n  - {name: a, preset: pr-1261}\n"
+    with pytest.raises(ConfigError, match=r":14: variants\[0\].preset: presets need an embedded target"):
+        parse_scenario(text, "mine.yaml")
+
+
+def test_the_shipped_black_box_scenario_validates() -> None:
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "byo-refserver.yaml")
+    assert isinstance(scenario.target, CommandTarget)
+    assert [v.flags["JOB_LOG_PERSIST_ENABLED"] for v in scenario.expand()] == ["true", "false"]
