@@ -39,7 +39,18 @@ def fail(error: BaseException) -> NoReturn:
     sys.exit(int(exit_code(error)))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ContendGroup(click.Group):
+    """The command group, mapping contend's errors itself: ``CliRunner`` sees what a user sees."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ContendError, KeyboardInterrupt) as error:
+            fail(error)
+
+
+@click.group(cls=ContendGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="contend")
 def cli() -> None:
     """contend: load tests and row-lock contention diagnostics for Postgres-backed job systems.

@@ -119,7 +119,7 @@ MISTAKES = [
     (W + "  - [\n", "s.yaml:5: invalid YAML: expected the node content, but found '<stream end>'",
      "check the indentation and the quoting around this line"),
     ("- a\n", "s.yaml:1: a scenario is a mapping of keys (name:, workloads:, ...)", None),
-    ("", "s.yaml: the file is empty", None),
+    ("", "s.yaml:1: the file is empty", None),
     # flags, checked by contend.flags
     (W + "variants:\n  - name: a\n    flags: {JOB_LOG_PERSIST_ENABLD: true}\n",
      "s.yaml:6: variants[0].flags.JOB_LOG_PERSIST_ENABLD: unknown flag 'JOB_LOG_PERSIST_ENABLD' "

@@ -41,11 +41,17 @@ def load_scenario(path: Path | str) -> Scenario:
     """Return the validated scenario in ``path``; ConfigError (with file:line) for any mistake."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file", hint="give the path of a scenario YAML file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read it ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x})",
+                          hint="save the scenario as UTF-8") from None
     return parse_scenario(text, str(path))
 
 
@@ -73,41 +79,83 @@ def dump_scenario(scenario: Scenario) -> str:
     return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+MAX_DEPTH = 64
+"""Nesting deeper than this is no scenario; PyYAML's composer recurses and would overflow the stack."""
+MAX_NODES = 100_000
+"""Keys and items, aliases counted each time they are used (a few aliases can multiply a file)."""
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
     """Return the YAML data and the line (1-based) of every key and list item, by key path."""
-    loader = _Loader(text)
+    loader = None
     try:
+        _check_depth(text, source)
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
-            raise ConfigError(f"{source}: the file is empty", hint=DOCS_HINT)
+            raise ConfigError(f"{source}:1: the file is empty", hint=DOCS_HINT)
         lines: dict[tuple[str | int, ...], int] = {(): node.start_mark.line + 1}
-        _index(node, (), lines, source)
+        _index(node, (), lines, source, set())
         return loader.construct_document(node), lines
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}{line}: invalid YAML: {error.problem or error.context}",
                           hint="check the indentation and the quoting around this line") from None
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow (NUL, most controls)
+        row = text.count("\n", 0, error.position) + 1
+        raise ConfigError(f"{source}:{row}: invalid YAML: character {chr(error.character)!r} is not allowed",
+                          hint="remove the control character (a scenario is plain text)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: invalid YAML: {error}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Raise ConfigError at the line where collections nest deeper than MAX_DEPTH (parser events:
+    no recursion, so this runs before the composer could overflow)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                row = event.start_mark.line + 1 if event.start_mark else 1
+                raise ConfigError(f"{source}:{row}: lists and mappings nest more "
+                                  f"than {MAX_DEPTH} levels deep", hint=DOCS_HINT)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _index(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int],
-           source: str) -> None:
+           source: str, open_nodes: set[int]) -> None:
+    if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        return
+    line = node.start_mark.line + 1
+    if id(node) in open_nodes:  # an alias inside the collection it names: a: &a [*a]
+        raise ConfigError(f"{source}:{line}: {key_path(path)}: an alias refers to the list or mapping "
+                          "that contains it (the value would be infinite)", hint="remove the alias")
+    if len(lines) > MAX_NODES:
+        raise ConfigError(f"{source}:{line}: {key_path(path)}: more than {MAX_NODES} keys and items "
+                          "(counting what aliases repeat)", hint="a scenario needs far fewer; remove aliases")
+    open_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise ConfigError(f"{source}:{key.start_mark.line + 1}: {key_path(path)}: a key must be "
+                                  "a word, not a list or mapping", hint=DOCS_HINT)
             here = (*path, key.value)
             if here in lines:
                 raise ConfigError(f"{source}:{key.start_mark.line + 1}: {key_path(here)}: duplicate key "
                                   f"(first at line {lines[here]})", hint="remove one of the two")
             lines[here] = key.start_mark.line + 1
-            _index(value, here, lines, source)
-    elif isinstance(node, yaml.SequenceNode):
+            _index(value, here, lines, source, open_nodes)
+    else:
         for i, item in enumerate(node.value):
             lines[(*path, i)] = item.start_mark.line + 1
-            _index(item, (*path, i), lines, source)
+            _index(item, (*path, i), lines, source, open_nodes)
+    open_nodes.discard(id(node))
 
 
 def _known_prefix(loc: Sequence[str | int], lines: Mapping[tuple[str | int, ...], int]

@@ -23,6 +23,7 @@ from contend.stack.command import ENV_NAME
 from contend.thresholds import Threshold, did_you_mean
 
 Scalar = bool | int | float | str
+_WORD = re.compile(r"[\w.=,+:@*/-]+")
 KeyPath = tuple[str | int, ...]
 
 
@@ -61,7 +62,11 @@ def key_path(path: Sequence[str | int]) -> str:
     """Return ``workloads[0].concurrency`` for ``("workloads", 0, "concurrency")``."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        word = str(part) if _WORD.fullmatch(str(part)) else repr(part)  # ' ', 'a b', '' stay visible
+        text += f".{word}" if text else word
     return text or "(top level)"
 
 
