@@ -183,20 +183,29 @@ def test_real_tasks_round_trip_saves_detections_and_acks(api):
     result = json.loads(json.dumps(EXAMPLE_BODY["results"][0]["result"]))
     result["source_images"] = [{"id": ok["image_id"], "url": ok["image_url"]}]
     result["detections"][0]["source_image_id"] = ok["image_id"]
-    body = {"results": [{"reply_subject": ok["reply_subject"], "result": result},
-                        {"reply_subject": failed["reply_subject"],
-                         "result": {"error": "failed to load image", "image_id": failed["image_id"]}}]}
-    assert api.result(job, body).status_code == 200
 
-    # Acked at the end of each result task: nothing of this job is pending an ack any more.
+    def process_counts() -> dict[str, int]:
+        process = api.sql("SELECT progress FROM jobs_job WHERE id = %s", job)[0][0]["stages"][1]
+        return {p["key"]: p["value"] for p in process["params"]}
+
+    # One result at a time. Two results in flight go to the two result workers at once, and under
+    # PROGRESS_LOCK=none (this stack's preset) the job row keeps whichever worker wrote last, with
+    # the counts that worker read, possibly before the other's result: "processed 1, remaining 3".
+    # That lost update is what the preset reproduces (test_sample_final measures it), not a promise.
+    assert api.result(job, {"results": [{"reply_subject": ok["reply_subject"], "result": result}]}
+                      ).status_code == 200
+    # Acked at the very end of the result task, after its progress writes committed.
+    wait_for(lambda: api.consumer(job)["num_ack_pending"] == 1, timeout=30)
+    assert process_counts() == {"processed": 1, "remaining": 3, "failed": 0}
+    error = {"error": "failed to load image", "image_id": failed["image_id"]}
+    assert api.result(job, {"results": [{"reply_subject": failed["reply_subject"], "result": error}]}
+                      ).status_code == 200
     wait_for(lambda: api.consumer(job)["num_ack_pending"] == 0, timeout=30)
+    assert process_counts() == {"processed": 2, "remaining": 2, "failed": 1}
     assert api.consumer(job)["ack_floor"]["stream_seq"] >= 2
     assert api.sql("SELECT count(*) FROM main_detection d "
                    "JOIN main_classification c ON c.detection_id = d.id "
                    "WHERE d.source_image_id = %s", int(ok["image_id"]))[0][0] == 1
-    process = api.sql("SELECT progress FROM jobs_job WHERE id = %s", job)[0][0]["stages"][1]
-    params = {p["key"]: p["value"] for p in process["params"]}
-    assert params == {"processed": 2, "remaining": 2, "failed": 1}
     # Both messages were acked, so the two other images are all that is left to hand out.
     rest = api.tasks(job, 10)
     assert len(rest) == 2 and not {t["image_id"] for t in rest} & {ok["image_id"], failed["image_id"]}
