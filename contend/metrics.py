@@ -6,14 +6,22 @@ defines them. It imports nothing, so `contend validate` and `contend gate` need 
 
 from __future__ import annotations
 
+# Postgres and queue metrics cover the load and its drain ("whole": first request to the end of the
+# drain); each metric of PHASE_SPLIT also exists for the load alone and the drain alone.
 MEANINGS: dict[str, str] = {
-    "edges_max": "blocker-chain edges (blocked, blocking) pairs, max over the load window",
-    "edges_p95": "blocker-chain edges, p95 over the load window",
-    "blocked_max": "backends waiting on a lock, max over the load window",
-    "blocked_p95": "backends waiting on a lock, p95 over the load window",
-    "depth_max": "longest wait-for chain, max over the load window",
-    "idle_in_tx_max": "idle-in-transaction backends, max over the load window",
+    "edges_max": "blocker-chain edges (blocked, blocking) pairs, max over load and drain",
+    "edges_p95": "blocker-chain edges, p95 over load and drain",
+    "blocked_max": "backends waiting on a lock, max over load and drain",
+    "blocked_p95": "backends waiting on a lock, p95 over load and drain",
+    "depth_max": "longest wait-for chain, max over load and drain",
+    "idle_in_tx_max": "idle-in-transaction backends, max over load and drain",
     "idle_in_tx_max_age_s": "oldest idle-in-transaction transaction (s)",
+    "lock_waits": "distinct lock waits the sampler saw (pg_locks.waitstart), load and drain",
+    "lock_wait_p50_s": "lock wait duration p50 (s), from waitstart to the last tick that saw it",
+    "lock_wait_p95_s": "lock wait duration p95 (s)",
+    "lock_wait_max_s": "lock wait duration max (s)",
+    "blocked_seconds": "seconds backends spent waiting on locks (Σ over waits, from waitstart)",
+    "queue_max": "results queued in ml_results, max over load and drain",
     "posts_ok": "result POSTs that succeeded",
     "posts_total": "result POSTs sent",
     "post_ok_ratio": "posts_ok / posts_total",
@@ -21,10 +29,14 @@ MEANINGS: dict[str, str] = {
     "latency_p95_s": "result POST latency p95 (s), timeouts included",
     "latency_p99_s": "result POST latency p99 (s), timeouts included",
     "latency_max_s": "result POST latency max (s)",
-    "results_per_s": "results accepted per second of load",
+    "results_accepted_per_s": "results accepted by the POSTs per second of load",
+    "results_processed_per_s": "images with results written, per second from first POST to end of drain",
+    "drain_s": "last POST response to the result workers idle (s)",
+    "drain_timed_out": "1 when the drain hit drain_timeout_s",
+    "job_done_s": "first POST to the last job's final status (s)",
     "redeliveries": "NATS redeliveries of job tasks",
     "dup_tasks": "tasks a load process had received before",
-    "dup_results": "results posted again for an image",
+    "duplicate_results": "results posted again for an image (redelivered tasks)",
     "timeouts": "requests that timed out",
     "requests_total": "requests of every kind",
     "requests_failed": "requests with an error",
@@ -35,7 +47,21 @@ MEANINGS: dict[str, str] = {
     "first_result_s_p50": "load start to a job's first successful result POST, p50 over started jobs (s)",
     "first_result_s_max": "the same, max over target jobs; a starved job counts the load's length (s)",
     "lost_updates": "result counts missing from the jobs' progress against the rows the workers wrote",
+    "pg_lock_waits_logged": "lock waits Postgres logged (longer than deadlock_timeout), load and drain",
+    "lock_wait_coverage": "share of the logged lock waits the sampler saw",
+    "pg_deadlocks": "'deadlock detected' errors Postgres logged",
+    "pg_statement_timeouts": "'canceling statement due to statement timeout' errors Postgres logged",
+    "pg_too_many_clients": "'too many clients already' connection refusals Postgres logged",
+    "http_5xx": "requests answered with a server error (HTTP 5xx)",
+    "http_5xx_at_pg_error": "of those, requests in flight when Postgres logged an error",
 }
+
+PHASE_SPLIT: tuple[str, ...] = (
+    "edges_max", "blocked_max", "depth_max", "idle_in_tx_max", "lock_waits", "blocked_seconds", "queue_max",
+)
+for _metric in PHASE_SPLIT:
+    MEANINGS[f"{_metric}_load"] = f"{_metric}, load only (first request to last response)"
+    MEANINGS[f"{_metric}_drain"] = f"{_metric}, drain only (last response to the workers idle)"
 
 METRICS: tuple[str, ...] = tuple(MEANINGS)
 
@@ -44,7 +70,9 @@ BETTER: dict[str, int] = {m: -1 for m in METRICS} | {
     "posts_ok": 1,
     "posts_total": 0,
     "post_ok_ratio": 1,
-    "results_per_s": 1,
+    "results_accepted_per_s": 1,
+    "results_processed_per_s": 1,
+    "lock_wait_coverage": 0,
     "requests_total": 0,
     "jobs_started": 1,
 }

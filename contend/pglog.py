@@ -1,9 +1,11 @@
 """What Postgres itself reported: the events of an embedded server's log, parsed.
 
-The embedded server logs with ``log_line_prefix = '%m [%p] '`` in UTC (contend/stack/postgres.py),
+The embedded server logs with ``log_line_prefix = '%m [%p] [%a] '`` in UTC (contend/stack/postgres.py),
 ``log_lock_waits = on`` (one line when a lock wait passes ``deadlock_timeout``, one when it ends) and
 every ERROR and FATAL. This module turns those lines into events, one source independent of the
-samplers (docs/metrics.md, "What Postgres itself reports"). Pure: no I/O but reading one file.
+samplers; the samplers' own errors (application ``contend-sampler``, e.g. a tick cancelled by its
+statement timeout) are left out (docs/metrics.md, "What Postgres itself reports"). Pure: no I/O
+but reading one file.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-# "2026-11-30 10:20:01.123 UTC [12345] LOG:  process 12345 still waiting for ..."
+# "2026-11-30 10:20:01.123 UTC [12345] [app] LOG:  process 12345 still waiting for ..." (app optional)
 _LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (?P<tz>[A-Z]+|[+-]\d+) \[(?P<pid>\d+)\] "
-    r"(?P<level>[A-Z]+\d?):\s+(?P<message>.*)$"
+    r"(?:\[(?P<app>.*?)\] )?(?P<level>[A-Z]+\d?):\s+(?P<message>.*)$"
 )
+OWN_APPLICATION = "contend-sampler"
 _STILL_WAITING = re.compile(
     r"^process (?P<pid>\d+) still waiting for (?P<mode>\w+) on (?P<object>.+?) after (?P<ms>[\d.]+) ms"
 )
@@ -101,7 +104,7 @@ def parse_lines(lines: Iterable[str]) -> ServerLog:
                 if key in open_waits:
                     _, logged = open_waits.pop(key)
                     waits.append(LockWait(key[0], t - float(done["ms"]) / 1000.0, logged, t, key[1], key[2]))
-        elif level in ("ERROR", "FATAL"):
+        elif level in ("ERROR", "FATAL") and match["app"] != OWN_APPLICATION:
             for prefix, kind in ERRORS.items():
                 if message.startswith(prefix):
                     events.append(ServerEvent(t, pid, kind, message))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,36 @@ def expected(folder: Path) -> dict:
         if n["stream"] != "ml_results":
             key = (n["stream"], n["consumer"])
             per_consumer[key] = max(per_consumer.get(key, 0), n["num_redelivered"])
+    queue = [n["num_pending"] for n in nats if n["stream"] == "ml_results" and start <= n["t"] <= end]
+    # Without phases in meta.json (no drain recorded) the whole window is the load window; the
+    # synthetic ticks time no lock waits and the folder has no server log.
+    whole = {
+        "edges_max": max(t["edges"] for t in window),
+        "blocked_max": max(t["blocked"] for t in window),
+        "depth_max": max(t["depth"] for t in window),
+        "idle_in_tx_max": max(t["idle_in_tx"] for t in window),
+        "lock_waits": 0,
+        "blocked_seconds": 0,
+        "queue_max": max(queue),
+    }
     return {
+        **whole,
+        **{f"{m}_load": v for m, v in whole.items()},
+        **{f"{m}_drain": None for m in whole},
+        "lock_wait_p50_s": None,
+        "lock_wait_p95_s": None,
+        "lock_wait_max_s": None,
+        "results_processed_per_s": None,
+        "drain_s": None,
+        "drain_timed_out": None,
+        "job_done_s": None,
+        "pg_lock_waits_logged": None,
+        "lock_wait_coverage": None,
+        "pg_deadlocks": None,
+        "pg_statement_timeouts": None,
+        "pg_too_many_clients": None,
+        "http_5xx": sum(1 for r in reqs if r["status"] >= 500),
+        "http_5xx_at_pg_error": None,
         "edges_max": max(t["edges"] for t in window),
         "edges_p95": float(np.percentile([t["edges"] for t in window], 95)),
         "blocked_max": max(t["blocked"] for t in window),
@@ -51,10 +81,10 @@ def expected(folder: Path) -> dict:
         "latency_p95_s": float(np.percentile(latency, 95)),
         "latency_p99_s": float(np.percentile(latency, 99)),
         "latency_max_s": float(latency.max()),
-        "results_per_s": sum(r["results"] for r in ok) / (end - start),
+        "results_accepted_per_s": sum(r["results"] for r in ok) / (end - start),
         "redeliveries": sum(per_consumer.values()),
         "dup_tasks": sum(r["dup_tasks"] for r in reqs),
-        "dup_results": sum(r["dup_results"] for r in reqs),
+        "duplicate_results": sum(r["dup_results"] for r in reqs),
         "timeouts": sum(1 for r in reqs if r["error"] and "timeout" in r["error"].lower()),
         "requests_total": len(reqs),
         "requests_failed": sum(1 for r in reqs if r["error"] is not None),
@@ -129,7 +159,7 @@ def test_deltas_are_against_the_baseline_and_unknown_without_spread(run_dir):
         assert delta["real"] is None
 
 
-def test_repetitions_give_median_spread_and_real_only_outside_it(repeated_dir):
+def test_repetitions_give_median_spread_and_a_bootstrap_interval_of_each_delta(repeated_dir):
     summary = summarize(load_run(repeated_dir))
     for name in ("logs-on", "logs-off"):
         per_rep = [expected(repeated_dir / "variants" / f"{name}~r{k}") for k in (1, 2, 3)]
@@ -141,9 +171,14 @@ def test_repetitions_give_median_spread_and_real_only_outside_it(repeated_dir):
             assert entry["spread"][metric] == pytest.approx([min(values), max(values)], rel=1e-5)
     on, off = summary["variants"]["logs-on"], summary["variants"]["logs-off"]
     for metric, delta in off["deltas"].items():
+        # Three repetitions each: a 95 % bootstrap interval of the difference; real when it excludes 0.
+        low, high = delta["ci"]
+        assert low <= delta["abs"] <= high, metric
+        assert delta["real"] is (low > 0 or high < 0), metric
         lo, hi = off["spread"][metric]
         blo, bhi = on["spread"][metric]
-        assert delta["real"] is (lo > bhi or hi < blo), metric
+        if lo > bhi or hi < blo:  # ranges apart: every resampled difference has the same sign
+            assert delta["real"] is True, metric
     assert off["deltas"]["edges_max"]["real"] is True
 
 
@@ -168,6 +203,62 @@ def test_a_killed_run_still_loads_and_says_what_is_missing(run_dir, tmp_path):
     assert off["status"] == "partial" and off["metrics"]["redeliveries"] is None
     assert any("nats.jsonl missing" in n for n in off["notes"])
     assert off["metrics"]["posts_total"] == expected(run_dir / "variants" / "logs-off")["posts_total"]
+
+
+def test_a_run_whose_writer_is_gone_reads_as_interrupted_not_running(run_dir, tmp_path):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    folder = tmp_path / "killed"
+    shutil.copytree(run_dir, folder)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    running = meta | {"status": "running", "ended": None, "host": platform.node()}
+    variant_meta = folder / "variants" / "logs-off" / "meta.json"
+    (variant_meta).write_text(json.dumps(json.loads(variant_meta.read_text()) | {"status": "running"}))
+    (folder / "meta.json").write_text(json.dumps(running | {"pid": int(gone.stdout)}))
+    summary = summarize(load_run(folder))
+    assert summary["status"] == "interrupted"
+    assert summary["variants"]["logs-off"]["status"] == "interrupted"
+    assert "killed" in summary["variants"]["logs-off"]["reason"]
+    # While its writer runs (this process stands in for it), the same folder is still running.
+    now = datetime.now(UTC).isoformat()
+    (folder / "meta.json").write_text(json.dumps(running | {"pid": os.getpid(), "started": now}))
+    assert summarize(load_run(folder))["status"] == "running"
+
+
+def test_postgres_and_queue_metrics_cover_load_and_drain_and_each_apart(run_dir, tmp_path):
+    folder = tmp_path / "drained"
+    shutil.copytree(run_dir, folder)
+    variant = folder / "variants" / "logs-on"
+    reqs = [r for p in sorted((variant / "load").glob("requests-*.jsonl")) for r in lines(p)]
+    ticks = lines(variant / "samples" / "pg_ticks.jsonl")
+    start, end = min(r["t0"] for r in reqs), max(r["t1"] for r in reqs)
+    # The load ends 10 s before the last tick; say the drain took those 10 s and wrote 180 images.
+    load_end = ticks[-1]["t"] - 10.0
+    kept = [r for r in reqs if r["t1"] <= load_end]
+    for path in (variant / "load").glob("requests-*.jsonl"):
+        path.unlink()
+    (variant / "load" / "requests-w0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    start, end = min(r["t0"] for r in kept), max(r["t1"] for r in kept)
+    drain_end = ticks[-1]["t"]
+    meta = json.loads((variant / "meta.json").read_text())
+    meta["phases"] = {"load": {"start": start - 0.1, "end": end + 0.01},
+                      "drain": {"start": end + 0.01, "end": drain_end, "timed_out": False, "processed": 180}}
+    (variant / "meta.json").write_text(json.dumps(meta))
+    entry = summarize(load_run(folder))["variants"]["logs-on"]["metrics"]
+    in_load = [t["edges"] for t in ticks if start <= t["t"] <= end]
+    in_drain = [t["edges"] for t in ticks if end <= t["t"] <= drain_end]
+    assert entry["edges_max_load"] == max(in_load) and entry["edges_max_drain"] == max(in_drain)
+    assert entry["edges_max"] == max(in_load + in_drain)
+    assert entry["drain_s"] == pytest.approx(drain_end - end)
+    assert entry["drain_timed_out"] == 0
+    assert entry["results_processed_per_s"] == pytest.approx(180 / (drain_end - start))
+    ok = [r for r in kept if r["kind"] == "result" and r["error"] is None]
+    assert entry["results_accepted_per_s"] == pytest.approx(sum(r["results"] for r in ok) / (end - start))
 
 
 def test_a_variant_without_any_records_still_summarizes(run_dir, tmp_path):
@@ -267,6 +358,22 @@ def test_downsampling_keeps_every_spike():
         2500.0: 30,
         5999.0: 4,
     }
+
+
+def test_redeliveries_are_cumulative_though_nats_counts_only_those_awaiting_their_ack():
+    from contend.analysis import redeliveries
+
+    # num_redelivered rises to 3 and falls back as the redelivered tasks are acked; delivered (every
+    # delivery) minus delivered_stream (each task once) keeps the total.
+    rows = [
+        {"t": t, "stream": "job_1", "consumer": "c", "num_pending": 0, "delivered": delivered,
+         "delivered_stream": stream, "num_redelivered": awaiting}
+        for t, delivered, stream, awaiting in (
+            (1.0, 10, 10, 0), (2.0, 13, 10, 3), (3.0, 15, 12, 1), (4.0, 16, 12, 0))
+    ]
+    nats = pd.DataFrame(rows)
+    assert redeliveries(nats) == 4
+    assert nats_series(nats)["redelivered"].tolist() == [0.0, 3.0, 3.0, 4.0]
 
 
 def test_nats_series_sums_redeliveries_of_job_consumers_only():

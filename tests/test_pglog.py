@@ -24,6 +24,8 @@ LINES = [
     f"{P}6.000 UTC [104] FATAL:  sorry, too many clients already",
     f"{P}7.000 UTC [105] ERROR:  canceling statement due to statement timeout",
     f"{P}7.000 UTC [105] STATEMENT:  SELECT pg_sleep(1)",
+    f"{P}8.000 UTC [106] [contend-sampler] ERROR:  canceling statement due to statement timeout",  # ours
+    f"{P}8.500 UTC [107] [[unknown]] ERROR:  deadlock detected",
 ]
 
 
@@ -34,7 +36,7 @@ def test_parse_lines_times_each_wait_and_counts_each_error() -> None:
     assert first.end is not None and first.end - first.start == pytest.approx(2.5)
     assert first.logged - first.start == pytest.approx(1.0)
     assert (second.pid, second.end) == (102, None)  # never acquired in this log
-    assert log.counts() == {"lock_wait": 2, "deadlock": 1, "statement_timeout": 1, "lock_timeout": 0,
+    assert log.counts() == {"lock_wait": 2, "deadlock": 2, "statement_timeout": 1, "lock_timeout": 0,
                             "too_many_clients": 1, "idle_in_tx_timeout": 0}
 
 

@@ -215,6 +215,8 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
     from contend.report.tables import VERDICT_ROWS, verdict_rows
 
     summary = json.loads((run_dir / "summary.json").read_text())
+    for entry in summary["variants"].values():  # server errors have rows of their own (test below)
+        entry["metrics"].update(http_5xx=0)
     # The synthetic run has one job: the table keeps the seed's shape.
     assert verdict_rows(summary) == VERDICT_ROWS
     assert "starved jobs" not in (run_dir / "report.md").read_text()
@@ -235,3 +237,9 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
         entry["metrics"]["lost_updates"] = lost
     assert verdict_rows(summary)[-1][0] == "lost_updates"
     assert "| lost count updates | 0 | 12 |" in render_markdown(summary, {})
+    # What Postgres logged joins it once a variant has some: here one deadlock and two 5xx.
+    for entry, deadlocks in zip(summary["variants"].values(), (0, 1), strict=True):
+        entry["metrics"].update(pg_deadlocks=deadlocks, http_5xx=2 * deadlocks)
+    assert verdict_rows(summary)[-5][0] == "pg_deadlocks"
+    md = render_markdown(summary, {})
+    assert "| Postgres: deadlock detected | 0 | 1 |" in md and "| server errors (HTTP 5xx) | 0 | 2 |" in md

@@ -103,13 +103,16 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
         assert metrics["latency_p95_s"] == pytest.approx(_p95(latencies), rel=1e-3, abs=1e-3)
         assert metrics["latency_max_s"] == pytest.approx(max(latencies), rel=1e-3, abs=1e-3)
         tick_lines = (folder / "samples" / "pg_ticks.jsonl").read_text().splitlines()
-        # Postgres figures cover the load window: first request start to last response.
+        # Postgres figures cover the load and its drain: first request start to the drain's end.
         start = min(float(r["t0"]) for r in _records(folder))  # type: ignore[arg-type]
         end = max(float(r["t1"]) for r in _records(folder))  # type: ignore[arg-type]
-        ticks = [t for t in map(json.loads, tick_lines) if start <= t["t"] <= end]
+        meta = json.loads((folder / "meta.json").read_text())
+        drain_end = meta["phases"]["drain"]["end"]
+        ticks = [t for t in map(json.loads, tick_lines) if start <= t["t"] <= drain_end]
         assert ticks, "the Postgres sampler wrote ticks during the load"
         assert metrics["edges_max"] == max(t["edges"] for t in ticks)
-        meta = json.loads((folder / "meta.json").read_text())
+        assert metrics["edges_max_load"] == max(t["edges"] for t in ticks if t["t"] <= end)
+        assert metrics["drain_s"] == pytest.approx(drain_end - end, abs=1e-3)
         assert meta["status"] == "ok" and meta["flags"]["JOB_LOG_PERSIST_ENABLED"] == (
             "true" if name == "logs-on" else "false")
         # The final counts probe ran before the stack stopped; error results add no counts to lose.

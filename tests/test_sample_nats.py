@@ -43,7 +43,7 @@ def test_consumer_progress_and_results_queue_depth(tmp_path: Path) -> None:
     assert set(by_stream) == {"job_7", "ml_results"}  # "unrelated" is not watched
     assert by_stream["job_7"] == {
         "t": 123.0, "stream": "job_7", "consumer": "job-7-consumer", "delivered": 2, "ack_floor": 1,
-        "num_pending": 3, "num_ack_pending": 1, "num_redelivered": 0,
+        "num_pending": 3, "num_ack_pending": 1, "num_redelivered": 0, "delivered_stream": 2,
     }
     # No consumer on the work queue yet: its depth is the stream's message count.
     assert by_stream["ml_results"]["consumer"] is None

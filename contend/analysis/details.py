@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contend.analysis.metrics import cumulative_redeliveries
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun
 
 
@@ -78,13 +79,14 @@ def inflight(requests: pd.DataFrame, at: np.ndarray[Any, Any]) -> np.ndarray[Any
 
 
 def nats_series(nats: pd.DataFrame) -> pd.DataFrame:
-    """Per NATS sample time: ``queue`` (ml_results pending), ``redelivered`` (summed over job consumers)."""
+    """Per NATS sample time: ``queue`` (ml_results pending), ``redelivered`` (redeliveries so far,
+    summed over job consumers: cumulative, see ``cumulative_redeliveries``)."""
     if nats.empty:
         return pd.DataFrame({"t": [], "queue": [], "redelivered": []})
     n = nats.assign(t=nats["t"].astype(float).round(0))
     queue = n[n["stream"] == RESULTS_STREAM].groupby("t")["num_pending"].max()
-    jobs = n[n["stream"] != RESULTS_STREAM]
-    red = jobs.pivot_table(index="t", columns=["stream", "consumer"], values="num_redelivered", aggfunc="max")
+    jobs = cumulative_redeliveries(n)
+    red = jobs.pivot_table(index="t", columns=["stream", "consumer"], values="redelivered", aggfunc="max")
     red = red.sort_index().ffill().fillna(0).sum(axis=1) if not red.empty else pd.Series(dtype=float)
     frame = pd.DataFrame({"queue": queue, "redelivered": red}).sort_index()
     return frame.rename_axis("t").reset_index()

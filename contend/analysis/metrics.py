@@ -9,13 +9,15 @@ from typing import Any
 import pandas as pd
 
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun
-from contend.metrics import METRICS
+from contend.analysis.waits import coverage, wait_metrics
+from contend.metrics import METRICS, PHASE_SPLIT
+from contend.stats import bootstrap_interval, is_timeout, quantile
 
 REQUEST_METRICS = (
     "posts_ok",
     "posts_total",
     "dup_tasks",
-    "dup_results",
+    "duplicate_results",
     "timeouts",
     "requests_total",
     "requests_failed",
@@ -25,8 +27,7 @@ REQUEST_METRICS = (
     "first_result_s_max",
 )
 def _q(values: pd.Series, q: float) -> float | None:
-    values = values.dropna()
-    return None if values.empty else float(values.astype(float).quantile(q))
+    return quantile(values.dropna().astype(float).tolist(), q)
 
 
 def _max(values: pd.Series) -> float | None:
@@ -34,23 +35,18 @@ def _max(values: pd.Series) -> float | None:
     return None if values.empty else float(values.max())
 
 
-def _is_timeout(error: Any) -> bool:
-    return isinstance(error, str) and "timeout" in error.lower()
+def _within(frame: pd.DataFrame, window: tuple[float, float] | None, column: str = "t") -> pd.DataFrame:
+    if window is None or frame.empty:
+        return frame
+    return frame[(frame[column] >= window[0]) & (frame[column] <= window[1])]
 
 
-def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
-    """The metrics of one repetition (definitions in docs/records.md); None where there is no data."""
-    req = run.requests
-    window = run.window
-    ticks = run.ticks
-    if window is not None and not ticks.empty:
-        # Postgres metrics cover the load window only: warm-up and cool-down would dilute the p95.
-        inside = ticks[(ticks["t"] >= window[0]) & (ticks["t"] <= window[1])]
-        ticks = inside if not inside.empty else ticks
-    failed = req["error"].notna()
-    posts = req[req["kind"] == "result"]
-    posts_ok = posts[posts["error"].isna()]
-    duration = (window[1] - window[0]) if window else 0.0
+def _tick_metrics(run: VariantRun, window: tuple[float, float] | None) -> dict[str, float | int | None]:
+    """Postgres and queue metrics over one window (all ticks when it is None)."""
+    ticks = _within(run.ticks, window)
+    if window is not None and ticks.empty and window == run.whole_window:
+        ticks = run.ticks  # a window without a tick (a very short run): every tick rather than none
+    queue = _within(run.nats[run.nats["stream"] == RESULTS_STREAM], window)
     m: dict[str, float | int | None] = {
         "edges_max": _max(ticks["edges"]),
         "edges_p95": _q(ticks["edges"], 0.95),
@@ -59,6 +55,98 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         "depth_max": _max(ticks["depth"]),
         "idle_in_tx_max": _max(ticks["idle_in_tx"]),
         "idle_in_tx_max_age_s": _max(ticks["idle_in_tx_max_age"]),
+        "queue_max": _max(queue["num_pending"]) if not run.nats.empty else None,
+        **wait_metrics(run.waits, window),
+    }
+    for key in ("edges_max", "blocked_max", "depth_max", "idle_in_tx_max", "queue_max"):
+        if m[key] is not None:
+            m[key] = int(m[key])  # type: ignore[arg-type]
+    return m
+
+
+def phase_metrics(run: VariantRun) -> dict[str, float | int | None]:
+    """The Postgres and queue metrics of the load and of the drain apart (``<metric>_load``, ``_drain``)."""
+    out: dict[str, float | int | None] = {}
+    for suffix, window in (("load", run.window), ("drain", run.drain_window)):
+        values = _tick_metrics(run, window) if window is not None else {}
+        out |= {f"{metric}_{suffix}": values.get(metric) for metric in PHASE_SPLIT}
+    return out
+
+
+def throughput(run: VariantRun) -> dict[str, float | int | None]:
+    """Results accepted by the POSTs per second of load; results written by the workers per second of
+    load and drain; the drain's length; when the last job reached its final status."""
+    window, drain_window = run.window, run.drain_window
+    posts_ok = run.requests[(run.requests["kind"] == "result") & run.requests["error"].isna()]
+    accepted = float(posts_ok["results"].fillna(0).sum())
+    drain = run.phase("drain") or {}
+    processed = drain.get("processed")
+    m: dict[str, float | int | None] = {
+        "results_accepted_per_s": accepted / (window[1] - window[0])
+        if window and window[1] > window[0] else None,
+        "results_processed_per_s": None,
+        "drain_s": drain_window[1] - drain_window[0] if drain_window else None,
+        "drain_timed_out": int(bool(drain.get("timed_out"))) if drain_window else None,
+        "job_done_s": None,
+    }
+    if window and drain_window and isinstance(processed, int) and drain_window[1] > window[0]:
+        m["results_processed_per_s"] = processed / (drain_window[1] - window[0])
+    done = jobs_done(run)
+    if done and all(v is not None for v in done.values()):
+        m["job_done_s"] = max(v for v in done.values() if v is not None)
+    return m
+
+
+def jobs_done(run: VariantRun) -> dict[str, float | None]:
+    """Per job: first request to the job's final status (None: not final when the drain ended)."""
+    window = run.window
+    finished = run.meta.get("jobs_done") or {}
+    if window is None:
+        return {}
+    return {job: (float(t) - window[0] if t is not None else None) for job, t in finished.items()}
+
+
+def server_events(run: VariantRun) -> dict[str, float | int | None]:
+    """What Postgres logged during the load and drain, the HTTP 5xx, and the sampler's coverage of the
+    logged lock waits (None without a server log: an external server)."""
+    keys = ("pg_lock_waits_logged", "pg_deadlocks", "pg_statement_timeouts", "pg_too_many_clients",
+            "lock_wait_coverage")
+    requests = run.requests
+    errors = requests[pd.to_numeric(requests["status"], errors="coerce").fillna(0) >= 500]
+    m: dict[str, float | int | None] = {"http_5xx": len(errors) if not requests.empty else None}
+    log = run.server_log
+    window = run.whole_window
+    if log is None:
+        return m | dict.fromkeys(keys) | {"http_5xx_at_pg_error": None}
+    events = [e for e in log.events if window is None or window[0] <= e.t <= window[1]]
+    counts = {kind: sum(1 for e in events if e.kind == kind)
+              for kind in ("lock_wait", "deadlock", "statement_timeout", "too_many_clients")}
+    seen, logged = coverage(log.waits, run.waits, window)
+    error_times = sorted(e.t for e in events if e.kind != "lock_wait")
+    at_error = sum(1 for t0, t1 in zip(errors["t0"], errors["t1"], strict=True)
+                   if any(t0 <= t <= t1 for t in error_times))
+    return m | {
+        "http_5xx_at_pg_error": at_error,
+        "pg_lock_waits_logged": counts["lock_wait"],
+        "pg_deadlocks": counts["deadlock"],
+        "pg_statement_timeouts": counts["statement_timeout"],
+        "pg_too_many_clients": counts["too_many_clients"],
+        "lock_wait_coverage": seen / logged if logged else None,
+    }
+
+
+def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
+    """The metrics of one repetition (definitions in docs/records.md); None where there is no data.
+
+    Postgres and queue metrics cover the load and its drain (``whole_window``): warm-up and cool-down
+    would dilute the p95, and the result workers' contention happens after the POSTs return.
+    """
+    req = run.requests
+    failed = req["error"].notna()
+    posts = req[req["kind"] == "result"]
+    posts_ok = posts[posts["error"].isna()]
+    m: dict[str, float | int | None] = {
+        **_tick_metrics(run, run.whole_window),
         "posts_ok": len(posts_ok),
         "posts_total": len(posts),
         "post_ok_ratio": len(posts_ok) / len(posts) if len(posts) else None,
@@ -66,13 +154,13 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         "latency_p95_s": _q(posts["latency"], 0.95),
         "latency_p99_s": _q(posts["latency"], 0.99),
         "latency_max_s": _max(posts["latency"]),
-        "results_per_s": float(posts_ok["results"].fillna(0).sum()) / duration if duration > 0 else None,
+        **throughput(run),
         "redeliveries": redeliveries(run.nats)
         if not run.nats.empty or (run.folder / "samples" / "nats.jsonl").exists()
         else None,
         "dup_tasks": int(req["dup_tasks"].fillna(0).sum()),
-        "dup_results": int(req["dup_results"].fillna(0).sum()),
-        "timeouts": int(req["error"].map(_is_timeout).sum()),
+        "duplicate_results": int(req["dup_results"].fillna(0).sum()),
+        "timeouts": int(req["error"].map(is_timeout).sum()),
         "requests_total": len(req),
         "requests_failed": int(failed.sum()),
         "sampler_cost_ms_p95": _q(run.ticks["cost_ms"], 0.95),
@@ -81,10 +169,9 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         "lost_updates": lost_updates(run.final_state, duplicated_jobs(run))
         if run.final_state is not None
         else None,
+        **server_events(run),
+        **phase_metrics(run),
     }
-    for key in ("edges_max", "blocked_max", "depth_max", "idle_in_tx_max"):
-        if m[key] is not None:
-            m[key] = int(m[key])  # type: ignore[arg-type]
     if req.empty:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
         m.update(dict.fromkeys(REQUEST_METRICS))
@@ -152,11 +239,31 @@ def duplicated_jobs(run: VariantRun) -> set[int]:
 
 
 def redeliveries(nats: pd.DataFrame) -> int:
-    """Sum over job consumers of the largest ``num_redelivered`` each reported (the counter only grows)."""
+    """Redeliveries of job tasks so far, summed over job consumers (``cumulative_redeliveries``)."""
+    cumulative = cumulative_redeliveries(nats)
+    if cumulative.empty:
+        return 0
+    return int(cumulative.groupby(["stream", "consumer"])["redelivered"].max().sum())
+
+
+def cumulative_redeliveries(nats: pd.DataFrame) -> pd.DataFrame:
+    """Per job consumer and sample: ``redelivered``, the deliveries so far beyond the first of each task.
+
+    NATS's ``num_redelivered`` counts only redelivered messages still waiting for their ack, so it
+    falls again; ``delivered`` (consumer sequence: every delivery) minus ``delivered_stream`` (the last
+    stream sequence delivered: each task once, a job stream holding only its tasks) only grows.
+    Records without ``delivered_stream`` (older runs) fall back to the running max of ``num_redelivered``.
+    """
     jobs = nats[nats["stream"] != RESULTS_STREAM].dropna(subset=["num_redelivered"])
     if jobs.empty:
-        return 0
-    return int(jobs.groupby(["stream", "consumer"])["num_redelivered"].max().sum())
+        return pd.DataFrame({"t": [], "stream": [], "consumer": [], "redelivered": []})
+    jobs = jobs.sort_values("t").reindex(columns=[*jobs.columns.union(["delivered", "delivered_stream"])])
+    exact = pd.to_numeric(jobs["delivered"], errors="coerce") - pd.to_numeric(
+        jobs["delivered_stream"], errors="coerce")
+    value = exact.where(exact.notna(), pd.to_numeric(jobs["num_redelivered"], errors="coerce")).clip(lower=0)
+    frame = jobs[["t", "stream", "consumer"]].assign(redelivered=value)
+    frame["redelivered"] = frame.groupby(["stream", "consumer"])["redelivered"].cummax()
+    return frame
 
 
 def _combine(values: list[float | int | None]) -> tuple[float | int | None, list[float] | None]:
@@ -172,19 +279,30 @@ def _status(runs: list[VariantRun]) -> str:
         return "ok"
     if statuses == {"failed"}:
         return "failed"
-    return "partial"
+    return "interrupted" if "interrupted" in statuses else "partial"
+
+
+BOOTSTRAP_MIN_REPETITIONS = 3
 
 
 def _delta(
-    value: Any, base: Any, spread: list[float] | None, base_spread: list[float] | None
+    value: Any, base: Any, spread: list[float] | None, base_spread: list[float] | None,
+    values: list[float] | None = None, base_values: list[float] | None = None,
 ) -> dict[str, Any]:
     abs_ = value - base
     rel = abs_ / base if base else None
     real: bool | None = None
-    if spread is not None and base_spread is not None:
-        # Real only when the two ranges of repeated runs do not overlap at all.
+    out: dict[str, Any] = {"abs": _clean(abs_), "rel": _clean(rel)}
+    if (values and base_values and len(values) >= BOOTSTRAP_MIN_REPETITIONS
+            and len(base_values) >= BOOTSTRAP_MIN_REPETITIONS):
+        # 95 % bootstrap interval of the difference of medians: distinguishable when it excludes 0.
+        low, high = bootstrap_interval(values, base_values)
+        out["ci"] = [_clean(low), _clean(high)]
+        real = low > 0 or high < 0
+    elif spread is not None and base_spread is not None:
+        # Two repetitions are too few to resample: real only when the two ranges do not overlap.
         real = spread[0] > base_spread[1] or spread[1] < base_spread[0]
-    return {"abs": _clean(abs_), "rel": _clean(rel), "real": real}
+    return out | {"real": real}
 
 
 def _clean(value: Any) -> Any:
@@ -198,17 +316,22 @@ def _clean(value: Any) -> Any:
 def summarize(run: RunData) -> dict[str, Any]:
     """Build ``summary.json`` (keys in docs/records.md) from a loaded run."""
     variants: dict[str, Any] = {}
+    samples: dict[str, dict[str, list[float]]] = {}
     for name, reps in run.variants.items():
         per_rep = [variant_metrics(r) for r in reps]
+        samples[name] = {metric: [float(m[metric]) for m in per_rep if m.get(metric) is not None]  # type: ignore[arg-type]
+                         for metric in METRICS}
         metrics: dict[str, Any] = {}
         spread: dict[str, list[float]] = {}
         for metric in METRICS:
-            value, rng = _combine([m[metric] for m in per_rep])
+            value, rng = _combine([m.get(metric) for m in per_rep])
             metrics[metric] = _clean(value)
             if len(reps) > 1 and rng is not None:
                 spread[metric] = [_clean(x) for x in rng]
         first = reps[0].meta
         reasons = [str(r.meta["reason"]) for r in reps if r.meta.get("reason")]
+        if any(r.status == "interrupted" for r in reps):
+            reasons.append("contend ended while this variant ran (killed?)")
         entry: dict[str, Any] = {
             "status": _status(reps),
             "reason": "; ".join(dict.fromkeys(reasons)) or None,
@@ -217,6 +340,12 @@ def summarize(run: RunData) -> dict[str, Any]:
             "repetitions": len(reps),
             "metrics": metrics,
         }
+        done = [jobs_done(r) for r in reps]
+        if any(done):
+            entry["job_done_s"] = done[0] if len(done) == 1 else done
+        phase_s = [r.meta.get("phase_s") for r in reps if r.meta.get("phase_s")]
+        if phase_s:
+            entry["phase_s"] = phase_s[0] if len(reps) == 1 else phase_s
         if spread:
             entry["spread"] = spread
         notes = [f"{r.folder.name}: {n}" for r in reps for n in r.notes]
@@ -234,6 +363,8 @@ def summarize(run: RunData) -> dict[str, Any]:
                 base["metrics"][metric],
                 entry.get("spread", {}).get(metric),
                 base.get("spread", {}).get(metric),
+                samples[name][metric],
+                samples[run.baseline][metric],
             )
             for metric, value in entry["metrics"].items()
             if value is not None and base["metrics"].get(metric) is not None

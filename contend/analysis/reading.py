@@ -8,17 +8,22 @@ a torn last line (contend.jsonl), a missing file, a variant without ``meta.json`
 from __future__ import annotations
 
 import json
+import platform
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 
+from contend.analysis.waits import Wait, waits_from_ticks
 from contend.errors import ConfigError
 from contend.jsonl import read_jsonl
+from contend.pglog import ServerLog, read_server_log
 from contend.scenario import load_scenario
 
 REQUEST_COLUMNS = (
@@ -56,6 +61,7 @@ NATS_COLUMNS = (
     "num_pending",
     "num_ack_pending",
     "num_redelivered",
+    "delivered_stream",
 )
 RESULTS_STREAM = "ml_results"
 
@@ -101,6 +107,12 @@ class VariantRun:
     """The reference server's job ids (stack/stack.json); empty for an external target."""
     final_state: dict[str, Any] | None = None
     """``final_state.json``: recorded vs true counts per job after the load (embedded targets)."""
+    waits: list[Wait] = field(default_factory=list)
+    """The distinct lock waits the Postgres sampler saw, timed from pg_locks.waitstart."""
+    server_log: ServerLog | None = None
+    """The embedded Postgres server's own log, parsed (None for an external server)."""
+    interrupted: bool = False
+    """The run's writer is gone while this variant still said "running" (e.g. contend was killed)."""
 
     @property
     def name(self) -> str:
@@ -109,7 +121,8 @@ class VariantRun:
 
     @property
     def status(self) -> str:
-        return str(self.meta.get("status") or "partial")
+        status = str(self.meta.get("status") or "partial")
+        return "interrupted" if status == "running" and self.interrupted else status
 
     @property
     def window(self) -> tuple[float, float] | None:
@@ -117,6 +130,29 @@ class VariantRun:
         if self.requests.empty:
             return None
         return float(self.requests["t0"].min()), float(self.requests["t1"].max())
+
+    def phase(self, name: str) -> dict[str, Any] | None:
+        """A finished phase of meta.json (``warm_up``, ``load``, ``drain``, ``cool_down``), if recorded."""
+        phase = (self.meta.get("phases") or {}).get(name)
+        return phase if isinstance(phase, dict) and phase.get("end") is not None else None
+
+    @property
+    def drain_window(self) -> tuple[float, float] | None:
+        """Last response (the drain's start without requests) to the end of the drain, if recorded."""
+        drain = self.phase("drain")
+        if drain is None:
+            return None
+        window = self.window
+        start = window[1] if window is not None else float(drain["start"])
+        return start, max(start, float(drain["end"]))
+
+    @property
+    def whole_window(self) -> tuple[float, float] | None:
+        """The load and its drain: first request to the end of the drain (the load window without one)."""
+        window, drain = self.window, self.drain_window
+        if window is None or drain is None:
+            return window
+        return window[0], drain[1]
 
     @property
     def target_jobs(self) -> tuple[int, ...]:
@@ -153,7 +189,14 @@ class RunData:
 
     @property
     def status(self) -> str:
-        return "complete" if self.meta.get("status") == "complete" else "partial"
+        """``complete``; ``running`` while its writer runs; ``interrupted`` when the writer is gone and
+        the folder still says running (e.g. contend was killed); else ``partial``."""
+        status = self.meta.get("status")
+        if status == "complete":
+            return "complete"
+        if status == "running":
+            return "interrupted" if writer_gone(self.meta) else "running"
+        return "partial"
 
     @property
     def baseline(self) -> str:
@@ -170,6 +213,23 @@ class RunData:
         }
         # A parameter that does not vary (or no variant recorded it) gives no scaling curve.
         return str(sweep) if len(values - {"null"}) > 1 else None
+
+
+def writer_gone(meta: dict[str, Any]) -> bool:
+    """Tell whether the contend that wrote a run folder (meta ``pid`` and ``host``) is no longer running.
+
+    A folder from another host, or without a pid, cannot be checked and counts as gone.
+    """
+    pid = meta.get("pid")
+    if not isinstance(pid, int) or meta.get("host") != platform.node():
+        return True
+    try:
+        process = psutil.Process(pid)
+        started = datetime.fromisoformat(str(meta.get("started"))).timestamp()
+        # A pid reused by a process started after this run is not the writer.
+        return process.create_time() > started + 1.0 or process.status() == psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError):
+        return True
 
 
 def _roots_frame(tick_rows: list[dict[str, Any]], ticks: pd.DataFrame) -> pd.DataFrame:
@@ -237,6 +297,8 @@ def load_variant(folder: Path) -> VariantRun:
         notes=notes,
         server_jobs=tuple(int(j) for j in (stack_info.get("refserver") or {}).get("job_ids") or ()),
         final_state=final_state,
+        waits=waits_from_ticks(tick_rows),
+        server_log=read_server_log(folder / "stack" / "postgres" / "postgres.log"),
     )
 
 
@@ -281,8 +343,10 @@ def load_run(run_dir: Path) -> RunData:
             hint="pass a folder made by `contend run` (it holds variants/<name>/)",
         )
     grouped: dict[str, list[VariantRun]] = defaultdict(list)
+    gone = meta.get("status") == "running" and writer_gone(meta)
     for folder in folders:
         run = load_variant(folder)
+        run.interrupted = gone
         grouped[run.name].append(run)
     for runs in grouped.values():
         runs.sort(key=lambda r: int(r.meta.get("repetition") or 1))

@@ -104,6 +104,7 @@ def timeline(run: VariantRun) -> str:
         )
         age.set_ylabel("oldest (s)", fontsize=8)
         idle.legend(handles=idle.lines + age.lines, loc="upper left", fontsize=8, ncols=2)
+    _server_events(run, blk, origin)
     blk.set_ylabel("Postgres\nlock waits")
     idle.set_ylabel("idle in\ntransaction")
     ns = nats_series(run.nats)
@@ -117,14 +118,42 @@ def timeline(run: VariantRun) -> str:
         queue.legend(handles=queue.lines + red.lines, loc="upper left", fontsize=8, ncols=2)
     queue.set_ylabel("NATS\nqueue")
     queue.set_xlabel("seconds since the variant's first record")
+    drain = run.drain_window
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
         if run.window is not None:
-            ax.axvspan(run.window[0] - origin, run.window[1] - origin, color="#f1f3f5", zorder=0)
+            ax.axvspan(run.window[0] - origin, run.window[1] - origin, color="#e7f0fa", zorder=0)
+        if drain is not None:
+            ax.axvspan(drain[0] - origin, drain[1] - origin, color="#fff4e6", zorder=0)
         ax.yaxis.set_label_coords(-0.045, 0.5)  # aligned labels without align_ylabels' costly layout pass
+    phases = "shaded: load (blue), drain (orange)" if drain is not None else "shaded: load"
+    lat.set_title(phases, fontsize=8, loc="right")
     fig.subplots_adjust(left=0.075, right=0.94, top=0.98, bottom=0.06, hspace=0.12)
     return to_data_uri(fig)
+
+
+EVENT_STYLE = {
+    "lock_wait": ("|", "#495057", "lock wait logged"),
+    "deadlock": ("X", "#c92a2a", "deadlock detected"),
+    "statement_timeout": ("v", "#e67700", "statement timeout"),
+    "lock_timeout": ("v", "#f08c00", "lock timeout"),
+    "too_many_clients": ("s", "#862e9c", "too many clients"),
+    "idle_in_tx_timeout": ("d", "#0b7285", "idle-in-tx timeout"),
+}
+
+
+def _server_events(run: VariantRun, ax: Any, origin: float) -> None:
+    """Mark what Postgres logged along the bottom of the lock-wait panel, one marker row per kind."""
+    log = run.server_log
+    if log is None or not log.events:
+        return
+    for kind, (marker, color, label) in EVENT_STYLE.items():
+        times = np.array([e.t - origin for e in log.events if e.kind == kind])
+        if len(times):
+            ax.scatter(times, np.zeros(len(times)), marker=marker, color=color, s=28, zorder=5,
+                       label=f"{label} ({len(times)})", clip_on=False)
+    ax.legend(loc="upper left", fontsize=8, ncols=3)
 
 
 def latency_distributions(latencies: Mapping[str, np.ndarray[Any, Any]]) -> str | None:
@@ -161,7 +190,7 @@ SWEEP_METRICS = (
     ("idle_in_tx_max", "idle-in-tx max"),
     ("latency_p95_s", "POST latency p95 (s)"),
     ("post_ok_ratio", "POSTs ok ratio"),
-    ("results_per_s", "results / s"),
+    ("results_accepted_per_s", "results accepted / s"),
 )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from contend.metrics import BETTER
+from contend.metrics import BETTER, MEANINGS, PHASE_SPLIT
 
-# The verdict table, in the shape of the seed's before/after table (PR #1261's runbook).
+# The verdict table, in the shape of the seed's before/after table (PR #1261's runbook). Postgres and
+# queue figures cover the load and its drain; the load and drain apart are under "Other metrics".
 VERDICT_ROWS: tuple[tuple[str, str], ...] = (
     ("edges_max", "edges (blocker chain) max"),
     ("edges_p95", "edges p95"),
@@ -16,14 +17,28 @@ VERDICT_ROWS: tuple[tuple[str, str], ...] = (
     ("depth_max", "wait-chain depth max"),
     ("idle_in_tx_max", "idle-in-tx holders max"),
     ("idle_in_tx_max_age_s", "idle-in-tx oldest (s)"),
+    ("lock_waits", "lock waits (distinct)"),
+    ("blocked_seconds", "blocked seconds (from waitstart)"),
+    ("lock_wait_max_s", "lock wait max (s)"),
     ("posts", "result POSTs ok / total"),
     ("latency_p50_s", "POST latency p50 (s)"),
     ("latency_p95_s", "POST latency p95 (s)"),
     ("latency_p99_s", "POST latency p99 (s)"),
     ("latency_max_s", "POST latency max (s)"),
-    ("results_per_s", "results / s"),
+    ("results_accepted_per_s", "results accepted / s"),
+    ("results_processed_per_s", "results processed / s"),
+    ("drain_s", "drain after the last POST (s)"),
+    ("duplicate_results", "duplicate results"),
     ("redeliveries", "NATS redeliveries"),
     ("timeouts", "timeouts"),
+)
+# What Postgres itself logged and the server errors: shown when some variant has any.
+SERVER_ROWS: tuple[tuple[str, str], ...] = (
+    ("pg_deadlocks", "Postgres: deadlock detected"),
+    ("pg_statement_timeouts", "Postgres: statement timeouts"),
+    ("pg_too_many_clients", "Postgres: too many clients"),
+    ("http_5xx", "server errors (HTTP 5xx)"),
+    ("http_5xx_at_pg_error", "5xx while Postgres logged an error"),
 )
 # Shown after the seed's rows only when they say something: fairness when the target has several jobs.
 FAIRNESS_ROWS: tuple[tuple[str, str], ...] = (
@@ -39,10 +54,18 @@ OTHER_ROWS: tuple[tuple[str, str], ...] = (
     ("requests_total", "requests (all kinds)"),
     ("requests_failed", "requests failed"),
     ("dup_tasks", "duplicate tasks received"),
-    ("dup_results", "duplicate results posted"),
+    ("drain_timed_out", "drain timed out"),
+    ("job_done_s", "last job final (s)"),
+    ("queue_max", "result queue max"),
+    ("lock_wait_p50_s", "lock wait p50 (s)"),
+    ("lock_wait_p95_s", "lock wait p95 (s)"),
+    ("pg_lock_waits_logged", "lock waits Postgres logged (> deadlock_timeout)"),
+    ("lock_wait_coverage", "of those, seen by the sampler"),
     ("sampler_cost_ms_p95", "sampler query p95 (ms)"),
     ("sampler_late_ms_p95", "sampler lateness p95 (ms)"),
+    *((f"{m}_{phase}", f"{m} ({phase} only)") for m in PHASE_SPLIT for phase in ("load", "drain")),
 )
+assert all(metric in MEANINGS for metric, _ in OTHER_ROWS + SERVER_ROWS)
 
 
 def fmt(value: Any, metric: str = "") -> str:
@@ -91,6 +114,9 @@ def _delta_text(metric: str, delta: dict[str, Any]) -> str:
     rel = delta.get("rel")
     if rel is not None and metric != "post_ok_ratio":
         text += f", {rel:+.0%}".replace("-", "−")
+    if (ci := delta.get("ci")) and None not in ci:
+        # The 95 % bootstrap interval of the difference (repetitions >= 3).
+        text += f" [95% {ci[0]:+.3g} to {ci[1]:+.3g}]".replace("-", "−")
     return text
 
 
@@ -132,7 +158,9 @@ def verdict_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     metrics = [e["metrics"] for e in summary["variants"].values()]
     jobs = max(((m.get("jobs_started") or 0) + (m.get("starved_jobs") or 0) for m in metrics), default=0)
     lost = any(m.get("lost_updates") for m in metrics) or "PROGRESS_LOCK" in differing(summary)
-    return VERDICT_ROWS + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
+    server = any(m.get(metric) for m in metrics for metric, _ in SERVER_ROWS)
+    return (VERDICT_ROWS + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
+            + (SERVER_ROWS if server else ()))
 
 
 def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:
@@ -146,7 +174,8 @@ HEADLINE = (
     ("blocked_max", "blocked max"),
     ("idle_in_tx_max", "idle-in-tx max"),
     ("latency_p95_s", "POST p95 (s)"),
-    ("results_per_s", "results/s"),
+    ("results_accepted_per_s", "results/s"),
+    ("drain_s", "drain (s)"),
 )
 
 

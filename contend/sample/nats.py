@@ -60,12 +60,14 @@ def records_from_jsz(t: float, jsz: dict[str, Any]) -> list[dict[str, Any]]:
                     "num_pending": consumer.get("num_pending", 0),
                     "num_ack_pending": consumer.get("num_ack_pending", 0),
                     "num_redelivered": consumer.get("num_redelivered", 0),
+                    # Last stream sequence delivered: with ``delivered`` it counts redeliveries so far.
+                    "delivered_stream": (consumer.get("delivered") or {}).get("stream_seq", 0),
                 })
             if not consumers:
                 records.append({
                     "t": t, "stream": name, "consumer": None, "delivered": 0, "ack_floor": 0,
                     "num_pending": (stream.get("state") or {}).get("messages", 0),
-                    "num_ack_pending": 0, "num_redelivered": 0,
+                    "num_ack_pending": 0, "num_redelivered": 0, "delivered_stream": 0,
                 })
     return records
 

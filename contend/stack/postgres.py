@@ -29,11 +29,11 @@ SERVER_SETTINGS = {
     "shared_buffers": "128MB",
     # The server's own account of a run (contend/pglog.py parses it): every lock wait longer than
     # deadlock_timeout (1 s, the default) when it starts and when it ends, and every ERROR/FATAL,
-    # each line with a UTC millisecond timestamp and the backend pid.
+    # each line with a UTC millisecond timestamp, the backend pid and its application_name.
     "log_lock_waits": "on",
     "log_min_messages": "warning",
     "log_min_duration_statement": "-1",
-    "log_line_prefix": "%m [%p] ",
+    "log_line_prefix": "%m [%p] [%a] ",
     "log_timezone": "UTC",
 }
 
