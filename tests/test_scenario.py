@@ -126,10 +126,10 @@ MISTAKES = [
      "(did you mean 'JOB_LOG_PERSIST_ENABLED'?)", "run `contend flags` to list every flag and its values"),
     (W + "variants:\n  - name: a\n    flags:\n      PROGRESS_LOCK: sometimes\n",
      "s.yaml:7: variants[0].flags.PROGRESS_LOCK: flag PROGRESS_LOCK: 'sometimes' is not allowed "
-     "(allowed: select_for_update|none|none_full_save|optimistic|atomic)", None),
+     "(allowed: select_for_update|none|guarded|none_full_save|optimistic|atomic)", None),
     (W + "target:\n  preset: pr-9999\n",
      "s.yaml:5: target.preset: unknown preset 'pr-9999' (allowed: pre-1261, pr-1261, pr-1261-logs-off, "
-     "joblog-1259)", "run `contend flags` to list the presets"),
+     "joblog-1259, head)", "run `contend flags` to list the presets"),
     (W + "matrix:\n  NATS_TASK_TTR: [30, 0]\n",
      "s.yaml:5: matrix.NATS_TASK_TTR: flag NATS_TASK_TTR: '0' is not allowed (allowed: integer >= 1)", None),
     (W + "target:\n  web_concurrency: 0\n",
@@ -232,8 +232,9 @@ def test_describe_variants_lists_what_differs() -> None:
     lines = describe_variants(load_scenario(DATA / "log-persist.yaml"))
     assert lines == [
         "scenario log-persist: 2 variant(s) x 2 repetition(s) = 4 run(s)",
-        "  logs-on  preset pr-1261  2 threshold(s)",
-        "  logs-off (baseline)  preset pr-1261  flags JOB_LOG_PERSIST_ENABLED=false  2 threshold(s)",
+        "  logs-on  preset pr-1261  flags JOB_INITIAL_LOG_LINES=1000  2 threshold(s)",
+        "  logs-off (baseline)  preset pr-1261  flags JOB_LOG_PERSIST_ENABLED=false,"
+        "JOB_INITIAL_LOG_LINES=1000  2 threshold(s)",
     ]
 
 
