@@ -5,6 +5,8 @@ A threshold (``contend.thresholds``) reads as one line, ``<metric> <op> <limit>`
     edges_max < 5                        absolute
     latency_p95_s <= 1.2x baseline       relative to the run's baseline variant
     blocked_p95 <= 1x previous ±10%      relative to the same variant of an earlier run (--baseline)
+    latency_p95_s <= 1.2x baseline at 95%   on the upper end of the 95 % bootstrap interval of the
+                                         difference to the baseline (3+ repetitions of both)
 
 A tolerance (``±10%``, or the ``tolerance``/``tolerance_abs`` keys of the scenario) loosens the limit
 in the passing direction by ``max(|limit| * tolerance, tolerance_abs)``, the noise allowance teams
@@ -123,6 +125,14 @@ def _check(name: str, t: Threshold, summary: Mapping[str, Any],
             return Check(name, t, "fail", value,
                          reason=f"baseline variant {base_name!r} has no value for {t.metric}")
         limit *= base
+        if t.interval:
+            delta = ((summary.get("variants") or {}).get(name) or {}).get("deltas", {}).get(t.metric) or {}
+            ci = delta.get("ci")
+            if not ci or None in ci:
+                return Check(name, t, "fail", value, limit, reason="no 95 % interval: it needs 3 or more "
+                             "repetitions of this variant and of the baseline")
+            # The far end of the interval: the value the variant may have, given its spread.
+            value = base + (ci[1] if t.op in ("<", "<=") else ci[0])
     elif t.ref == "previous":
         if previous is None:
             return Check(name, t, "skip", value, reason="no earlier run given with --baseline")

@@ -5,6 +5,8 @@ A threshold reads as one line, ``<metric> <op> <limit>``:
     edges_max < 5                        absolute
     latency_p95_s <= 1.2x baseline       relative to the run's baseline variant
     blocked_p95 <= 1x previous ±10%      relative to the same variant of an earlier run (--baseline)
+    latency_p95_s <= 1.2x baseline at 95%   on the upper end of the 95 % bootstrap interval of the
+                                         difference to the baseline (3+ repetitions of both)
 
 The scenario validates its threshold entries with ``parse_threshold``; the gate evaluates them. Both
 import this module, neither imports the other for it.
@@ -31,10 +33,12 @@ _SYNTAX = re.compile(
     (?P<number>{_NUMBER})?\s*
     (?P<times>[x×*])?\s*
     (?P<ref>baseline|previous)?\s*
-    (?:(?:±|\+-|\+/-)\s*(?P<tolerance>{_NUMBER})\s*%)?\s*$""",
+    (?:(?:±|\+-|\+/-)\s*(?P<tolerance>{_NUMBER})\s*%)?\s*
+    (?P<interval>at\s*95\s*%)?\s*$""",
     re.VERBOSE,
 )
-SYNTAX_HELP = "'<metric> <op> <number>' or '<metric> <op> <factor>x baseline|previous [±<n>%]'"
+SYNTAX_HELP = ("'<metric> <op> <number>' or '<metric> <op> <factor>x baseline|previous [±<n>%]'"
+               " [at 95%]")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class Threshold:
     """Variant names or fnmatch patterns it applies to; empty: every variant."""
     text: str | None = None
     """A label that replaces the rendered form (the gate's own "status == ok" check)."""
+    interval: bool = False
+    """``at 95%``: checked on the far end of the 95 % bootstrap interval of the difference to the
+    baseline (the upper end for < and <=, the lower for > and >=), so noise cannot pass it."""
 
     def __str__(self) -> str:
         if self.text:
@@ -61,6 +68,8 @@ class Threshold:
             text += f" ±{fmt_number(self.tolerance * 100)}%"
         if self.tolerance_abs:
             text += f" (±{fmt_number(self.tolerance_abs)} abs)"
+        if self.interval:
+            text += " at 95%"
         return text
 
     def applies_to(self, variant: str) -> bool:
@@ -95,9 +104,13 @@ def parse_threshold(text: str, tolerance: float | None = None, tolerance_abs: fl
         tolerance = float(match["tolerance"]) / 100
     if (tolerance or 0) < 0 or tolerance_abs < 0:
         raise ValueError("a tolerance cannot be negative")
+    interval = match["interval"] is not None
+    if interval and (ref != "baseline" or match["op"] == "=="):
+        raise ValueError(f"threshold {text!r}: 'at 95%' needs '<, <=, > or >= <factor>x baseline' "
+                         "(the interval is of the difference to the baseline)")
     return Threshold(metric=metric, op=cast(Op, match["op"]), number=float(number) if number else 1.0,
                      ref=ref, tolerance=tolerance or 0.0, tolerance_abs=tolerance_abs,
-                     variants=tuple(variants))
+                     variants=tuple(variants), interval=interval)
 
 
 def fmt_number(x: float | None) -> str:

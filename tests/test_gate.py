@@ -309,3 +309,23 @@ def test_gate_reads_what_analysis_writes(tmp_path: Path) -> None:
     summary_json = json.loads((run_dir / "summary.json").read_text())
     on = summary_json["variants"]["logs-on"]["metrics"]["edges_max"]
     assert result.checks[0].value == on and on >= 5
+
+
+def test_a_threshold_at_95_percent_is_checked_on_the_far_end_of_the_bootstrap_interval() -> None:
+    # new's median p95 (5.9 s) is within 1.2x base (6.0 s), but its interval reaches +1.5 s: 6.5 s.
+    run = summary({"base": {"latency_p95_s": 5.0, "results_accepted_per_s": 100.0},
+                   "new": {"latency_p95_s": 5.9, "results_accepted_per_s": 95.0}})
+    run["variants"]["new"]["deltas"] = {"latency_p95_s": {"abs": 0.9, "ci": [0.2, 1.5]},
+                                        "results_accepted_per_s": {"abs": -5.0, "ci": [-8.0, -1.0]}}
+    plain, interval = (parse_threshold(f"latency_p95_s <= 1.2x baseline{s}") for s in ("", " at 95%"))
+    assert str(interval) == "latency_p95_s <= 1.2x baseline at 95%"
+    rate = parse_threshold("results_accepted_per_s >= 0.9x baseline at 95%")
+    result = evaluate(run, [plain, interval, rate])
+    verdicts = [(c.verdict, c.value) for c in result.checks if c.variant == "new"]
+    assert verdicts == [("pass", 5.9), ("fail", 6.5), ("pass", 92.0)]  # lower end 100 - 8 = 92 >= 90
+    # Without repetitions there is no interval to check: the threshold fails and says why.
+    del run["variants"]["new"]["deltas"]
+    (check,) = [c for c in evaluate(run, [interval]).checks if c.variant == "new"]
+    assert check.verdict == "fail" and "3 or more repetitions" in (check.reason or "")
+    with pytest.raises(ValueError, match="at 95%"):
+        parse_threshold("edges_max < 5 at 95%")
