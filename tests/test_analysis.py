@@ -408,3 +408,15 @@ def test_stack_summary_finds_an_external_servers_own_code():
     }
     dumps = [{"t": 1.0, "pid": 7, "role": "worker", "threads": [thread] * 7}]
     assert stack_summary(dumps) == ["7 of 7 result workers in psycopg wait <- _update_job_progress"]
+
+
+def test_compare_gives_each_delta_across_two_repeated_runs_a_bootstrap_interval(repeated_dir, tmp_path):
+    from contend.report import merge_runs
+
+    run = load_run(repeated_dir)
+    merged = summarize(merge_runs(run, run, tmp_path))
+    # B's copy of the baseline against A's baseline: the same repetitions, so nothing is distinguishable.
+    same = merged["variants"]["B: logs-on"]["deltas"]["latency_p95_s"]
+    assert same["abs"] == 0 and same["ci"][0] <= 0 <= same["ci"][1] and same["real"] is False
+    other = merged["variants"]["B: logs-off"]["deltas"]["edges_max"]
+    assert other["real"] is True and (other["ci"][1] < 0 or other["ci"][0] > 0)

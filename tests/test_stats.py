@@ -55,3 +55,28 @@ def test_bootstrap_interval_covers_the_true_difference_about_95_percent_of_the_t
 def test_bootstrap_interval_is_reproducible() -> None:
     assert bootstrap_interval([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == bootstrap_interval([1.0, 2.0, 3.0],
                                                                                        [2.0, 3.0, 4.0])
+
+
+def test_contend_load_and_summary_json_give_the_same_p95_and_timeouts(tmp_path) -> None:
+    import json
+
+    from contend.analysis import load_variant, variant_metrics
+    from contend.load.records import LoadSummary
+
+    rng = random.Random(5)
+    records = []
+    for i in range(40):
+        t0 = 100.0 + i * 0.1
+        timed_out = i % 9 == 0
+        took = 30.0 if timed_out else rng.uniform(0.1, 2.0)
+        records.append({"t0": t0, "t1": t0 + took, "kind": "result", "status": 0 if timed_out else 200,
+                        "sent": 1, "recv": 1, "error": "ReadTimeout" if timed_out else None, "job": 1,
+                        "results": 0 if timed_out else 5, "tasks": 0, "dup_tasks": 0, "dup_results": 0,
+                        "worker": "w0-u1", "wave": None})
+    (tmp_path / "load").mkdir()
+    (tmp_path / "load" / "requests-w0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = LoadSummary.from_records(records)
+    metrics = variant_metrics(load_variant(tmp_path))
+    assert table.kinds["result"].p95_s == pytest.approx(metrics["latency_p95_s"])
+    assert table.kinds["result"].p50_s == pytest.approx(metrics["latency_p50_s"])
+    assert table.timeouts == metrics["timeouts"] == 5

@@ -46,7 +46,8 @@ from contend.jsonl import JsonlWriter, dumps
 from contend.load import bodies
 from contend.load.config import BatchedPost, PullWorkers
 from contend.load.plan import TOKEN_ENV, Plan, PlannedWorkload
-from contend.load.records import FLUSH_EVERY_S, percentile, request_record
+from contend.load.records import FLUSH_EVERY_S, request_record
+from contend.stats import quantile
 from contend.target import check_target, is_loopback_host
 
 MAX_WORKLOADS = 16
@@ -122,9 +123,9 @@ class Hub:
         f.write_lines(data["lines"])
         f.flush()  # a shipment arrives every SHIP_EVERY_S: flush each one
         self.in_flight[worker] = data["in_flight"]
-        self.durations.extend(data["ok_s"])
-        self.ok += len(data["ok_s"])
-        self.failed += len(data["lines"]) - len(data["ok_s"])
+        self.durations.extend(data["post_s"])
+        self.ok += data["ok"]
+        self.failed += len(data["lines"]) - data["ok"]
         self.results += data["results"]
         if data["final"]:
             self.finals.add(worker)
@@ -133,7 +134,6 @@ class Hub:
         return all(done >= n for done, n in zip(self.users_done, self.users, strict=True))
 
     def write_progress(self, state: str, workers: int) -> None:
-        self.durations.sort()
         progress = {
             "t": round(time.time(), 6),
             "state": state,
@@ -142,7 +142,7 @@ class Hub:
             "ok": self.ok,
             "failed": self.failed,
             "in_flight": sum(self.in_flight.values()),
-            "p95_s": percentile(self.durations, 0.95),
+            "p95_s": quantile(self.durations, 0.95),  # result POSTs, failed ones included: latency_p95_s
             "results": self.results,
         }
         tmp = self.load_dir / "progress.json.tmp"
@@ -227,7 +227,10 @@ class Node:
         self.send("records", {
             "worker": self.worker,
             "lines": [dumps(r) for r in records],
-            "ok_s": [r["t1"] - r["t0"] for r in ok],  # progress figures, so the hub need not parse lines
+            # Progress figures, so the hub need not parse lines: the live p95 is summary.json's
+            # latency_p95_s so far (every result POST, a timed-out one with its timeout).
+            "ok": len(ok),
+            "post_s": [r["t1"] - r["t0"] for r in records if r["kind"] == "result"],
             "results": sum(r["results"] for r in ok),
             "in_flight": self.in_flight,
             "final": final,

@@ -6,13 +6,13 @@ launcher reads them back with ``read_records`` and the analysis with ``contend.j
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contend.jsonl import iter_jsonl
+from contend.stats import is_timeout, quantile
 
 FLUSH_EVERY_S = 0.5
 """Records reach the disk at least this often (the contract says at least every second)."""
@@ -49,17 +49,9 @@ def read_records(load_dir: Path) -> Iterator[dict[str, Any]]:
         yield from iter_jsonl(path)
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Return the ``q`` quantile (0..1, nearest rank) of already sorted values, None if empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 @dataclass(frozen=True)
 class KindTotals:
-    """Totals of one request kind."""
+    """Totals of one request kind; the latencies are of every request, failed ones included."""
 
     ok: int
     failed: int
@@ -117,13 +109,15 @@ class LoadSummary:
             durations.setdefault(kind, [])
             failed.setdefault(kind, 0)
             errors.setdefault(kind, {})
+            # Latency counts every request of the kind, failed ones with the time they took (a
+            # timed-out POST with its timeout): the definition of summary.json's latency_p*_s.
+            durations[kind].append(r["t1"] - r["t0"])
             if r["error"] is None:
-                durations[kind].append(r["t1"] - r["t0"])
                 results += r["results"]
             else:
                 failed[kind] += 1
                 errors[kind][r["error"]] = errors[kind].get(r["error"], 0) + 1
-                timeouts += "Timeout" in r["error"]
+                timeouts += is_timeout(r["error"])
             tasks += r["tasks"]
             dup_tasks += r["dup_tasks"]
             dup_results += r["dup_results"]
@@ -133,8 +127,8 @@ class LoadSummary:
         for kind, values in sorted(durations.items()):
             values.sort()
             kinds[kind] = KindTotals(
-                ok=len(values), failed=failed[kind], p50_s=percentile(values, 0.5),
-                p95_s=percentile(values, 0.95), p99_s=percentile(values, 0.99),
+                ok=len(values) - failed[kind], failed=failed[kind], p50_s=quantile(values, 0.5),
+                p95_s=quantile(values, 0.95), p99_s=quantile(values, 0.99),
                 max_s=values[-1] if values else None, errors=errors[kind],
             )
         return cls(kinds, results, tasks, dup_tasks, dup_results, timeouts, first, last, status)
