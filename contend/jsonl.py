@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -33,10 +33,14 @@ class JsonlWriter:
     With the default ``flush_every_s=0`` every ``write`` reaches the OS before it returns.
     """
 
-    def __init__(self, path: Path, flush_every_s: float = 0.0) -> None:
+    def __init__(self, path: Path, flush_every_s: float = 0.0, mask: Sequence[str] = ()) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.flush_every_s = flush_every_s
+        # Secrets replaced by *** in every line, as written and as JSON escapes them (a query text
+        # that compares a column with the API token holds it as a literal).
+        self.mask = sorted({form for secret in mask for form in (secret, json.dumps(secret)[1:-1])},
+                           key=len, reverse=True)
         self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self._lock = threading.Lock()
         self._flushed = time.monotonic()
@@ -50,6 +54,8 @@ class JsonlWriter:
         text = "".join(line + "\n" for line in lines)
         if not text:
             return
+        for secret in self.mask:
+            text = text.replace(secret, "***")
         with self._lock:
             self._file.write(text)
             if time.monotonic() - self._flushed >= self.flush_every_s:

@@ -176,6 +176,7 @@ def _embedded(scenario: Scenario, target: EmbeddedTarget, stack: Stack) -> tuple
         dsn=SecretStr(stack.dsn),
         nats_monitor_url=info["nats"]["monitor_url"] if sampling.nats else None,
         pyspy_pids={"web": ref["pids"]["web"], "worker": ref["pids"]["workers"]} if sampling.pyspy else {},
+        secret_envs=[RUN_TOKEN_ENV],
         **_sampler_settings(scenario),
     )
     return load_target, sampler
@@ -192,6 +193,7 @@ def _external(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, S
         dsn_env=target.dsn_env,
         pyspy_pids=target.pyspy_pids if pyspy else {},
         pyspy_patterns=target.pyspy_patterns if pyspy else {},
+        secret_envs=[target.token_env] if target.token_env else list(DEFAULT_TOKEN_VARS),
         **_sampler_settings(scenario),
     )
     return load_target, sampler
@@ -229,6 +231,7 @@ def _command_target(scenario: Scenario, target: CommandTarget, variant: Variant,
             dsn_env=target.dsn_env or "CONTEND_DSN",
             pyspy_pids=pids if pyspy else {},
             pyspy_patterns=target.pyspy_patterns if pyspy else {},
+            secret_envs=[*command.secret_envs],
             **_sampler_settings(scenario),
         )
         yield load_target, sampler

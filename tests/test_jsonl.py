@@ -75,3 +75,12 @@ def test_a_damaged_complete_line_is_one_error_with_its_line(tmp_path: Path, text
 def test_a_missing_file_has_no_records(tmp_path: Path) -> None:
     notes: list[str] = []
     assert read_jsonl(tmp_path / "none.jsonl", notes) == [] and notes == []
+
+
+def test_masked_secrets_never_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "pg_backends.jsonl"
+    with JsonlWriter(path, mask=["0b9917d0", 'pa"ss']) as writer:
+        writer.write([{"query": "SELECT 1 FROM authtoken_token WHERE key = '0b9917d0'", "other": 'pa"ss'}])
+    text = path.read_text()
+    assert "0b9917d0" not in text and "pa" not in text
+    assert read_jsonl(path)[0] == {"query": "SELECT 1 FROM authtoken_token WHERE key = '***'", "other": "***"}

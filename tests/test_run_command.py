@@ -130,7 +130,9 @@ def test_a_ready_that_never_succeeds_fails_the_variant_and_the_run_goes_on(tmp_p
             assert token not in path.read_text(errors="replace"), path
 
 
-def test_sigterm_of_contend_runs_down_and_leaves_no_process(tmp_path: Path, stack: Stack, token: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_of_contend_runs_down_and_leaves_no_process(
+        tmp_path: Path, stack: Stack, token: str, sig: signal.Signals) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(_scenario(tmp_path, stack))
     reports = tmp_path / "reports"
@@ -142,7 +144,7 @@ def test_sigterm_of_contend_runs_down_and_leaves_no_process(tmp_path: Path, stac
     first = run_dir / "variants" / "first"
     info = _up_info(first)
     wait_for(lambda: list((first / "load").glob("requests-*.jsonl")), timeout=120)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert (tmp_path / "down-ran").read_text().split() == ["first"]

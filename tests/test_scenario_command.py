@@ -66,7 +66,7 @@ def test_validate_explains_each_missing_piece_with_its_line(tmp_path: Path) -> N
     ("  ready: {url: 'http://example.org/'}\n", ":4: target.ready.url", "not a loopback address"),
     ("  ready: {timeout_s: 5}\n", ":4: target.ready", "either url"),
     ("  preset: pr-1261\n", ":4: target.preset", "unknown key"),
-    ("  flags: {'bad name': 1}\n", ":4: target.flags.bad name", "cannot name an environment variable"),
+    ("  flags: {'bad name': 1}\n", ":4: target.flags.'bad name'", "cannot name an environment variable"),
     ("  token_env: 0123abcdef\n", ":4: target.token_env", "never the secret itself"),
 ])
 def test_mistakes_of_a_command_target_point_at_their_line(change: str, where: str, what: str) -> None:
@@ -91,3 +91,38 @@ def test_the_shipped_black_box_scenario_validates() -> None:
     scenario = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "byo-refserver.yaml")
     assert isinstance(scenario.target, CommandTarget)
     assert [v.flags["JOB_LOG_PERSIST_ENABLED"] for v in scenario.expand()] == ["true", "false"]
+    workflow = (Path(__file__).resolve().parent.parent / ".github" / "workflows" / "contention-gate.yml")
+    assert "contend run scenarios/byo-refserver.yaml" in workflow.read_text(), "CI runs it end to end"
+
+
+def _yaml_blocks(page: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in page.split("```yaml\n")[1:]]
+
+
+def test_the_antenna_compose_recipe_is_a_valid_scenario_and_passes_each_flag_on() -> None:
+    """The recipe cannot run here (no Docker engine); its scenario must validate, and the override
+    file must hand every flag the scenario varies to the services that read it."""
+    import yaml
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "external-target.md").read_text()
+    blocks = _yaml_blocks(page)
+    recipe = next(b for b in blocks if b.startswith("name: antenna-compose"))
+    scenario = parse_scenario(recipe, "docs/external-target.md")
+    varied = {k for v in scenario.expand() for k in v.flags}
+    assert varied == {"JOB_LOG_PERSIST_ENABLED", "NATS_TASK_TTR", "WEB_CONCURRENCY",
+                      "CELERY_WORKER_CONCURRENCY"}
+
+    class Compose(yaml.SafeLoader):
+        pass
+
+    Compose.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))
+    override = yaml.load(next(b for b in blocks if b.startswith("# docker-compose.contend.yml")), Compose)
+    passed = {name for service in override["services"].values() for name in service.get("environment", {})}
+    assert varied <= passed
+    for service in ("django", "celeryworker"):
+        env = override["services"][service]["environment"]
+        assert env["JOB_LOG_PERSIST_ENABLED"] == "${JOB_LOG_PERSIST_ENABLED:-true}"
+    assert all(p.startswith("127.0.0.1:") for s in override["services"].values() for p in s.get("ports", []))
+    assert scenario.target.kind == "command"
+    # The generic example of the command target validates too.
+    assert parse_scenario(next(b for b in blocks if b.startswith("name: my-stack")))

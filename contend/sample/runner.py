@@ -73,6 +73,8 @@ class SamplerConfig(BaseModel):
     """Role -> pids to dump, e.g. ``{"web": [...], "worker": [...]}``."""
     pyspy_patterns: dict[str, str] = Field(default_factory=dict)
     """Role -> regular expression on the command line, for external targets."""
+    secret_envs: list[str] = Field(default_factory=list)
+    """Variables (names) whose values are masked in every record, e.g. the API token's."""
     pyspy_record: bool = False
     """Also record the whole run as speedscope JSON (idle threads kept), one file per pid."""
     nats_monitor_url: str | None = None
@@ -159,8 +161,9 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     if not dsn:
         raise ConfigError(f"no DSN in {CHILD_DSN_ENV} or {config.dsn_env}")
     sampler = pg.PgSampler(pg.connect(dsn))
+    secrets = [value for name in config.secret_envs if len(value := os.environ.get(name, "")) >= 4]
     writers = {
-        name: JsonlWriter(samples / f"{name}.jsonl")
+        name: JsonlWriter(samples / f"{name}.jsonl", mask=secrets)
         for name in ("pg_ticks", "pg_backends", "pyspy", "attribution", "nats")
     }
     targets = {role: list(pids) for role, pids in config.pyspy_pids.items()}
