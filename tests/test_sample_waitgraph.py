@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from contend.sample import findings, pyspy, waitgraph
+from contend.sample import crosslayer, findings, pyspy, waitgraph
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
 from contend.stack import Stack
@@ -189,3 +189,31 @@ def test_aggregate_counts_samples_and_episodes() -> None:
     (merged,) = findings.aggregate(records)
     seen_at = (merged["samples"], merged["episodes"], merged["first_seen"], merged["last_seen"])
     assert seen_at == (3, 2, 1.0, 4.0)
+
+
+@pytest.mark.slow
+def test_crosslayer_takes_locals_when_the_forest_shows_a_reason_and_records_their_cost(
+        server, wg_dsn: str) -> None:
+    info = server("deadlock")
+    written: list[dict[str, Any]] = []
+    cross = crosslayer.CrossLayer([info["pid"]], session_timeouts(wg_dsn), written.extend,
+                                  waiter_age_s=0.5, locals_interval_s=3600)
+    conn = connect(wg_dsn)
+    try:
+        sampler = PgSampler(conn)
+
+        def due() -> str | None:
+            cross.observe(*sampler.tick())
+            return cross.locals_due()
+
+        reason = wait_for(due, timeout=30)
+    finally:
+        conn.close()
+    assert reason == "root blocker idle in transaction"
+    cross.take_locals(str(reason))
+    assert cross.locals_due() is None  # rate-limited
+    (record,) = written
+    assert record["locals"] is True and record["locals_dumps"] == 1 and record["locals_failed"] == 0
+    assert 0 < record["locals_cpu_s"] < 5
+    assert [f["kind"] for f in record["findings"]] == ["cross_layer_deadlock", "idle_in_tx_waiting_on_app"]
+    assert record["gauges"] == {"python_lock_waiters": 1, "idle_in_tx_blocked_in_app": 1}

@@ -13,10 +13,12 @@ socket read (waiting for Postgres) are kept: a dump shows every thread. A whole-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,29 +89,59 @@ def parse_dump(text: str) -> list[dict[str, Any]]:
     ]
 
 
-def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False,
-         with_locals: bool = False) -> list[dict[str, Any]]:
+def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False, with_locals: bool = False,
+         cost: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Return the threads of process ``pid`` (innermost frame first); SamplerError when it fails.
 
     ``with_locals`` adds each frame's local variables (name, object address): the wait-for graph
-    tells lock objects apart by them. It costs more (py-spy reads every local's repr).
+    tells lock objects apart by them. It costs more (py-spy reads every local's repr). ``cost``,
+    when given, receives the dump's ``cpu_s`` (py-spy's own user + system time) and ``wall_s``.
     """
     argv = [py_spy_binary(), "dump", "--json", "--pid", str(pid)]
     if nonblocking:
         argv.append("--nonblocking")
     if with_locals:
         argv.append("--locals")
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise SamplerError(f"py-spy dump of pid {pid} took more than {timeout:.0f} s") from None
-    if done.returncode != 0:
-        message = (done.stderr or done.stdout).strip().splitlines()
-        first = message[0] if message else f"exit code {done.returncode}"
-        if any(word in done.stderr for word in ("Permission denied", "Operation not permitted")):
+    started = time.perf_counter()
+    code, stdout, stderr, cpu_s = _run(argv, timeout)
+    if cost is not None:
+        cost.update(cpu_s=cpu_s, wall_s=time.perf_counter() - started)
+    if code is None:
+        raise SamplerError(f"py-spy dump of pid {pid} took more than {timeout:.0f} s")
+    if code != 0:
+        message = (stderr or stdout).strip().splitlines()
+        first = message[0] if message else f"exit code {code}"
+        if any(word in stderr for word in ("Permission denied", "Operation not permitted")):
             raise SamplerError(f"py-spy cannot read pid {pid}: {first}", hint=PERMISSION_HINT)
         raise SamplerError(f"py-spy dump of pid {pid} failed: {first}")
-    return parse_dump(done.stdout)
+    return parse_dump(stdout)
+
+
+def _run(argv: list[str], timeout: float) -> tuple[int | None, str, str, float]:
+    """Run a command; return (exit code or None on timeout, stdout, stderr, its CPU seconds).
+
+    Reaped with ``os.wait4`` for the child's own resource usage: the process-wide children's
+    total would mix in the dumps other sampler threads take at the same time.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err)
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text, errors = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    return (None if fired.is_set() else code), text, errors, usage.ru_utime + usage.ru_stime
 
 
 def dump_record(t: float, pid: int, role: str, threads: list[dict[str, Any]]) -> dict[str, Any]:

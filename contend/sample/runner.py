@@ -11,8 +11,9 @@ on a slow baseline; the Postgres loop asks through ``PySpySampler.request``.
 SIGTERM stops the loops, flushes and closes every file, and the process exits within a second.
 
 Files, under ``<out_dir>/samples/`` (docs/records.md): pg_ticks.jsonl, pg_backends.jsonl,
-pyspy.jsonl, attribution.jsonl, nats.jsonl, ``pyspy-record-<role>-<pid>.speedscope.json`` when
-``pyspy_record`` is on, and sampler.log (warnings: missing privileges, py-spy not permitted).
+pyspy.jsonl, attribution.jsonl, nats.jsonl, waitgraph.jsonl (the cross-layer wait-for graph),
+``pyspy-record-<role>-<pid>.speedscope.json`` when ``pyspy_record`` is on, and sampler.log
+(warnings: missing privileges, py-spy not permitted).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
-from contend.sample import attribution, nats, pg, pyspy
+from contend.sample import attribution, crosslayer, nats, pg, pyspy
 from contend.stack.postgres import redact_message
 from contend.stack.process import Lifecycle, ManagedProcess
 
@@ -80,6 +81,10 @@ class SamplerConfig(BaseModel):
     nats_monitor_url: str | None = None
     nats_interval_s: float = Field(default=1.0, gt=0)
     attribution_threshold_s: float = Field(default=1.0, ge=0)
+    locals_interval_s: float = Field(default=5.0, gt=0)
+    """Least seconds between two py-spy dumps with locals for the wait-for graph (they cost more)."""
+    locals_waiter_age_s: float = Field(default=1.0, ge=0)
+    """A lock waiter this old (or a root blocker idle in transaction) asks for a dump with locals."""
 
 
 class SamplerSet(Lifecycle):
@@ -154,6 +159,15 @@ def _reconnect(sampler: pg.PgSampler, dsn: str, stop: threading.Event) -> pg.PgS
     return sampler
 
 
+def _timeouts(dsn: str) -> dict[str, float]:
+    """Return the sessions' default timeouts, or none when they cannot be read (said in the log)."""
+    try:
+        return pg.session_timeouts(dsn)
+    except SamplerError as exc:
+        log.warning("postgres: %s", exc.message)
+        return {}
+
+
 def run_child(samples: Path, stop: threading.Event) -> None:
     """Run every configured sampler until ``stop`` is set; records go to ``samples``."""
     config = SamplerConfig.model_validate_json((samples / CONFIG_FILE).read_text())
@@ -164,14 +178,24 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     secrets = [value for name in config.secret_envs if len(value := os.environ.get(name, "")) >= 4]
     writers = {
         name: JsonlWriter(samples / f"{name}.jsonl", mask=secrets)
-        for name in ("pg_ticks", "pg_backends", "pyspy", "attribution", "nats")
+        for name in ("pg_ticks", "pg_backends", "pyspy", "attribution", "nats", "waitgraph")
     }
     targets = {role: list(pids) for role, pids in config.pyspy_pids.items()}
     for role, pattern in config.pyspy_patterns.items():
         targets.setdefault(role, []).extend(attribution.pids_matching(pattern))
+    cross = crosslayer.CrossLayer(
+        [pid for pids in targets.values() for pid in pids], _timeouts(dsn), writers["waitgraph"].write,
+        waiter_age_s=config.locals_waiter_age_s, locals_interval_s=config.locals_interval_s,
+    )
+
+    def dumped(records: list[dict[str, Any]]) -> None:
+        writers["pyspy"].write(records)
+        cross.disabled = spy.disabled
+        cross.on_dumps(records)  # the graph is built whenever stacks are taken
+
     spy = pyspy.PySpySampler(
         targets, dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
-        on_warning=lambda message: log.warning("py-spy: %s", message), write=writers["pyspy"].write,
+        on_warning=lambda message: log.warning("py-spy: %s", message), write=dumped,
         min_interval_s=config.pyspy_interval_s, max_per_s=config.pyspy_max_per_s,
         baseline_s=config.pyspy_baseline_s,
         nonblocking=config.pyspy_nonblocking,
@@ -193,6 +217,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=attribute, name="attribution", daemon=True))
     if any(targets.values()):
         threads.append(threading.Thread(target=spy.run, args=(stop,), name="py-spy", daemon=True))
+        threads.append(threading.Thread(target=cross.run, args=(stop,), name="wait-for graph", daemon=True))
     if config.nats_monitor_url:
         nats_sampler = nats.NatsSampler(config.nats_monitor_url)
         threads.append(threading.Thread(
@@ -224,6 +249,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(backends)
+                cross.observe(tick, backends)
                 for reason, clients in pyspy.stack_triggers(
                         tick, backends, wait_s=config.pyspy_wait_s, idle_in_tx_s=config.pyspy_idle_in_tx_s):
                     spy.request(reason, clients)

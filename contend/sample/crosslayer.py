@@ -1,0 +1,126 @@
+"""The cross-layer wait-for graph during a run: built whenever stacks are taken, findings written as records.
+
+``CrossLayer`` keeps the latest Postgres snapshot (``observe``, from the Postgres loop). Each time
+the py-spy sampler hands over dumps (``on_dumps``) it builds the graph of that moment
+(``waitgraph.build``) and writes one ``samples/waitgraph.jsonl`` record with its findings. Dumps
+with locals tell lock objects apart but cost more: ``run`` takes them only when the forest shows
+a reason (a root blocker idle in transaction, or a lock waiter older than ``waiter_age_s``), at
+most once per ``locals_interval_s``, and records their count and CPU time in the same records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from contend.errors import SamplerError
+from contend.sample import findings, pyspy, waitgraph
+from contend.sample.attribution import Client, resolve_client
+
+Dumper = Callable[..., list[dict[str, Any]]]
+
+
+def locals_reason(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]],
+                  waiter_age_s: float) -> str | None:
+    """Return why a dump with locals could explain this snapshot, else None."""
+    roots = {int(r["pid"]) for r in tick.get("roots") or ()}
+    backends = list(backends)
+    if any(int(b["pid"]) in roots and str(b.get("state") or "").startswith("idle in transaction")
+           for b in backends):
+        return "root blocker idle in transaction"
+    if any(b.get("wait_event_type") == "Lock" and (b.get("state_age") or 0.0) >= waiter_age_s
+           for b in backends):
+        return f"lock waiter older than {waiter_age_s:g} s"
+    return None
+
+
+class CrossLayer:
+    """Builds the wait-for graph of a run's server processes; thread-safe between its callers."""
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        timeouts: Mapping[str, float],
+        write: Callable[[list[dict[str, Any]]], None],
+        *,
+        dumper: Dumper = pyspy.dump,
+        resolver: Callable[[Mapping[str, Any]], Client | None] = resolve_client,
+        waiter_age_s: float = 1.0,
+        locals_interval_s: float = 5.0,
+        sources: waitgraph.Sources | None = None,
+    ) -> None:
+        self.pids = list(pids)
+        self.timeouts = dict(timeouts)
+        self.write = write
+        self.dumper = dumper
+        self.resolver = resolver
+        self.waiter_age_s = waiter_age_s
+        self.locals_interval_s = locals_interval_s
+        self.sources = sources or waitgraph.Sources()
+        self.disabled = False
+        self._lock = threading.Lock()
+        self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+        self._clients: dict[tuple[Any, ...], Client | None] = {}
+        self._last_locals = float("-inf")
+
+    def observe(self, tick: dict[str, Any], backends: list[dict[str, Any]]) -> None:
+        """Keep the latest Postgres snapshot (called by the Postgres loop at every tick)."""
+        with self._lock:
+            self._latest = (tick, backends)
+
+    def on_dumps(self, records: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> None:
+        """Build and write the graph of the moment these ``pyspy.jsonl`` records were taken."""
+        dumps = [r for r in records if r.get("threads")]
+        with self._lock:
+            latest = self._latest
+        if not dumps or latest is None:
+            return
+        tick, backends = latest
+        clients = {int(b["pid"]): self._client(b) for b in backends}
+        t = max(float(r["t"]) for r in dumps)
+        graph = waitgraph.build(t, dumps, backends, clients, self.sources)
+        found = findings.of_graph(graph, self.timeouts)
+        if not graph.edges and not found and extra is None:
+            return  # a quiet moment: nothing waits on anything
+        record = graph.record() | {"pg_t": tick["t"], "gauges": findings.gauges(graph), "findings": found}
+        self.write([record | dict(extra or {})])
+
+    def _client(self, backend: Mapping[str, Any]) -> Client | None:
+        # The socket table is read once per connection, not at every moment (psutil walks /proc).
+        key = (backend["pid"], backend.get("app"), backend.get("client_addr"), backend.get("client_port"))
+        if key not in self._clients:
+            self._clients[key] = self.resolver(backend)
+        return self._clients[key]
+
+    def locals_due(self) -> str | None:
+        """Return the reason for a dump with locals now, None when there is none or it is too soon."""
+        with self._lock:
+            latest = self._latest
+        if self.disabled or latest is None or time.monotonic() - self._last_locals < self.locals_interval_s:
+            return None
+        return locals_reason(latest[0], latest[1], self.waiter_age_s)
+
+    def take_locals(self, reason: str) -> None:
+        """Dump every target with locals, then write the graph of that moment with the dumps' cost."""
+        self._last_locals = time.monotonic()
+        records, cpu_s, wall_s, failed = [], 0.0, 0.0, 0
+        for pid in self.pids:
+            cost: dict[str, float] = {}
+            try:
+                threads = self.dumper(pid, with_locals=True, cost=cost)
+                records.append({"t": time.time(), "pid": pid, "threads": threads})
+            except SamplerError:
+                failed += 1
+            cpu_s += cost.get("cpu_s", 0.0)
+            wall_s += cost.get("wall_s", 0.0)
+        self.on_dumps(records, {"reason": reason, "locals_dumps": len(self.pids), "locals_failed": failed,
+                                "locals_cpu_s": round(cpu_s, 4), "locals_wall_s": round(wall_s, 4)})
+
+    def run(self, stop: threading.Event, poll_s: float = 0.2) -> None:
+        """Take dumps with locals whenever they are due, until ``stop``."""
+        while not stop.wait(poll_s):
+            reason = self.locals_due()
+            if reason is not None:
+                self.take_locals(reason)
