@@ -52,6 +52,10 @@ def server(wg_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, An
     for proc in procs:
         proc.kill()
         proc.wait(timeout=10)
+    # A backend inside pg_sleep() does not notice its client is gone: end the helpers' sessions.
+    with psycopg.connect(wg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 def snapshot(dsn: str, pid: int, with_locals: bool = True) -> waitgraph.Graph:
