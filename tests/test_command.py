@@ -153,3 +153,11 @@ def test_command_forms() -> None:
         Command.model_validate("docker compose up")
     with pytest.raises(ValueError, match="either url"):
         Ready.model_validate({"timeout_s": 3})
+
+
+def test_a_program_that_does_not_exist_is_a_stack_error(tmp_path: Path) -> None:
+    up = Command(run=["no-such-program-for-contend"])
+    with pytest.raises(StackError, match="cannot run the up command 'no-such-program-for-contend'"), \
+            _stack(tmp_path, free_port(), up=up):
+        pass
+    assert (tmp_path / "down-ran").exists()

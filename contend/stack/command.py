@@ -190,6 +190,14 @@ class CommandStack(Lifecycle):
         return ManagedProcess(name, command.argv(self.folder), self.folder / f"{name}.log",
                               ready=lambda: True, env=self._env(), cwd=self.cwd, stdout_path=stdout)
 
+    @staticmethod
+    def _launch(process: ManagedProcess) -> None:
+        try:
+            process.launch()
+        except OSError as error:  # no such program, not executable
+            raise StackError(f"cannot run the {process.name} command {process.argv[0]!r}: {error.strerror}",
+                             hint="a list runs without a shell: check the program and the cwd") from None
+
     def _call(self, name: str, command: Command, stdout: Path | None = None) -> int | None:
         """Run ``command`` to its end; return its exit code, None when it timed out (then killed).
 
@@ -197,7 +205,7 @@ class CommandStack(Lifecycle):
         propagates.
         """
         process = self._process(name, command, stdout)
-        process.launch()
+        self._launch(process)
         assert process.proc is not None
         try:
             return process.proc.wait(command.timeout_s)
@@ -218,7 +226,7 @@ class CommandStack(Lifecycle):
             raise ConfigError(f"target.cwd: no such folder {self.cwd}",
                               hint="cwd is relative to the folder contend runs in")
         self.up = self._process("up", self.up_command)
-        self.up.launch()
+        self._launch(self.up)
         self._wait_ready()
         if self.fixtures_command is not None and not self.stop_event.is_set():
             self.fixtures = self._read_fixtures()
