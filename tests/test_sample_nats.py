@@ -29,7 +29,8 @@ async def _make_queues(url: str) -> None:
         await js.add_consumer("job_7", config)
         sub = await js.pull_subscribe_bind("job-7-consumer", stream="job_7")
         msgs = await sub.fetch(2, timeout=5)
-        await msgs[0].ack()  # acked: 1, delivered but not acked: 1, never delivered: 3
+        # ack_sync waits for the server to take the ack; a plain ack() may not show in the monitor yet.
+        await msgs[0].ack_sync()  # acked: 1, delivered but not acked: 1, never delivered: 3
     finally:
         await nc.close()
 
