@@ -161,3 +161,33 @@ def test_a_program_that_does_not_exist_is_a_stack_error(tmp_path: Path) -> None:
             _stack(tmp_path, free_port(), up=up):
         pass
     assert (tmp_path / "down-ran").exists()
+
+
+def test_a_sigkilled_contend_leaves_ups_group_to_the_next_start(tmp_path: Path) -> None:
+    """The leader of up dies with contend (parent-death signal); what it left in its group (here a
+    helper that ignores SIGTERM) is stopped by the next contend start, from the registry."""
+    import subprocess
+
+    from contend.stack.process import reap_orphans
+
+    port = free_port()
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from contend.stack.command import Command, CommandStack, Ready\n"
+        f"up = Command(run=[sys.executable, {TINY!r}, '{port}', '{{target_dir}}'])\n"
+        f"ready = Ready(url='http://127.0.0.1:{port}/', timeout_s=30, interval_s=0.1)\n"
+        f"with CommandStack(Path({str(tmp_path / 'target')!r}), up=up, ready=ready):\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+    info = json.loads((tmp_path / "target" / "up.json").read_text())
+    owner.kill()
+    owner.wait()
+    wait_for(lambda: not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == "zombie",
+             timeout=20)
+    assert psutil.pid_exists(info["helper"]), "the helper outlives its leader until the next start"
+    assert any(f"(pid {info['pid']})" in line for line in reap_orphans())
+    wait_for(lambda: not _group(info["pgid"]), timeout=20)

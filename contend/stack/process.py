@@ -99,7 +99,11 @@ def reap_orphans() -> list[str]:
             continue
         if _create_time(info["owner_pid"]) == info["owner_started"]:
             continue  # its owner still runs and will stop it
-        if _create_time(info["pid"]) == info["started"]:
+        started = _create_time(info["pid"])
+        # A leader killed by the parent-death signal may leave its group behind (a command that put
+        # a server in the background): with no process of that pid, the group of that id can only
+        # be the leader's own, since the kernel reuses no pid while its group has members.
+        if started == info["started"] or (started is None and _group_alive(info["pid"])):
             kill_group(info["pid"])
             stopped.append(f"{info['name']} (pid {info['pid']})")
         entry.unlink(missing_ok=True)
