@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SCENARIO ?= scenarios/log-persist.yaml
 
-.PHONY: demo test check fast install
+.PHONY: demo test check fast install bench
 
 $(BIN)/contend: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,8 @@ check: install
 # The fast subset: everything but the slow end-to-end tests.
 fast: install check
 	$(BIN)/python -m pytest -m "not slow"
+
+# Every benchmark with small defaults (about a quarter of an hour on two cores): figures with the
+# machine's core count and load average in benchmarks/results.json and the table in docs/performance.md.
+bench: install
+	$(BIN)/python benchmarks/run_all.py

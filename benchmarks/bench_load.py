@@ -263,6 +263,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per client in part rate")
     parser.add_argument("--concurrency", type=int, default=20, help="parallel POSTs in part rate")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (make bench)")
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve(args.serve))
@@ -285,6 +286,9 @@ def main() -> None:
             "POSTs per CPU second (the fair one when the core is shared)"
         )
     print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({"benchmark": "load", **results, "cpus": os.cpu_count(),
+                                         "load_average": round(os.getloadavg()[0], 2)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

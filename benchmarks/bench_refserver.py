@@ -15,6 +15,8 @@ their transactions per POST (sampled every 20 ms), and POSTs ok with their p50/p
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import tempfile
 import threading
@@ -94,9 +96,16 @@ def main() -> None:
     parser.add_argument("--preset", action="append",
                         help="preset(s) to run (default: pre-1261 and pr-1261-logs-off)")
     parser.add_argument("--window", type=float, default=30.0, help="seconds of observation per preset")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (make bench)")
     args = parser.parse_args()
+    results = []
     for preset in args.preset or ["pre-1261", "pr-1261-logs-off"]:
-        print(run(preset, args.window), flush=True)
+        results.append(run(preset, args.window))
+        print(results[-1], flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "benchmark": "refserver", "window_s": args.window, "presets": results,
+            "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

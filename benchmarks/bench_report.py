@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the whole run")
     parser.add_argument("--backends", type=int, default=100)
     parser.add_argument("--hz", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (make bench)")
     args = parser.parse_args()
     variants = tuple(
         SynthVariant(f"variant-{i}", {"JOB_LOG_PERSIST_ENABLED": str(i == 0).lower()}, {"concurrency": 10},
@@ -69,9 +71,16 @@ def main() -> None:
         timed("pandas.read_json(lines=True)", lambda: [pd.read_json(p, lines=True) for p in backends])
         print("-- the report --")
         timed("write_report, first call (pays the imports)", write_report, run)
+        started = time.perf_counter()
         paths = timed("write_report (summary, html, md)", write_report, run)
+        seconds = time.perf_counter() - started
         size = paths.html.stat().st_size
         print(f"report.html {size / 1e6:.2f} MB, report.md {paths.markdown.stat().st_size / 1e3:.1f} kB")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "benchmark": "report", "minutes": args.minutes, "hz": args.hz, "backends": args.backends,
+                "write_report_s": round(seconds, 2), "html_mb": round(size / 1e6, 2),
+                "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ workload (``pgbench -N``, simple updates, ``--clients`` clients, scale 1) runs i
 off, 10 Hz, 50 Hz, 50 Hz, 10 Hz, off (``--blocks`` times per N), with the Postgres sampler ticking
 in this process and writing its records as ``contend run`` does.
 
-Per N and rate: the tick's wall time (median and p95 of ``cost_ms``), the sampler's CPU per tick
-(its thread, plus its backend through /proc), and pgbench's TPS with the sampler on over TPS with
+Per N and rate: the tick's wall time (median and p95 of ``cost_ms``), the ticks per second reached,
+the sampler's CPU per tick and as a share of one core (its thread, plus its backend through
+/proc), and pgbench's TPS with the sampler on over TPS with
 it off in the same block (mean over blocks). Written as a table on stdout, as JSON (``--json``) and
 as a figure (``--png``, matplotlib). Every figure carries the core count and the load average.
 """
@@ -128,12 +129,14 @@ class Ticking:
 
     def __enter__(self) -> Ticking:
         self.backend_cpu0 = process_cpu(self.backend)
+        self.started = time.monotonic()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
+        self.wall_s = time.monotonic() - self.started
         self.backend_cpu = process_cpu(self.backend) - self.backend_cpu0
         self.sampler.conn.close()
 
@@ -161,7 +164,8 @@ def measure(pg: EmbeddedPostgres, n: int, args: argparse.Namespace, tmp: Path) -
                  "depth": tick["depth"], "blocking_calls": tick["blocking_calls"]}
         order = ["off", *RATES, *reversed(RATES), "off"]
         tps: dict[str, list[list[float]]] = {str(k): [] for k in ("off", *RATES)}
-        stats: dict[float, dict[str, list[float]]] = {r: {"costs": [], "cpu": [], "ticks": []} for r in RATES}
+        stats: dict[float, dict[str, list[float]]] = {
+            r: {"costs": [], "cpu": [], "ticks": [], "wall": []} for r in RATES}
         for _ in range(args.blocks):
             block: dict[str, list[float]] = {}
             for mode in order:
@@ -175,6 +179,7 @@ def measure(pg: EmbeddedPostgres, n: int, args: argparse.Namespace, tmp: Path) -
                     stats[mode]["costs"] += ticking.costs
                     stats[mode]["cpu"].append(ticking.cpu_s + ticking.backend_cpu)
                     stats[mode]["ticks"].append(len(ticking.costs))
+                    stats[mode]["wall"].append(ticking.wall_s)
                     shutil.rmtree(out)
                 block.setdefault(str(mode), []).append(value)
             for key, values in block.items():
@@ -190,7 +195,8 @@ def measure(pg: EmbeddedPostgres, n: int, args: argparse.Namespace, tmp: Path) -
                 "tick_ms_p50": round(statistics.median(costs), 2),
                 "tick_ms_p95": round(costs[int(0.95 * (len(costs) - 1))], 2),
                 "cpu_ms_per_tick": round(1000 * sum(stats[rate]["cpu"]) / ticks, 2),
-                "busy_share": round(statistics.median(costs) * rate / 1000, 3),
+                "ticks_per_s": round(sum(stats[rate]["ticks"]) / sum(stats[rate]["wall"]), 1),
+                "cpu_share": round(sum(stats[rate]["cpu"]) / sum(stats[rate]["wall"]), 4),
                 "tps_ratio": round(statistics.fmean(ratios), 3),
                 "tps_ratio_per_block": [round(r, 3) for r in ratios],
                 "tps_off": round(statistics.fmean(v for b in tps["off"] for v in b), 1),
@@ -216,8 +222,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
         left.plot(xs, [r["tick_ms_p50"] for r in mine], "o-", color=color, label=f"{rate:g} Hz, median")
         left.plot(xs, [r["tick_ms_p95"] for r in mine], "o:", color=color, alpha=0.5,
                   label=f"{rate:g} Hz, p95")
-        share = [r["cpu_ms_per_tick"] * rate / 10 for r in mine]  # ms per tick x ticks/s -> % of a core
-        middle.plot(xs, share, "o-", color=color, label=f"{rate:g} Hz")
+        middle.plot(xs, [100 * r["cpu_share"] for r in mine], "o-", color=color, label=f"{rate:g} Hz")
         right.plot(xs, [r["tps_ratio"] for r in mine], "o-", color=color, label=f"{rate:g} Hz")
     left.axhline(10.0, color="grey", lw=0.8, ls=":")
     left.set(ylabel="tick time (ms)", title="Postgres sampler tick (wall)")
@@ -257,11 +262,12 @@ def main() -> None:
         subprocess.run(init, capture_output=True, check=True)
         for n in args.backends:
             rows += measure(pg, n, args, Path(tmp))
-    print(f"{'backends':>8} {'Hz':>4} {'edges':>6} {'tick p50':>9} {'tick p95':>9} {'CPU/tick':>9} "
-          f"{'TPS on/off':>10}")
+    print(f"{'backends':>8} {'Hz':>4} {'edges':>6} {'tick p50':>9} {'tick p95':>9} {'ticks/s':>8} "
+          f"{'CPU/tick':>9} {'CPU':>6} {'TPS on/off':>10}")
     for r in rows:
         print(f"{r['backends']:>8} {r['hz']:>4g} {r['edges']:>6} {r['tick_ms_p50']:>7.2f}ms "
-              f"{r['tick_ms_p95']:>7.2f}ms {r['cpu_ms_per_tick']:>7.2f}ms {r['tps_ratio']:>10.3f}")
+              f"{r['tick_ms_p95']:>7.2f}ms {r['ticks_per_s']:>8.1f} {r['cpu_ms_per_tick']:>7.2f}ms "
+              f"{r['cpu_share']:>6.1%} {r['tps_ratio']:>10.3f}")
     result = {"benchmark": "sampler_curve", "clients": args.clients, "window_s": args.window_s,
               "blocks": args.blocks, "rows": rows, "cpus": os.cpu_count(),
               "load_average": round(os.getloadavg()[0], 2)}

@@ -13,6 +13,7 @@ other load on the machine does not inflate). Goal: median <= 5 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=300)
     parser.add_argument("--waiters", type=int, default=50)
     parser.add_argument("--backends", type=int, default=100)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (make bench)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg") as pg:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -76,6 +78,12 @@ def main() -> None:
         show("cost_ms (ms)", costs)
         show("tick() wall (ms)", walls)
         show("sampler CPU (ms)", cpus)
+        if args.json:
+            args.json.write_text(json.dumps({
+                "benchmark": "sampler_tick", "backends": args.backends, "waiters": args.waiters,
+                "ticks": args.ticks, "cost_ms_p50": round(statistics.median(costs), 3),
+                "cost_ms_p95": round(p95(costs), 3), "cpu_ms_p50": round(statistics.median(cpus), 3),
+                "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}, indent=2) + "\n")
         holder.rollback()
         holder.close()
         for thread in threads:

@@ -8,6 +8,8 @@ Each start is a fresh process on a fresh run folder (initdb included), stopped w
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import statistics
 import subprocess
@@ -37,11 +39,17 @@ def one_start(extra: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (make bench)")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     times = [one_start(extra) for _ in range(args.runs)]
     print(f"contend up {' '.join(extra)}: " + ", ".join(f"{t:.2f}" for t in times) + " s")
     print(f"median of {args.runs}: {statistics.median(times):.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "benchmark": "up", "options": " ".join(extra), "runs": args.runs,
+            "median_s": round(statistics.median(times), 2), "cpus": os.cpu_count(),
+            "load_average": round(os.getloadavg()[0], 2)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

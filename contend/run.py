@@ -64,6 +64,9 @@ class VariantOutcome:
 
 
 PHASES = ("warm_up", "load", "drain", "cool_down")
+"""The phases the samplers observe; a variant's meta.json also times the set-up and tear-down around
+them (``stack_up``, ``samplers_up``, ``samplers_down``, ``final_counts``, ``stack_down``): together,
+where the time to a verdict goes."""
 
 
 class Phases:
@@ -249,6 +252,7 @@ def run_variant(
     phases = phases or Phases()
     target = scenario.target
     with contextlib.ExitStack() as scope:
+        phases.begin("stack_up")
         if isinstance(target, EmbeddedTarget):
             if observer:
                 observer.phase("starting the stack")
@@ -265,6 +269,7 @@ def run_variant(
         else:
             stack = None
             load_target, sampler = _external(scenario, target)
+        phases.end("stack_up")
         watch = _Watch(stack, stop)
 
         def on_progress(progress: LoadProgress) -> None:
@@ -272,7 +277,9 @@ def run_variant(
             if observer:
                 observer.load_progress(progress, folder / "samples")
 
+        phases.begin("samplers_up")
         with SamplerSet(sampler, folder):
+            phases.end("samplers_up")
             phases.begin("warm_up")
             _pause(scenario.warm_up_s, watch, observer, "warm-up")
             phases.end("warm_up")
@@ -288,8 +295,17 @@ def run_variant(
             phases.begin("cool_down")
             _pause(scenario.cool_down_s, watch, observer, "cool-down")
             phases.end("cool_down")
+            phases.begin("samplers_down")
+        phases.end("samplers_down")
         if stack is not None and not watch.halt.is_set():
+            phases.begin("final_counts")
             _probe_final_state(stack, load_target.job_ids, folder, observer, stop)
+            phases.end("final_counts")
+        if stack is not None and observer:
+            observer.phase("stopping the stack")
+        phases.begin("stack_down")
+    if "stack_down" in phases.phases:
+        phases.end("stack_down")
     if watch.died:
         return VariantOutcome(variant.name, folder, "failed", watch.died)
     return VariantOutcome(variant.name, folder)
@@ -443,7 +459,12 @@ def run_scenario(
     finally:
         meta.update(status=result.status, ended=_now())
         _write_json(run_dir / "meta.json", meta)
-        _render(run_dir)
+        rendering = time.monotonic()
+        try:
+            _render(run_dir)
+        finally:
+            meta["report_s"] = round(time.monotonic() - rendering, 3)
+            _write_json(run_dir / "meta.json", meta)
     return result
 
 

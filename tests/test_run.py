@@ -121,9 +121,11 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
             (folder / "stack" / "stack.json").read_text())["refserver"]["job_ids"]]
         assert metrics["lost_updates"] == 0
         assert (metrics["jobs_started"], metrics["starved_jobs"]) == (1, 0)
-        # Four phases in order on the samplers' clock; the drain waited for the workers, samplers running.
+        # Four phases in order on the samplers' clock, between the set-up and tear-down steps that are
+        # timed too; the drain waited for the workers, samplers running.
         phases = meta["phases"]
-        assert list(phases) == ["warm_up", "load", "drain", "cool_down"]
+        assert list(phases) == ["stack_up", "samplers_up", "warm_up", "load", "drain", "cool_down",
+                                "samplers_down", "final_counts", "stack_down"]
         bounds = [t for p in phases.values() for t in (p["start"], p["end"])]
         assert bounds == sorted(bounds)
         assert phases["load"]["start"] <= start and end <= phases["load"]["end"]

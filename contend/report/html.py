@@ -11,7 +11,7 @@ import jinja2
 import numpy as np
 
 from contend import __version__
-from contend.analysis import RunData, VariantRun, stack_summary, top_blockers
+from contend.analysis import RunData, VariantRun, iter_reps, stack_summary, top_blockers
 from contend.report import figures
 from contend.report.tables import (
     OTHER_ROWS,
@@ -57,6 +57,42 @@ def _when(meta: dict[str, Any]) -> str:
     if ended is not None:
         text += f", {ended - started:.0f} s"
     return text
+
+
+PHASE_LABELS = {
+    "stack_up": "stack up", "samplers_up": "samplers up", "warm_up": "warm-up", "load": "load",
+    "drain": "drain", "cool_down": "cool-down", "samplers_down": "samplers down",
+    "final_counts": "final counts", "stack_down": "stack down",
+}
+
+
+def time_breakdown(run: RunData) -> str:
+    """Say where the run's time went: each phase summed over the variants, then the report.
+
+    ``"Where the 148 s went (2 variant runs): stack up 48.2 s, ..., stack down 4.1 s; report 6.0 s;
+    other 3.2 s"``, empty when the variants recorded no phases (a run from before they were timed).
+    """
+    totals: dict[str, float] = {}
+    reps = [rep for _, rep in iter_reps(run)]
+    for rep in reps:
+        for name, seconds in (rep.meta.get("phase_s") or {}).items():
+            totals[name] = totals.get(name, 0.0) + float(seconds)
+    if not totals:
+        return ""
+    order = [*PHASE_LABELS, *sorted(set(totals) - set(PHASE_LABELS))]
+    parts = [f"{PHASE_LABELS.get(name, name)} {totals[name]:.1f} s" for name in order if name in totals]
+    report_s = run.meta.get("report_s")
+    started, ended = _epoch(run.meta.get("started")), _epoch(run.meta.get("ended"))
+    text = f"Where the time went ({len(reps)} variant run{'s' if len(reps) != 1 else ''}"
+    if started is not None and ended is not None:
+        text += f", {ended - started:.0f} s to the last variant's end"
+    text += "): " + ", ".join(parts)
+    if report_s is not None:
+        text += f"; report {float(report_s):.1f} s"
+    if started is not None and ended is not None:
+        # The run meta's times have whole seconds: other is rounded the same way.
+        text += f"; other {max(0.0, ended - started - sum(totals.values())):.0f} s"
+    return text + "."
 
 
 def _who(att: dict[str, Any]) -> str:
@@ -178,6 +214,7 @@ def render_html(
         description=run.description,
         status=summary["status"],
         when=_when(meta),
+        time_breakdown=time_breakdown(run),
         baseline=baseline,
         sweep=run.sweep,
         variants=variants,

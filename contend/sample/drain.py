@@ -11,6 +11,10 @@ out when it ends that way). How "idle" is observed depends on the target:
   ack a message on receipt, so the queue alone cannot tell a worker busy with its last result);
 - a target whose queue NATS monitoring shows: that queue empty for ``quiet_s``;
 - otherwise a fixed wait.
+
+Workers that wedge (waiting on each other across a Python lock and a row lock, say) never go quiet;
+the drain then ends as *stalled* once nothing has moved for ``stall_s`` (30 s) instead of waiting
+out its timeout.
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ from contend.sample.nats import RESULTS_STREAM, fetch_jsz, records_from_jsz
 from contend.sample.pg import connect
 from contend.stack.postgres import redact_message
 
-# One read: busy worker connections and the images the workers have written results for.
+# One read: busy worker connections, the images the workers have written results for, and a digest
+# of what each worker connection is doing (its transaction and statement start): unchanged while
+# busy means no worker has finished a statement or a transaction since the last read.
 WORKERS_SQL = """
 SELECT (SELECT count(*) FROM pg_stat_activity
          WHERE application_name LIKE 'contend-ref:worker-%' AND state <> 'idle') AS busy,
-       (SELECT count(DISTINCT source_image_id) FROM main_detection) AS processed
+       (SELECT count(DISTINCT source_image_id) FROM main_detection) AS processed,
+       (SELECT md5(coalesce(string_agg(concat_ws(':', pid, state, xact_start, query_start), ','
+                                       ORDER BY pid), ''))
+          FROM pg_stat_activity WHERE application_name LIKE 'contend-ref:worker-%') AS activity
 """
 # When each job reached its final status. The reference server writes finished_at as a naive
 # local time (USE_TZ = False) in its TIME_ZONE, UTC unless TZ says otherwise.
@@ -53,6 +62,8 @@ class DrainResult:
     """``queue+workers`` (reference server), ``queue`` (NATS monitoring only) or ``fixed``."""
     processed: int | None = None
     """Distinct images with results written, read at the end (reference server only)."""
+    stalled: bool = False
+    """Cut because nothing moved for ``stall_s`` while workers were still busy (wedged, not slow)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -82,30 +93,38 @@ def wait_quiet(
     interval_s: float = 0.25,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
-) -> tuple[float, bool]:
+    stall_s: float | None = None,
+) -> tuple[float, bool, bool]:
     """Poll ``probe`` until it has been idle with an unchanged marker for ``quiet_s``.
 
-    Return (the time it went quiet, timed out?); on timeout or ``stop`` the time of giving up.
+    Return (the time it went quiet, timed out?, stalled?); on timeout or ``stop`` the time of giving
+    up. With ``stall_s``, a probe that stays busy with an unchanged marker that long is stalled: the
+    wait ends then instead of running into the timeout.
     """
     stop = stop or threading.Event()
     started = clock()
     quiet_since: float | None = None
     marker: Any = None
+    changed_at, last = started, None
     while True:
         now = clock()
         try:
             idle, seen = probe()
         except (SamplerError, psycopg.Error):
             idle, seen = False, None  # cannot tell: not quiet
+        if seen is None or seen != last:
+            changed_at, last = now, seen
         if idle and quiet_since is not None and seen == marker:
             if now - quiet_since >= quiet_s:
-                return quiet_since, False
+                return quiet_since, False, False
         elif idle:
             quiet_since, marker = now, seen
         else:
             quiet_since = None
+            if stall_s is not None and now - changed_at >= stall_s:
+                return now, False, True
         if now - started >= timeout_s or stop.wait(interval_s):
-            return clock(), not stop.is_set()
+            return clock(), not stop.is_set(), False
 
 
 def drain(
@@ -118,10 +137,14 @@ def drain(
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
     quiet_s: float = 1.0,
+    stall_s: float = 30.0,
 ) -> tuple[DrainResult, dict[str, float | None]]:
     """Wait for the drain as the target allows (module docstring); return it and each job's finish time.
 
-    ``dsn`` (with ``monitor_url``) means the reference server: its workers and tables are read.
+    ``dsn`` (with ``monitor_url``) means the reference server: its workers and tables are read, and
+    a drain in which the queue, the rows written and every worker connection's transaction and
+    statement stay the same for ``stall_s`` while workers are busy ends there as stalled (workers
+    wedged on each other do not finish by waiting longer; the timeout would only add dead time).
     """
     stop = stop or threading.Event()
     start = clock()
@@ -133,7 +156,8 @@ def drain(
             depth = queue_depth(monitor_url)
             return depth == 0, None
 
-        end, timed_out = wait_quiet(queue_only, timeout_s=timeout_s, quiet_s=quiet_s, stop=stop, clock=clock)
+        end, timed_out, _ = wait_quiet(queue_only, timeout_s=timeout_s, quiet_s=quiet_s, stop=stop,
+                                       clock=clock)
         return DrainResult(start, end, timed_out, "queue"), {}
     try:
         with connect(dsn) as conn:
@@ -142,12 +166,15 @@ def drain(
             def workers() -> tuple[bool, Any]:
                 depth = queue_depth(monitor_url)
                 row = conn.execute(WORKERS_SQL).fetchone()
-                busy, processed = (int(row[0]), int(row[1])) if row else (1, None)
-                return depth == 0 and busy == 0, processed
+                if row is None:
+                    return False, None
+                return depth == 0 and int(row[0]) == 0, (depth, int(row[1]), row[2])
 
-            end, timed_out = wait_quiet(workers, timeout_s=timeout_s, quiet_s=quiet_s, stop=stop, clock=clock)
+            end, timed_out, stalled = wait_quiet(workers, timeout_s=timeout_s, quiet_s=quiet_s, stop=stop,
+                                                 clock=clock, stall_s=stall_s)
             row = conn.execute(WORKERS_SQL).fetchone()
             jobs = {str(r[0]): r[2] for r in conn.execute(JOBS_SQL, {"jobs": list(job_ids)}).fetchall()}
     except psycopg.Error as exc:
         raise SamplerError(f"cannot observe the result workers: {redact_message(exc)}") from None
-    return DrainResult(start, end, timed_out, "queue+workers", int(row[1]) if row else None), jobs
+    processed = int(row[1]) if row else None
+    return DrainResult(start, end, timed_out, "queue+workers", processed=processed, stalled=stalled), jobs
