@@ -54,6 +54,9 @@ MEANINGS: dict[str, str] = {
     "pg_too_many_clients": "'too many clients already' connection refusals Postgres logged",
     "http_5xx": "requests answered with a server error (HTTP 5xx)",
     "http_5xx_at_pg_error": "of those, requests in flight when Postgres logged an error",
+    "cross_layer_deadlocks": "episodes of a cycle through a Python lock wait and a Postgres lock wait",
+    "python_lock_waiters_max": "threads waiting on one Python lock, max over the wait-for graphs",
+    "idle_in_tx_blocked_in_app_max": "threads idle in transaction, blocked in the app (max, wait-for graphs)",
 }
 
 PHASE_SPLIT: tuple[str, ...] = (

@@ -92,6 +92,22 @@ def expected(folder: Path) -> dict:
         "sampler_late_ms_p95": float(np.percentile([t["late_ms"] for t in ticks], 95)),
         **expected_fairness(reqs, jobs=sorted({r["job"] for r in reqs if r["job"] is not None})),
         "lost_updates": None,  # no final_state.json: nothing probed the jobs' counts
+        **expected_graph(lines(folder / "samples" / "waitgraph.jsonl")),
+    }
+
+
+def expected_graph(graphs: list[dict]) -> dict:
+    """Deadlock episodes: runs of consecutive graphs showing the same cycle; gauges: their maxima."""
+    episodes, shown = 0, set()
+    for g in sorted(graphs, key=lambda g: g["t"]):
+        now = {f["key"] for f in g["findings"] if f["kind"] == "cross_layer_deadlock"}
+        episodes += len(now - shown)
+        shown = now
+    return {
+        "cross_layer_deadlocks": episodes,
+        "python_lock_waiters_max": max((g["gauges"]["python_lock_waiters"] for g in graphs), default=0),
+        "idle_in_tx_blocked_in_app_max": max((g["gauges"]["idle_in_tx_blocked_in_app"] for g in graphs),
+                                             default=0),
     }
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun
 from contend.analysis.waits import coverage, wait_metrics
 from contend.metrics import METRICS, PHASE_SPLIT
+from contend.sample import findings as graph_findings
 from contend.stats import bootstrap_interval, is_timeout, quantile
 
 REQUEST_METRICS = (
@@ -171,6 +172,7 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         else None,
         **server_events(run),
         **phase_metrics(run),
+        **graph_metrics(run),
     }
     if req.empty:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
@@ -313,8 +315,32 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def graph_metrics(run: VariantRun) -> dict[str, int | None]:
+    """The cross-layer wait-for graph's metrics over the run; None when no py-spy stack was taken.
+
+    A graph is recorded only when something waits, so no record with stacks taken means zero.
+    """
+    if not run.pyspy and not run.waitgraph:
+        return dict.fromkeys(GRAPH_METRICS)
+    deadlocks = graph_findings.aggregate(run.waitgraph)
+    gauges = [r.get("gauges") or {} for r in run.waitgraph]
+    return {
+        "cross_layer_deadlocks": sum(int(f["episodes"]) for f in deadlocks
+                                     if f["kind"] == "cross_layer_deadlock"),
+        "python_lock_waiters_max": max((int(g.get("python_lock_waiters") or 0) for g in gauges), default=0),
+        "idle_in_tx_blocked_in_app_max": max((int(g.get("idle_in_tx_blocked_in_app") or 0) for g in gauges),
+                                             default=0),
+    }
+
+
+GRAPH_METRICS = ("cross_layer_deadlocks", "python_lock_waiters_max", "idle_in_tx_blocked_in_app_max")
+
+
 def summarize(run: RunData) -> dict[str, Any]:
     """Build ``summary.json`` (keys in docs/records.md) from a loaded run."""
+    # Imported here: the findings use the blocker table of details, which imports this module.
+    from contend.analysis.findings import comparison, variant_findings, variant_sentences
+
     variants: dict[str, Any] = {}
     samples: dict[str, dict[str, list[float]]] = {}
     for name, reps in run.variants.items():
@@ -351,6 +377,7 @@ def summarize(run: RunData) -> dict[str, Any]:
         notes = [f"{r.folder.name}: {n}" for r in reps for n in r.notes]
         if notes:
             entry["notes"] = notes
+        entry["findings"] = variant_findings(reps[0])
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():
@@ -369,6 +396,13 @@ def summarize(run: RunData) -> dict[str, Any]:
             for metric, value in entry["metrics"].items()
             if value is not None and base["metrics"].get(metric) is not None
         }
+    for name, entry in variants.items():
+        first_rep, found = run.variants[name][0], entry["findings"]
+        text = variant_sentences(first_rep, found)
+        if base is not None and name != run.baseline:
+            text.append(comparison(run.baseline, run.variants[run.baseline][0], base["findings"],
+                                   name, first_rep, found))
+        entry["findings_text"] = text
     summary: dict[str, Any] = {
         "scenario": run.name,
         "status": run.status,

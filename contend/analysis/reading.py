@@ -107,6 +107,8 @@ class VariantRun:
     """The reference server's job ids (stack/stack.json); empty for an external target."""
     final_state: dict[str, Any] | None = None
     """``final_state.json``: recorded vs true counts per job after the load (embedded targets)."""
+    waitgraph: list[dict[str, Any]] = field(default_factory=list)
+    """``samples/waitgraph.jsonl``: the cross-layer wait-for graph of each moment stacks were taken."""
     waits: list[Wait] = field(default_factory=list)
     """The distinct lock waits the Postgres sampler saw, timed from pg_locks.waitstart."""
     server_log: ServerLog | None = None
@@ -299,6 +301,7 @@ def load_variant(folder: Path) -> VariantRun:
         final_state=final_state,
         waits=waits_from_ticks(tick_rows),
         server_log=read_server_log(folder / "stack" / "postgres" / "postgres.log"),
+        waitgraph=read_jsonl(samples / "waitgraph.jsonl", notes),
     )
 
 

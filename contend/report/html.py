@@ -135,7 +135,20 @@ def _cost(rep: VariantRun) -> str:
         )
     if not late.empty:
         text += f"; lateness p95 {fmt(late.quantile(0.95))} ms"
-    text += f"; {int(calls):,} pg_blocking_pids() calls; py-spy: {dump_basis(rep.pyspy)}."
+    text += f"; {int(calls):,} pg_blocking_pids() calls; py-spy: {dump_basis(rep.pyspy)}"
+    return text + _graph_cost(rep.waitgraph) + "."
+
+
+def _graph_cost(records: list[dict[str, Any]]) -> str:
+    """The wait-for graph's share: its dumps with locals (count, py-spy CPU), the graphs recorded."""
+    dumps = sum(int(r.get("locals_dumps") or 0) for r in records)
+    if not records:
+        return ""
+    text = f"; {len(records):,} wait-for graphs recorded"
+    if dumps:
+        cpu = sum(float(r.get("locals_cpu_s") or 0.0) for r in records)
+        text += (f", {dumps:,} py-spy dumps with locals for them ({fmt(cpu)} s CPU, "
+                 f"{fmt(cpu / dumps * 1000)} ms each)")
     return text
 
 
@@ -182,6 +195,7 @@ def variant_context(
         "stack_basis": dump_basis(rep.pyspy),
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
+        "findings": entry.get("findings_text", []),
         "notes": entry.get("notes", []),
     }
 

@@ -37,6 +37,10 @@ def render_markdown(
                 text += f" ({cell.delta}{mark})"
             cells.append(_md(text))
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    lines += ["", "**Findings**", ""]
+    for name, entry in summary["variants"].items():
+        text = " ".join(entry.get("findings_text") or ["no findings recorded."])
+        lines.append(f"- `{_md(name)}`: {_md(text)}")
     lines.append("")
     varying = differing(summary)
     for name in names:

@@ -275,6 +275,38 @@ def _write_variant(
                     for k in range(8)
                 ]
                 _line(fh, {"t": start + s, "pid": pid, "role": role, "threads": threads})
+    with _writer(samples / "waitgraph.jsonl") as fh:
+        holder = {"pid": 41, "tid": 43, "name": "t0", "backend_pid": 1000, "function": "emit",
+                  "file": "/srv/app/contend/refserver/jobs/logging.py", "line": 31, "path": "result -> emit"}
+        for s in range(0, int(duration_s), 2):
+            waiters = int(8 * c * rng.random())
+            found = []
+            if waiters >= 2:
+                found.append({
+                    "kind": "python_lock_convoy", "key": "41:0x7f00.lock", "t": start + s,
+                    "threads": [holder] + [
+                        holder | {"tid": 44 + k, "backend_pid": 1001 + k, "function": "result", "line": 120}
+                        for k in range(waiters)
+                    ],
+                    "text": f"{waiters} threads with open transactions wait for the lock of logging handler "
+                            "JobLogHandler, held by thread 43 of pid 41 in `emit` (logging.py:31), "
+                            "backend 1000, which waits on Postgres in `emit` (logging.py:31).",
+                    "waiters": waiters, "holder": holder,
+                })
+            if waiters >= 6:
+                found.insert(0, {
+                    "kind": "cross_layer_deadlock", "key": "41:43|41:44", "t": start + s,
+                    "threads": [holder, holder | {"tid": 44, "backend_pid": 1001}],
+                    "text": "Cross-layer deadlock of 2 threads: thread 43 of pid 41 waits for a lock held by "
+                            "backend 1001, held by thread 44 of pid 41, which waits for the lock of logging "
+                            "handler JobLogHandler, held by the first. Postgres cannot see it.",
+                })
+            _line(fh, {"t": start + s, "locals": s % 10 == 0, "threads": {}, "edges": [], "pg_t": start + s,
+                       "gauges": {"python_lock_waiters": waiters,
+                                  "idle_in_tx_blocked_in_app": min(waiters, 1)},
+                       "findings": found}
+                  | ({"locals_dumps": 2, "locals_failed": 0, "locals_cpu_s": 0.04, "locals_wall_s": 0.05}
+                     if s % 10 == 0 else {}))
     with _writer(samples / "attribution.jsonl") as fh:
         if c > 0:
             for k in range(3):

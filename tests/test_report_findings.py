@@ -1,0 +1,46 @@
+"""The Findings section: computed from the wait-for graph records and the ticks, under the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contend.analysis import load_run, summarize
+from contend.report.html import render_html
+from contend.report.markdown import render_markdown
+from contend.report.synthetic import make_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("findings"), duration_s=40, backends=10, with_backends=False)
+
+
+def test_findings_follow_the_records_most_important_first(run_dir: Path) -> None:
+    summary = summarize(load_run(run_dir))
+    on, off = summary["variants"]["logs-on"], summary["variants"]["logs-off"]
+    kinds = [f["kind"] for f in on["findings"]]
+    assert kinds == sorted(kinds, key=["cross_layer_deadlock", "python_lock_convoy",
+                                       "idle_in_tx_waiting_on_app", "dominant_root_blocker"].index)
+    convoy = next(f for f in on["findings"] if f["kind"] == "python_lock_convoy")
+    assert convoy["size_max"] == on["metrics"]["python_lock_waiters_max"]
+    assert convoy["text"] in on["findings_text"][1]
+    assert 1 <= len(on["findings_text"]) <= 5 and 1 <= len(off["findings_text"]) <= 6
+    assert on["findings_text"][-1].startswith("The dominant root blocker")
+    assert off["findings_text"][0].startswith("No cross-layer cycle")
+    # the comparison sentence, from both variants' records
+    assert off["findings_text"][-1].startswith("logs-off removed")
+    assert "the Python lock convoy seen in" in off["findings_text"][-1]
+
+
+def test_findings_section_sits_under_the_verdict_escaped(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    summary = summarize(run)
+    page = render_html(run, summary, run_dir)
+    verdict, findings = page.index("<h2>Verdict</h2>"), page.index('<h2 id="findings">Findings</h2>')
+    assert verdict < findings < page.index('<h2 id="v1">')
+    assert '`UPDATE &#34;jobs_job&#34;' in page[findings:]  # database text is escaped
+    assert "py-spy dumps with locals for them" in page
+    markdown = render_markdown(summary, {})
+    assert markdown.index("**Findings**") > markdown.index("| metric")
