@@ -524,17 +524,27 @@ def _echo_paths(paths: Any, as_json: bool) -> None:
 @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Seconds between two snapshots.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Stream each snapshot's tick metrics as one JSON line (docs/records.md, pg_ticks).")
-def watch(dsn: str, interval: float, as_json: bool) -> None:
+              help="Stream each snapshot's tick metrics as one JSON line (docs/records.md, pg_ticks), "
+                   "with the findings.")
+@click.option("--pyspy-pid", "pyspy_pids", type=int, multiple=True, metavar="PID",
+              help="A server process to read with py-spy for the cross-layer findings (repeatable).")
+@click.option("--pyspy-pattern", metavar="REGEX",
+              help="Read with py-spy every process whose command line matches REGEX.")
+def watch(dsn: str, interval: float, as_json: bool, pyspy_pids: tuple[int, ...],
+          pyspy_pattern: str | None) -> None:
     """Watch the blocker forest of a Postgres database live, read-only, until Ctrl-C.
 
     Shows each root blocker with its state, transaction age and query, its waiters below it, the
-    idle-in-transaction holders and the tick metrics (docs/metrics.md). Needs a role with
-    pg_monitor to see other roles' sessions, and says so when it lacks it. Ctrl-C or SIGTERM
-    ends the watch with exit code 0.
+    idle-in-transaction holders and the tick metrics (docs/metrics.md). With --pyspy-pid or
+    --pyspy-pattern it also reads those server processes' stacks while backends wait, and shows the
+    findings of the wait-for graph over their threads: cross-layer deadlocks, Python lock convoys,
+    idle-in-transaction holders blocked in the application. Needs a role with pg_monitor to see
+    other roles' sessions, and says so when it lacks it. Ctrl-C or SIGTERM ends the watch with exit
+    code 0.
     """
     from contend.sample.watch import watch as watch_database
 
     # SIGTERM ends a watch like Ctrl-C does: the normal way to stop it, so exit 0.
     with contextlib.suppress(Interrupted):
-        watch_database(dsn, interval=interval, as_json=as_json)
+        watch_database(dsn, interval=interval, as_json=as_json, pyspy_pids=pyspy_pids,
+                       pyspy_pattern=pyspy_pattern)

@@ -6,7 +6,10 @@ thread in ``application_name`` as the reference server's do.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,12 +18,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from rich.console import Console
 
 from contend.sample import crosslayer, findings, pyspy, waitgraph
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
+from contend.sample.watch import render
 from contend.stack import Stack
-from tests.conftest import wait_for
+from tests.conftest import CONTEND, wait_for
 
 HELPER = Path(__file__).with_name("waitgraph_helper.py")
 
@@ -221,3 +226,46 @@ def test_crosslayer_takes_locals_when_the_forest_shows_a_reason_and_records_thei
     assert 0 < record["locals_cpu_s"] < 5
     assert [f["kind"] for f in record["findings"]] == ["cross_layer_deadlock", "idle_in_tx_waiting_on_app"]
     assert record["gauges"] == {"python_lock_waiters": 1, "idle_in_tx_blocked_in_app": 1}
+
+
+@pytest.mark.slow
+def test_watch_json_lines_carry_the_findings_of_the_processes_it_reads(server, wg_dsn: str) -> None:
+    info = server("convoy")
+    env = {**os.environ, "CONTEND_DSN": wg_dsn}
+    proc = subprocess.Popen([*CONTEND, "watch", "--json", "--interval", "0.3", "--pyspy-pattern",
+                             r"waitgraph_helper\.py convoy"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        seen: list[dict[str, Any]] = []
+
+        def convoy() -> dict[str, Any] | None:
+            line = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            seen.append(line)
+            return next((f for f in line["findings"] if f["kind"] == "python_lock_convoy"), None)
+
+        found = wait_for(convoy, timeout=60, interval=0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert all("findings" in line for line in seen)
+    assert set(found) == {"kind", "threads", "text"}
+    assert {t["pid"] for t in found["threads"]} == {info["pid"]}
+    assert set(found["threads"][0]) == {"pid", "tid", "function", "file", "line", "backend_pid"}
+    assert found["threads"][0]["tid"] == info["threads"]["emitter"]["tid"]
+
+
+def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
+    tick = {"t": 0.0, "backends": 2, "blocked": 1, "edges": 1, "depth": 1, "roots": [], "idle_in_tx": 1,
+            "idle_in_tx_max_age": 2.0, "cost_ms": 1.0, "blocking_calls": 1, "locked_relations": []}
+    finding = {"kind": "python_lock_convoy", "threads": [], "text": "4 threads with open transactions wait"}
+
+    def shown(findings: list[dict[str, Any]] | None) -> str:
+        console = Console(file=io.StringIO(), width=200)
+        console.print(render(tick, [], findings=findings))
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    assert "1. 4 threads with open transactions wait" in shown([finding])
+    assert "findings: none" in shown([])
+    assert "findings" not in shown(None)  # no py-spy target: nothing to say about Python waits

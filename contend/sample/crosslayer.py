@@ -70,22 +70,31 @@ class CrossLayer:
         with self._lock:
             self._latest = (tick, backends)
 
-    def on_dumps(self, records: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> None:
-        """Build and write the graph of the moment these ``pyspy.jsonl`` records were taken."""
+    def moment(self, records: Sequence[Mapping[str, Any]],
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Return the graph record of the moment these ``pyspy.jsonl`` records were taken, with its
+        findings; None without stacks or before the first Postgres snapshot."""
         dumps = [r for r in records if r.get("threads")]
         with self._lock:
             latest = self._latest
         if not dumps or latest is None:
-            return
+            return None
         tick, backends = latest
         clients = {int(b["pid"]): self._client(b) for b in backends}
         t = max(float(r["t"]) for r in dumps)
         graph = waitgraph.build(t, dumps, backends, clients, self.sources)
         found = findings.of_graph(graph, self.timeouts)
-        if not graph.edges and not found and extra is None:
-            return  # a quiet moment: nothing waits on anything
-        record = graph.record() | {"pg_t": tick["t"], "gauges": findings.gauges(graph), "findings": found}
-        self.write([record | dict(extra or {})])
+        return graph.record() | {"pg_t": tick["t"], "gauges": findings.gauges(graph), "findings": found,
+                                 **(extra or {})}
+
+    def on_dumps(self, records: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> None:
+        """Build and write the graph of the moment these ``pyspy.jsonl`` records were taken.
+
+        A quiet moment (nothing waits on anything) is not written, unless dumps were taken for it.
+        """
+        record = self.moment(records, extra)
+        if record is not None and (record["edges"] or record["findings"] or extra):
+            self.write([record])
 
     def _client(self, backend: Mapping[str, Any]) -> Client | None:
         # The socket table is read once per connection, not at every moment (psutil walks /proc).
@@ -102,21 +111,26 @@ class CrossLayer:
             return None
         return locals_reason(latest[0], latest[1], self.waiter_age_s)
 
-    def take_locals(self, reason: str) -> None:
-        """Dump every target with locals, then write the graph of that moment with the dumps' cost."""
-        self._last_locals = time.monotonic()
+    def dump_all(self, with_locals: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Dump every target now; return the ``pyspy.jsonl``-like records and their cost."""
+        self._last_locals = time.monotonic() if with_locals else self._last_locals
         records, cpu_s, wall_s, failed = [], 0.0, 0.0, 0
         for pid in self.pids:
             cost: dict[str, float] = {}
             try:
-                threads = self.dumper(pid, with_locals=True, cost=cost)
+                threads = self.dumper(pid, with_locals=with_locals, cost=cost)
                 records.append({"t": time.time(), "pid": pid, "threads": threads})
             except SamplerError:
                 failed += 1
             cpu_s += cost.get("cpu_s", 0.0)
             wall_s += cost.get("wall_s", 0.0)
-        self.on_dumps(records, {"reason": reason, "locals_dumps": len(self.pids), "locals_failed": failed,
-                                "locals_cpu_s": round(cpu_s, 4), "locals_wall_s": round(wall_s, 4)})
+        return records, {"dumps": len(self.pids), "failed": failed, "cpu_s": round(cpu_s, 4),
+                         "wall_s": round(wall_s, 4)}
+
+    def take_locals(self, reason: str) -> None:
+        """Dump every target with locals, then write the graph of that moment with the dumps' cost."""
+        records, cost = self.dump_all(with_locals=True)
+        self.on_dumps(records, {"reason": reason, **{f"locals_{k}": v for k, v in cost.items()}})
 
     def run(self, stop: threading.Event, poll_s: float = 0.2) -> None:
         """Take dumps with locals whenever they are due, until ``stop``."""

@@ -2,6 +2,9 @@
 
 Rendering is pure (``render`` turns one snapshot into rich renderables); ``watch`` is the thin
 loop around it. Read-only: the sampler's connection runs with ``default_transaction_read_only``.
+Given server processes (``pyspy_pids``, ``pyspy_pattern``), it also dumps their stacks whenever
+backends wait on a lock or sit idle in a transaction (at most once a second; with locals when the
+forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -18,9 +21,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from contend.sample.pg import PgSampler, connect
+from contend.errors import SamplerError
+from contend.sample.attribution import pids_matching
+from contend.sample.crosslayer import CrossLayer
+from contend.sample.pg import PgSampler, connect, session_timeouts
 
 QUERY_WIDTH = 100
+MIN_DUMP_INTERVAL_S = 1.0
+THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid")
 
 
 def _age(seconds: float | None) -> str:
@@ -62,8 +70,12 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
 
 
 def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
-           warnings: Sequence[str] = ()) -> RenderableType:
-    """Return the view of one snapshot: metrics line, blocker forest, idle-in-transaction holders."""
+           warnings: Sequence[str] = (),
+           findings: Sequence[Mapping[str, Any]] | None = None) -> RenderableType:
+    """Return the view of one snapshot: metrics line, findings, blocker forest, idle-in-transaction holders.
+
+    ``findings`` is None when no server process is watched with py-spy.
+    """
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
     drawn_under = parents(blocked_by)
@@ -78,6 +90,12 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
         f"(oldest {_age(tick['idle_in_tx_max_age'])})  sampler {tick['cost_ms']:.1f} ms, "
         f"{tick['blocking_calls']} pg_blocking_pids calls", style="bold",
     ))
+    if findings:
+        parts.append(Text("findings", style="bold"))
+        parts += [Text(f"  {i}. {f['text']}", style="red") for i, f in enumerate(findings, 1)]
+    elif findings is not None:
+        parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
+                          style="dim"))
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
     for root in tick["roots"]:
         node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}"))
@@ -109,28 +127,75 @@ def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
         _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
 
 
-def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None) -> None:
+def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Return the findings as ``--json`` lines carry them: kind, threads (pid, tid, function, file,
+    line, backend_pid) and text."""
+    return [{"kind": f["kind"], "text": f["text"],
+             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in f.get("threads") or ()]}
+            for f in found]
+
+
+class StackWatch:
+    """py-spy on the watched server processes: the findings of the latest moment something waited."""
+
+    def __init__(self, dsn: str, pids: Sequence[int], warn: Callable[[str], None]) -> None:
+        try:
+            timeouts = session_timeouts(dsn)
+        except SamplerError as exc:
+            warn(exc.message)
+            timeouts = {}
+        self.cross = CrossLayer(pids, timeouts, write=lambda records: None)
+        self.warn = warn
+        self.findings: list[dict[str, Any]] = []
+        self._last = float("-inf")
+
+    def update(self, tick: dict[str, Any], backends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Take stacks when something waits (rate-limited); return the current findings."""
+        self.cross.observe(tick, backends)
+        if not (tick["blocked"] or tick["idle_in_tx"]) or not self.cross.pids:
+            self.findings = []
+        elif time.monotonic() - self._last >= MIN_DUMP_INTERVAL_S:
+            self._last = time.monotonic()
+            with_locals = self.cross.locals_due() is not None
+            records, cost = self.cross.dump_all(with_locals)
+            if cost["failed"] and not records:
+                self.warn(f"py-spy could not read pids {self.cross.pids} (root or SYS_PTRACE needed?)")
+            record = self.cross.moment(records)
+            self.findings = record["findings"] if record else []
+        return self.findings
+
+
+def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
+          pyspy_pids: Sequence[int] = (), pyspy_pattern: str | None = None) -> None:
     """Sample ``dsn`` every ``interval`` seconds until Ctrl-C; a live view, or tick records as JSON lines.
 
+    With ``pyspy_pids`` or ``pyspy_pattern`` (a regular expression on command lines), py-spy reads
+    those server processes and each snapshot carries the wait-for graph's findings.
     Returns normally on Ctrl-C (watching ends only that way, so it is not an error).
     """
     out = out or sys.stdout
     conn = connect(dsn)
     try:
         sampler = PgSampler(conn)
+        pids = sorted({*pyspy_pids, *(pids_matching(pyspy_pattern) if pyspy_pattern else ())})
+        stacks = StackWatch(dsn, pids, sampler.warnings.append) if (pyspy_pids or pyspy_pattern) else None
+        if pyspy_pattern and not pids:
+            sampler.warnings.append(f"no process matches {pyspy_pattern!r}: no stacks are taken")
         if as_json:
             for warning in sampler.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
             while True:
-                tick, _ = sampler.tick()
-                out.write(json.dumps(tick, default=str) + "\n")
+                tick, backends = sampler.tick()
+                found = stacks.update(tick, backends) if stacks else []
+                out.write(json.dumps(tick | {"findings": json_findings(found)}, default=str) + "\n")
                 out.flush()
                 time.sleep(interval)
         console = Console(file=out)
         with Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
                 tick, backends = sampler.tick()
-                live.update(render(tick, backends, sampler.warnings), refresh=True)
+                shown = stacks.update(tick, backends) if stacks else None
+                live.update(render(tick, backends, sampler.warnings, shown), refresh=True)
                 time.sleep(interval)
     except KeyboardInterrupt:
         return
