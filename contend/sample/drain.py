@@ -33,15 +33,15 @@ from contend.sample.pg import connect
 from contend.stack.postgres import redact_message
 
 # One read: busy worker connections, the images the workers have written results for, and a digest
-# of what each worker connection is doing (its transaction and statement start): unchanged while
-# busy means no worker has finished a statement or a transaction since the last read.
+# of the jobs' progress (a plain read: it never waits on the job row's lock). The progress moves
+# with every result a worker finishes, error results included; statements that time out and are
+# retried do not move it.
 WORKERS_SQL = """
 SELECT (SELECT count(*) FROM pg_stat_activity
-         WHERE application_name LIKE 'contend-ref:worker-%' AND state <> 'idle') AS busy,
+         WHERE application_name LIKE 'contend-ref:worker-%%' AND state <> 'idle') AS busy,
        (SELECT count(DISTINCT source_image_id) FROM main_detection) AS processed,
-       (SELECT md5(coalesce(string_agg(concat_ws(':', pid, state, xact_start, query_start), ','
-                                       ORDER BY pid), ''))
-          FROM pg_stat_activity WHERE application_name LIKE 'contend-ref:worker-%') AS activity
+       (SELECT md5(coalesce(string_agg(progress::text, ',' ORDER BY id), ''))
+          FROM jobs_job WHERE id = ANY(%(jobs)s)) AS progress
 """
 # When each job reached its final status. The reference server writes finished_at as a naive
 # local time (USE_TZ = False) in its TIME_ZONE, UTC unless TZ says otherwise.
@@ -142,9 +142,9 @@ def drain(
     """Wait for the drain as the target allows (module docstring); return it and each job's finish time.
 
     ``dsn`` (with ``monitor_url``) means the reference server: its workers and tables are read, and
-    a drain in which the queue, the rows written and every worker connection's transaction and
-    statement stay the same for ``stall_s`` while workers are busy ends there as stalled (workers
-    wedged on each other do not finish by waiting longer; the timeout would only add dead time).
+    a drain in which the queue, the rows written and the jobs' progress stay the same for ``stall_s``
+    while workers are busy ends there as stalled (workers wedged on each other do not finish by
+    waiting longer; the timeout would only add dead time).
     """
     stop = stop or threading.Event()
     start = clock()
@@ -165,14 +165,14 @@ def drain(
 
             def workers() -> tuple[bool, Any]:
                 depth = queue_depth(monitor_url)
-                row = conn.execute(WORKERS_SQL).fetchone()
+                row = conn.execute(WORKERS_SQL, {"jobs": list(job_ids)}).fetchone()
                 if row is None:
                     return False, None
                 return depth == 0 and int(row[0]) == 0, (depth, int(row[1]), row[2])
 
             end, timed_out, stalled = wait_quiet(workers, timeout_s=timeout_s, quiet_s=quiet_s, stop=stop,
                                                  clock=clock, stall_s=stall_s)
-            row = conn.execute(WORKERS_SQL).fetchone()
+            row = conn.execute(WORKERS_SQL, {"jobs": list(job_ids)}).fetchone()
             jobs = {str(r[0]): r[2] for r in conn.execute(JOBS_SQL, {"jobs": list(job_ids)}).fetchall()}
     except psycopg.Error as exc:
         raise SamplerError(f"cannot observe the result workers: {redact_message(exc)}") from None
