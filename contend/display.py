@@ -142,7 +142,9 @@ class RunDisplay:
 
     def __init__(self, console: Console | None = None, plans: Mapping[str, Planned] | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        # Live renders this object 4 times a second (``__rich__``): the clock, the time left and the
+        # drain's queue move between events.
+        self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
         self.plans = dict(plans or {})
         self.variant = ""
         self.index = 0
@@ -156,6 +158,11 @@ class RunDisplay:
         self.tick: dict[str, Any] | None = None
         self.queued: int | None = None
         self.samples_dir: Path | None = None
+
+    def __rich__(self) -> Table:
+        if self.phase_text == "drain" and self.samples_dir is not None:
+            self.queued = results_queued(self.samples_dir)
+        return self._table()
 
     def _plan(self) -> Planned | None:
         return self.plans.get(self.variant.split("~r")[0])
@@ -188,7 +195,7 @@ class RunDisplay:
     def _say(self, text: str) -> None:
         if not self.console.is_terminal:
             self.console.print(text, highlight=False)
-        self.live.update(self._table())
+        self.live.refresh()
 
     def variant_started(self, index: int, total: int, name: str) -> None:
         self.index, self.total, self.variant = index, total, name
@@ -209,7 +216,7 @@ class RunDisplay:
         self.samples_dir = samples_dir
         self.tick = last_tick(samples_dir)
         self.queued = results_queued(samples_dir)
-        self.live.update(self._table())
+        self.live.refresh()
 
     def variant_finished(self, name: str, status: str, reason: str | None) -> None:
         self.finished_s.append(time.monotonic() - self.variant_started_at)

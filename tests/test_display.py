@@ -63,3 +63,19 @@ def test_display_prints_one_line_per_event_off_a_terminal(tmp_path: Path) -> Non
     assert "variant 1 of 2" in text and "POSTs 10 of 20" in text and "50%" in text
     assert out.getvalue().splitlines()[:2] == ["variant 1/2: a", "  load"]
     assert out.getvalue().splitlines()[2].startswith("  a: ok, requests ok 10 failed 0, ")
+
+
+def test_the_drain_shows_the_results_still_queued_as_they_go(tmp_path: Path) -> None:
+    display = RunDisplay(Console(file=io.StringIO(), force_terminal=False), plans={"a": Planned(20, None)})
+    display.variant_started(1, 1, "a")
+    display.phase("load")
+    display.load_progress(progress(20), tmp_path)
+    display.phase("drain")
+    nats = tmp_path / "nats.jsonl"
+    for t, pending in ((1.0, 300), (2.0, 120)):
+        with nats.open("a") as f:
+            record = {"t": t, "stream": "ml_results", "consumer": "c", "num_pending": pending}
+            f.write(json.dumps(record) + "\n")
+        console = Console(file=io.StringIO(), width=160)
+        console.print(display)  # what Live renders at each refresh
+        assert f"results queued {pending}" in console.file.getvalue()  # type: ignore[attr-defined]
