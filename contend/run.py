@@ -43,8 +43,6 @@ from contend.stack.postgres import redact_message
 from contend.stack.refserver import RefServerOptions
 from contend.target import check_target
 
-RUN_TOKEN_ENV = "CONTEND_RUN_TOKEN"
-
 
 class RunObserver(Protocol):
     """What the live display is told while a run goes on."""
@@ -170,9 +168,9 @@ def _embedded(scenario: Scenario, target: EmbeddedTarget, stack: Stack) -> tuple
     # The run folder keeps how the stack was reached, but not the token (reports get shared).
     (stack.run_dir / "stack.json").write_text(
         json.dumps({**info, "refserver": {**ref, "token": "(not kept)"}}, indent=2) + "\n")
-    # The load's child processes read the token from their environment, never from argv.
-    os.environ[RUN_TOKEN_ENV] = ref["token"]
-    load_target = LoadTarget(base_url=ref["url"], token_env=RUN_TOKEN_ENV, job_ids=ref["job_ids"],
+    # The token travels in the load target; the launcher gives it to the load processes through
+    # their own environment only (never contend's, never argv).
+    load_target = LoadTarget(base_url=ref["url"], token=SecretStr(ref["token"]), job_ids=ref["job_ids"],
                              pipeline_slug=ref["pipeline_slug"])
     sampling = scenario.sampling
     sampler = SamplerConfig(

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from contend.errors import ChildExit, ConfigError, LoadError
 from contend.load.config import BatchedPost, Workload
 from contend.load.plan import DEFAULT_TOKEN_VARS, TOKEN_ENV, Plan, PlannedWorkload, read_token
@@ -33,6 +35,9 @@ class LoadTarget:
     base_url: str
     token_env: str | None = None
     """The variable holding the API token; None: ANTENNA_TOKEN, then CONTEND_TOKEN."""
+    token: SecretStr | None = field(default=None, repr=False)
+    """The API token itself, when contend knows it (the embedded server's): beats ``token_env``. It
+    reaches the load processes only through their own environment, never argv, files or reports."""
     job_ids: Sequence[int] = ()
     pipeline_slug: str | None = None
     image_ids: Mapping[int, Sequence[str]] = field(default_factory=dict)
@@ -54,7 +59,9 @@ class LoadProgress:
 
 
 def read_token_for(target: LoadTarget) -> str:
-    """Return the API token from the environment, or raise a one-line ConfigError."""
+    """Return the target's token, else the one in the environment, or raise a one-line ConfigError."""
+    if target.token is not None:
+        return target.token.get_secret_value()
     names = (target.token_env,) if target.token_env else DEFAULT_TOKEN_VARS
     token = read_token(names)
     if token is None:
