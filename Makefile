@@ -17,7 +17,7 @@ install: $(BIN)/contend
 demo: install
 	$(BIN)/contend run $(SCENARIO)
 
-# Lint, types, then every test (slow end-to-end ones included).
+# Lint, types, then every test: the fast tier, `integration` (real processes) and `slow` (end to end).
 test: install check
 	$(BIN)/python -m pytest
 

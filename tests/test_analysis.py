@@ -221,6 +221,7 @@ def test_a_killed_run_still_loads_and_says_what_is_missing(run_dir, tmp_path):
     assert off["metrics"]["posts_total"] == expected(run_dir / "variants" / "logs-off")["posts_total"]
 
 
+@pytest.mark.integration
 def test_a_run_whose_writer_is_gone_reads_as_interrupted_not_running(run_dir, tmp_path):
     import os
     import platform

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from contend import __version__
 from contend.errors import ExitCode
-from tests.conftest import CONTEND
-
-
-def contend(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CONTEND, *args], capture_output=True, text=True, timeout=120, env=env)
+from tests.conftest import contend
 
 
 def test_version() -> None:
@@ -33,6 +27,7 @@ def test_every_command_has_help() -> None:
         assert sub.stdout.startswith("Usage: "), name
 
 
+@pytest.mark.integration  # doctor starts Postgres, nats-server and py-spy to check them
 def test_doctor_passes_here_and_names_each_check() -> None:
     out = contend("doctor")
     assert out.returncode == 0, out.stdout + out.stderr

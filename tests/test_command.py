@@ -15,6 +15,8 @@ from contend.stack.command import Command, CommandStack, Ready
 from contend.stack.process import free_port
 from tests.conftest import processes_mentioning, wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 TINY = str(Path(__file__).parent / "data" / "tiny_target.py")
 
 

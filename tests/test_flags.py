@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from contend.errors import ConfigError
 from contend.flags import FLAGS, PRESETS, flag_names, parse_overrides, resolve_flags
-from tests.conftest import CONTEND
+from tests.conftest import contend
 
 
 def test_every_flag_resolves_to_its_default_without_preset():
@@ -73,7 +71,9 @@ def test_parse_overrides():
 
 
 def test_flags_command_lists_flags_and_presets():
-    out = subprocess.run([*CONTEND, "flags"], capture_output=True, text=True, check=True).stdout
+    done = contend("flags")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     for flag in FLAGS:
         assert f"{flag.name}  default {flag.default}  allowed {flag.allowed}" in out
         assert flag.meaning in out
@@ -82,8 +82,7 @@ def test_flags_command_lists_flags_and_presets():
 
 
 def test_up_rejects_a_bad_flag_before_starting_anything(tmp_path):
-    done = subprocess.run([*CONTEND, "up", "--reports", str(tmp_path), "--flag", "JOBS_POLL_ORDER=sideways"],
-                          capture_output=True, text=True, check=False)
+    done = contend("up", "--reports", str(tmp_path), "--flag", "JOBS_POLL_ORDER=sideways")
     assert done.returncode == 2
     assert "allowed: newest|oldest|random" in done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from contend.gate import (
     render_markdown,
     render_table,
 )
+from tests.conftest import contend
 
 RUNS = Path(__file__).parent / "data" / "runs"
 DEMO = RUNS / "gate-demo"
@@ -136,6 +136,7 @@ def test_metric_names_match_the_record_contract() -> None:
     assert all(MEANINGS[m] for m in METRICS)
 
 
+@pytest.mark.integration  # a fresh interpreter's sys.modules
 def test_the_gate_does_not_load_pandas() -> None:
     code = "import sys, contend.gate; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -205,11 +206,6 @@ def test_markdown_summary() -> None:
     assert lines[2] == "FAILED: 3 of 9 thresholds failed, 3 skipped"
     assert lines[6] == "| ❌ | logs-on | `post_ok_ratio == 1` | 0 | 1 |  |"
     assert len([line for line in lines if line.startswith("| ")]) == 1 + 9
-
-
-def contend(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "contend", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120, check=False)
 
 
 def test_cli_exit_codes(tmp_path: Path) -> None:

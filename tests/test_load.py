@@ -19,10 +19,13 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from pydantic import SecretStr
 
 from contend.errors import ConfigError
 from contend.load import BatchedPost, LoadRun, LoadTarget, PullWorkers, read_records, run_load
 from contend.load.config import workload_from
+from contend.load.launcher import make_plan, read_token_for
+from tests.conftest import contend
 
 TOKEN = "f00dfeedc0ffee15a5ecre7ba5e40hexchars00"
 RECORD_KEYS = [
@@ -148,6 +151,7 @@ def records(out: Path) -> list[dict]:
     return list(read_records(out))
 
 
+@pytest.mark.integration
 def test_batched_post_sends_batch_x_concurrency_x_rounds_in_waves(tmp_path):
     with FakeAntenna() as app:
         summary = run_load(
@@ -172,6 +176,7 @@ def test_batched_post_sends_batch_x_concurrency_x_rounds_in_waves(tmp_path):
     assert all(r["t0"] <= r["t1"] and abs(r["t0"] - time.time()) < 120 for r in recs)
 
 
+@pytest.mark.integration
 def test_two_load_workers_give_the_same_totals_as_one(tmp_path):
     totals = []
     for workers in (1, 2):
@@ -198,6 +203,7 @@ def test_two_load_workers_give_the_same_totals_as_one(tmp_path):
     assert totals[0] == totals[1] == (12, 60, 12, 60, 12)
 
 
+@pytest.mark.integration
 def test_token_is_in_no_file_and_no_command_line(tmp_path):
     with FakeAntenna(delay_s=0.05) as app:
         run = LoadRun(
@@ -230,6 +236,21 @@ def test_token_is_in_no_file_and_no_command_line(tmp_path):
         assert TOKEN not in path.read_text(errors="replace"), path
 
 
+@pytest.mark.integration
+def test_a_token_in_the_target_reaches_the_load_but_not_contends_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTENNA_TOKEN")
+    before = dict(os.environ)
+    target = LoadTarget("http://127.0.0.1:9", token=SecretStr(TOKEN))
+    assert read_token_for(target) == TOKEN
+    assert TOKEN not in repr(target)
+    assert TOKEN not in make_plan([BatchedPost(job=1)], target).model_dump_json()
+    with FakeAntenna() as app:
+        summary = run_load([BatchedPost(batch=2, concurrency=1, rounds=1, job=1)],
+                           LoadTarget(app.url, token=SecretStr(TOKEN)), tmp_path)
+    assert summary.requests_ok == 1 and all(r["auth_ok"] for r in app.requests)
+    assert dict(os.environ) == before
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -260,25 +281,8 @@ def test_bad_inputs_are_one_line_errors_and_send_nothing(tmp_path, monkeypatch, 
 
 
 def test_cli_refuses_remote_target_with_one_line_and_exit_2(tmp_path):
-    env = {**os.environ, "ANTENNA_TOKEN": TOKEN}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "contend",
-            "load",
-            "batched-post",
-            "--url",
-            "http://antenna.invalid:8000",
-            "--job",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    done = contend("load", "batched-post", "--url", "http://antenna.invalid:8000", "--job", "1",
+                   env={"ANTENNA_TOKEN": TOKEN}, cwd=tmp_path)
     assert done.returncode == 2
     assert (
         done.stderr.splitlines()[0]
@@ -287,6 +291,7 @@ def test_cli_refuses_remote_target_with_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "reports").exists()
 
 
+@pytest.mark.integration
 def test_cli_prints_summary_table(tmp_path):
     env = {**os.environ, "ANTENNA_TOKEN": TOKEN}
     with FakeAntenna() as app:
@@ -322,6 +327,7 @@ def test_cli_prints_summary_table(tmp_path):
     assert len(records(tmp_path / "run" / "load")) == 4
 
 
+@pytest.mark.integration
 def test_killed_run_keeps_complete_records_on_disk(tmp_path):
     with FakeAntenna(delay_s=0.02) as app:
         run = LoadRun(
@@ -352,6 +358,7 @@ def test_killed_run_keeps_complete_records_on_disk(tmp_path):
     assert all(json.loads(line) for line in lines)
 
 
+@pytest.mark.integration
 def test_stop_event_ends_the_run_cleanly_and_keeps_records(tmp_path):
     stop = threading.Event()
     seen = []
@@ -379,6 +386,7 @@ def test_stop_event_ends_the_run_cleanly_and_keeps_records(tmp_path):
     ]
 
 
+@pytest.mark.integration
 def test_pull_workers_drain_jobs_and_count_redeliveries(tmp_path):
     workload = PullWorkers(
         pollers=2,
@@ -404,6 +412,7 @@ def test_pull_workers_drain_jobs_and_count_redeliveries(tmp_path):
     assert {r["worker"] for r in recs} == {"w0-u0", "w0-u1"}
 
 
+@pytest.mark.integration
 def test_remote_load_worker_ships_its_records_to_the_master_folder(tmp_path):
     from contend.stack.process import free_port
 
@@ -444,6 +453,7 @@ def test_remote_load_worker_ships_its_records_to_the_master_folder(tmp_path):
     assert not list((tmp_path / "w").glob("requests-*"))
 
 
+@pytest.mark.integration
 def test_stopped_pull_workers_send_nothing_more(tmp_path):
     stop = threading.Event()
     workload = PullWorkers(

@@ -44,6 +44,7 @@ def _log(stack: Stack) -> Path:
     return stack.run_dir / "postgres" / "postgres.log"
 
 
+@pytest.mark.integration
 def test_the_embedded_server_logs_a_lock_wait_and_the_errors_it_raised(stack: Stack) -> None:
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS pglog_hot (id int PRIMARY KEY, n int)")

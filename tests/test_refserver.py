@@ -21,6 +21,8 @@ import pytest
 from contend.stack import RefServerOptions, Stack
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 APP_NAME = re.compile(r"^contend-ref:(?P<role>\S+) pid=(?P<pid>\d+) tid=(?P<tid>\d+) ntid=(?P<ntid>\d+)")
 
 # Section 5 of the behaviour reference, verbatim: ids that do not exist are accepted by the view.

@@ -20,6 +20,8 @@ import pytest
 from tests.conftest import wait_for
 from tests.test_refserver import Api, error_results, refstack, settled, table_counter
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 WAITERS_ON_JOB_ROW = """
     SELECT count(*) FROM pg_stat_activity
      WHERE wait_event_type = 'Lock' AND query ILIKE '%%jobs_job%%'

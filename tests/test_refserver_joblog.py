@@ -21,6 +21,8 @@ from contend.stack import Stack
 from tests.conftest import wait_for
 from tests.refserver_inprocess import InProcessRefServer, inprocess_refserver
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 
 @pytest.fixture(scope="module")
 def app(stack: Stack) -> InProcessRefServer:

@@ -10,6 +10,8 @@ import pytest
 from contend.stack import Stack
 from tests.refserver_inprocess import InProcessRefServer, inprocess_refserver
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 
 @pytest.fixture(scope="module")
 def app(stack: Stack) -> InProcessRefServer:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from contend.report import write_comparison, write_report
 from contend.report.synthetic import SynthVariant, make_run
+from tests.conftest import contend
 
 EVIL = "UPDATE jobs_job SET logs = '<script>alert(1)</script>' WHERE id = 1"
 
@@ -110,23 +109,12 @@ def test_partial_run_renders_and_says_so(run_dir, tmp_path):
     assert json.loads(paths.summary.read_text())["variants"]["logs-off"]["status"] == "failed"
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "contend", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        check=False,
-    )
-
-
 def test_contend_report_rerenders_from_raw_records(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     for name in ("report.html", "report.md", "summary.json"):
         (copy / name).unlink()
-    done = run_cli("report", str(copy), "--json")
+    done = contend("report", str(copy), "--json")
     assert done.returncode == 0, done.stderr
     paths = json.loads(done.stdout)
     assert Path(paths["html"]) == copy / "report.html" and (copy / "report.html").exists()
@@ -136,7 +124,7 @@ def test_contend_report_rerenders_from_raw_records(run_dir, tmp_path):
 
 
 def test_contend_report_on_a_folder_without_records_is_a_config_error(tmp_path):
-    done = run_cli("report", str(tmp_path))
+    done = contend("report", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.startswith("Error: ") and "Hint: " in done.stderr
 
@@ -153,7 +141,7 @@ def test_contend_compare_puts_b_against_a_baseline(tmp_path):
         seed=2,
     )
     out = tmp_path / "cmp"
-    done = run_cli("compare", str(before), str(after), "--out", str(out))
+    done = contend("compare", str(before), str(after), "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"] == "A: logs-on"

@@ -25,6 +25,8 @@ from contend.stack.process import free_port
 from tests.conftest import CONTEND, processes_mentioning, wait_for
 from tests.test_command import TINY, _group
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 SCENARIO = """\
 name: tiny
 target:

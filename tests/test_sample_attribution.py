@@ -92,6 +92,7 @@ def test_application_name_round_trip() -> None:
     assert parse_app_name("psql") is None and parse_app_name(None) is None
 
 
+@pytest.mark.integration
 def test_pyspy_dump_of_a_process_blocked_in_a_query(client) -> None:
     info = client("app")
     threads = pyspy.dump(info["pid"])
@@ -108,6 +109,7 @@ def test_pyspy_dump_of_a_process_blocked_in_a_query(client) -> None:
     assert "1 of 3 result workers in idle <- hold_lock_in_test" in sentences
 
 
+@pytest.mark.integration
 def test_root_blocker_attributed_to_thread_from_application_name(client, sample_dsn: str) -> None:
     info = client("app")
     with connect(sample_dsn) as conn:
@@ -127,6 +129,7 @@ def test_root_blocker_attributed_to_thread_from_application_name(client, sample_
     assert attributor.due({**tick, "t": tick["t"] + 5}) == []
 
 
+@pytest.mark.integration
 def test_root_blocker_attributed_through_the_socket_table(client, sample_dsn: str) -> None:
     info = client("socket")
     waiter = psycopg.connect(sample_dsn, autocommit=True)

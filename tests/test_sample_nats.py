@@ -6,10 +6,13 @@ import asyncio
 from pathlib import Path
 
 import nats
+import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from contend.sample.nats import NatsSampler
 from contend.stack.nats import NatsServer
+
+pytestmark = pytest.mark.integration  # every test here starts processes
 
 
 async def _make_queues(url: str) -> None:

@@ -90,6 +90,7 @@ def sampler(sample_dsn: str):
     conn.close()
 
 
+@pytest.mark.integration
 def test_one_holder_five_queued_waiters(sample_dsn: str, sampler: PgSampler) -> None:
     with Contention(sample_dsn, waiters=5) as c:
         h, (w1, w2, w3, w4, w5) = c.holder_pid, c.waiter_pids
@@ -117,6 +118,7 @@ def test_one_holder_five_queued_waiters(sample_dsn: str, sampler: PgSampler) -> 
     assert holder["has_xid"] is True and holder["client_addr"] == "127.0.0.1" and holder["client_port"] > 0
 
 
+@pytest.mark.integration
 def test_idle_in_transaction_holder_found_with_its_age(sample_dsn: str, sampler: PgSampler) -> None:
     with Contention(sample_dsn, waiters=1) as c:
         time.sleep(0.5)
@@ -143,6 +145,7 @@ RUNBOOK_TOP = """SELECT state, wait_event,
  ORDER BY xact_start NULLS LAST LIMIT 20"""
 
 
+@pytest.mark.integration
 def test_runbook_queries_agree_with_our_records(sample_dsn: str, sampler: PgSampler) -> None:
     # The lock state is frozen while the holder sits idle in its transaction, so the runbook's
     # three queries and one sampler tick see the same snapshot.
@@ -160,6 +163,7 @@ def test_runbook_queries_agree_with_our_records(sample_dsn: str, sampler: PgSamp
         assert b["xact_age"] == pytest.approx(float(r[3]), abs=0.5)
 
 
+@pytest.mark.integration
 def test_least_privilege_role_is_warned_once_and_sampling_goes_on(sample_dsn: str) -> None:
     with psycopg.connect(sample_dsn, autocommit=True) as admin:
         admin.execute("DROP ROLE IF EXISTS sample_nobody")
@@ -188,6 +192,7 @@ def test_least_privilege_role_is_warned_once_and_sampling_goes_on(sample_dsn: st
             admin.execute("DROP ROLE IF EXISTS sample_nobody")
 
 
+@pytest.mark.integration
 def test_sampler_connection_is_a_polite_observer(sample_dsn: str, sampler: PgSampler) -> None:
     conn = sampler.conn
     assert conn.autocommit

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from contend.errors import SamplerError
 from contend.sample.attribution import app_name
 from contend.sample.pyspy import PERMISSION_HINT, PySpySampler, stack_triggers, summarize_stacks
@@ -40,6 +42,7 @@ def test_a_failure_after_dumps_worked_is_transient() -> None:
     assert [r["role"] for r in spy.tick()] == ["worker"]
 
 
+@pytest.mark.integration
 def test_an_exited_process_is_no_longer_dumped() -> None:
     argv = [sys.executable, "-c", "import os; print(os.getpid())"]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)

@@ -97,6 +97,7 @@ def test_config_is_frozen_and_strict() -> None:
         config.model_copy(update={}).__setattr__("pg_interval_s", 1.0)
 
 
+@pytest.mark.integration
 def test_sampler_reconnects_when_its_backend_is_terminated(sample_dsn: str, tmp_path: Path) -> None:
     samples = tmp_path / "samples"
     with SamplerSet(SamplerConfig(dsn=sample_dsn, pg_interval_s=0.1), tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from contend.scenario import (
     schema,
     schema_markdown,
 )
+from tests.conftest import contend
 
 DATA = Path(__file__).parent / "data" / "scenarios"
 ROOT = Path(__file__).parent.parent
@@ -258,11 +257,6 @@ def test_the_reference_example_is_a_valid_scenario() -> None:
     from contend.scenario import EXAMPLE
 
     assert isinstance(parse_scenario(EXAMPLE), Scenario)
-
-
-def contend(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "contend", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
 
 
 def test_cli_validate_and_schema() -> None:

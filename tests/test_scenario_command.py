@@ -8,7 +8,7 @@ import pytest
 
 from contend.errors import ConfigError
 from contend.scenario import CommandTarget, describe_variants, load_scenario, parse_scenario
-from tests.conftest import CONTEND
+from tests.conftest import contend
 
 GOOD = """\
 name: mine
@@ -44,12 +44,10 @@ def test_a_command_target_expands_its_flags_into_each_variants_environment() -> 
 
 
 def test_validate_explains_each_missing_piece_with_its_line(tmp_path: Path) -> None:
-    import subprocess
-
     path = tmp_path / "mine.yaml"
     path.write_text("name: mine\ntarget:\n  kind: command\n  dsn_env: null\nworkloads:\n"
                     "  - {kind: batched_post, batch: 5}\n  - {kind: pull_workers}\n")
-    out = subprocess.run([*CONTEND, "validate", str(path)], capture_output=True, text=True, timeout=60)
+    out = contend("validate", str(path))
     assert out.returncode == 2
     lines = out.stderr.splitlines()
     assert lines[0].startswith(f"Error: {path}:2: target.up: missing: the command that starts your server")

@@ -16,6 +16,8 @@ from contend.stack import Stack
 from contend.stack.process import reap_orphans, state_dir
 from tests.conftest import CONTEND, stack_processes, wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 
 def test_stack_serves_postgres_and_nats(stack: Stack) -> None:
     with psycopg.connect(stack.dsn) as conn:

@@ -17,6 +17,8 @@ from contend.sample.pg import PgSampler, connect
 from contend.stack import Stack
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 INTERVAL_S = 0.1
 UPDATE = "UPDATE waits_hot SET n = n + 1 WHERE id = 1"
 

@@ -10,11 +10,12 @@ import subprocess
 import time
 
 import psycopg
+import pytest
 from rich.console import Console
 
 from contend.sample.pg import PgSampler, connect
 from contend.sample.watch import parents, render
-from tests.conftest import CONTEND
+from tests.conftest import CONTEND, contend
 from tests.test_sample_pg import Contention
 
 
@@ -24,6 +25,7 @@ def start_watch(dsn: str, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.integration
 def test_watch_json_streams_correct_metrics_and_sigint_exits_cleanly(sample_dsn: str) -> None:
     with Contention(sample_dsn, waiters=5):
         proc = start_watch(sample_dsn, "--json")
@@ -45,6 +47,7 @@ def test_watch_json_streams_correct_metrics_and_sigint_exits_cleanly(sample_dsn:
         json.loads(line)
 
 
+@pytest.mark.integration
 def test_watch_view_draws_the_queue_as_one_chain(sample_dsn: str) -> None:
     with Contention(sample_dsn, waiters=3) as c, connect(sample_dsn) as conn:
         tick, backends = PgSampler(conn).tick()
@@ -66,6 +69,7 @@ def test_watch_view_draws_the_queue_as_one_chain(sample_dsn: str) -> None:
     assert "edges 4" in text and "depth 3" in text  # edges 1 + 1 + 2, chain w3->w2->w1->h
 
 
+@pytest.mark.integration
 def test_watch_live_view_runs_until_sigterm(sample_dsn: str) -> None:
     with Contention(sample_dsn, waiters=1) as c:
         proc = start_watch(sample_dsn)
@@ -78,12 +82,12 @@ def test_watch_live_view_runs_until_sigterm(sample_dsn: str) -> None:
 
 
 def test_watch_without_dsn_is_a_usage_error() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "CONTEND_DSN"}
-    done = subprocess.run([*CONTEND, "watch", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    done = contend("watch", "--json", env={"CONTEND_DSN": None})
     assert done.returncode == 2
     assert "--dsn" in done.stderr
 
 
+@pytest.mark.integration
 def test_watch_says_what_a_role_without_pg_monitor_cannot_see(sample_dsn: str) -> None:
     with psycopg.connect(sample_dsn, autocommit=True) as admin:
         admin.execute("DROP ROLE IF EXISTS watch_nobody")
