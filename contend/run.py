@@ -177,7 +177,7 @@ def _embedded(scenario: Scenario, target: EmbeddedTarget, stack: Stack) -> tuple
         dsn=SecretStr(stack.dsn),
         nats_monitor_url=info["nats"]["monitor_url"] if sampling.nats else None,
         pyspy_pids={"web": ref["pids"]["web"], "worker": ref["pids"]["workers"]} if sampling.pyspy else {},
-        secret_envs=[RUN_TOKEN_ENV],
+        secrets=[SecretStr(ref["token"])],
         **_sampler_settings(scenario),
     )
     return load_target, sampler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from contend.errors import ConfigError
-from contend.sample.runner import SamplerConfig, SamplerSet
+from contend.sample.runner import CHILD_SECRETS_ENV, SamplerConfig, SamplerSet
 from contend.stack import Stack
 from tests.conftest import wait_for
 from tests.test_sample_pg import Contention
@@ -26,6 +28,9 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+SECRET = "contend-test-secret-0b9917d0"
+
+
 @pytest.mark.slow
 def test_sampler_set_records_everything_and_stops_on_sigterm(
     stack: Stack, sample_dsn: str, tmp_path: Path
@@ -34,6 +39,7 @@ def test_sampler_set_records_everything_and_stops_on_sigterm(
     config = SamplerConfig(
         dsn=sample_dsn, pg_interval_s=0.1, pyspy_interval_s=0.5, pyspy_pids={"web": [target.pid]},
         pyspy_record=True, nats_monitor_url=stack.nats.monitor_url, attribution_threshold_s=0.3,
+        secrets=[SecretStr(SECRET)],
     )
     samples = tmp_path / "samples"
     try:
@@ -43,6 +49,10 @@ def test_sampler_set_records_everything_and_stops_on_sigterm(
             with SamplerSet(config, tmp_path) as sampler:
                 child = psutil.Process(sampler.process.pid)
                 assert "postgresql://" not in " ".join(child.cmdline())  # the DSN is never in argv
+                # The values to mask reach the sampler through its own environment only.
+                assert child.environ()[CHILD_SECRETS_ENV] == SECRET
+                assert SECRET not in (samples / "sampler-config.json").read_text()
+                assert SECRET not in os.environ.values()
                 # Records reach the disk while the sampler runs (flushed every write).
                 ticks = samples / "pg_ticks.jsonl"
                 contended = wait_for(lambda: [t for t in lines(ticks) if t["blocked"] == 3])

@@ -44,6 +44,8 @@ from contend.stack.process import Lifecycle, ManagedProcess
 log = logging.getLogger("contend.sample")
 
 CHILD_DSN_ENV = "CONTEND_SAMPLER_DSN"
+CHILD_SECRETS_ENV = "CONTEND_SAMPLER_SECRETS"
+"""Newline-separated values the sampler process masks (``SamplerConfig.secrets``)."""
 CONFIG_FILE = "sampler-config.json"
 READY_FILE = ".sampler-ready"
 
@@ -76,6 +78,9 @@ class SamplerConfig(BaseModel):
     """Role -> regular expression on the command line, for external targets."""
     secret_envs: list[str] = Field(default_factory=list)
     """Variables (names) whose values are masked in every record, e.g. the API token's."""
+    secrets: list[SecretStr] = Field(default_factory=list, exclude=True)
+    """Values masked in every record (the embedded server's token): they reach the sampler process
+    through its own environment, never the config file or contend's environment."""
     pyspy_record: bool = False
     """Also record the whole run as speedscope JSON (idle threads kept), one file per pid."""
     nats_monitor_url: str | None = None
@@ -105,6 +110,8 @@ class SamplerSet(Lifecycle):
         (self.samples / READY_FILE).unlink(missing_ok=True)
         (self.samples / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2) + "\n")
         env = dict(os.environ)
+        if self.config.secrets:
+            env[CHILD_SECRETS_ENV] = "\n".join(s.get_secret_value() for s in self.config.secrets)
         if self.config.dsn is not None:
             env[CHILD_DSN_ENV] = self.config.dsn.get_secret_value()
         elif not env.get(self.config.dsn_env):
@@ -176,6 +183,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         raise ConfigError(f"no DSN in {CHILD_DSN_ENV} or {config.dsn_env}")
     sampler = pg.PgSampler(pg.connect(dsn))
     secrets = [value for name in config.secret_envs if len(value := os.environ.get(name, "")) >= 4]
+    secrets += [value for value in os.environ.get(CHILD_SECRETS_ENV, "").split("\n") if len(value) >= 4]
     writers = {
         name: JsonlWriter(samples / f"{name}.jsonl", mask=secrets)
         for name in ("pg_ticks", "pg_backends", "pyspy", "attribution", "nats", "waitgraph")
