@@ -163,7 +163,7 @@ MISTAKES = [
      "s.yaml:5: thresholds[0]: unknown metric 'edges_mx' (did you mean 'edges_max'?)", None),
     (W + "thresholds:\n  - edges_max < lots\n",
      "s.yaml:5: thresholds[0]: cannot read threshold 'edges_max < lots'; expected '<metric> <op> <number>' "
-     "or '<metric> <op> <factor>x baseline|previous [±<n>%]'", None),
+     "or '<metric> <op> <factor>x baseline|previous [±<n>%]' [at 95%]", None),
     (W + "thresholds:\n  - latency_p95_s <= 1.2 baseline\n",
      "s.yaml:5: thresholds[0]: threshold 'latency_p95_s <= 1.2 baseline': write the factor as "
      "'1.2x baseline'", None),
