@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contend.analysis.metrics import cumulative_redeliveries
-from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun
+from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun
+from contend.analysis.findings import comparison, variant_findings, variant_sentences
+from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 from contend.analysis.waits import coverage, wait_metrics
 from contend.metrics import METRICS, PHASE_SPLIT
 from contend.sample import findings as graph_findings
@@ -248,26 +249,6 @@ def redeliveries(nats: pd.DataFrame) -> int:
     return int(cumulative.groupby(["stream", "consumer"])["redelivered"].max().sum())
 
 
-def cumulative_redeliveries(nats: pd.DataFrame) -> pd.DataFrame:
-    """Per job consumer and sample: ``redelivered``, the deliveries so far beyond the first of each task.
-
-    NATS's ``num_redelivered`` counts only redelivered messages still waiting for their ack, so it
-    falls again; ``delivered`` (consumer sequence: every delivery) minus ``delivered_stream`` (the last
-    stream sequence delivered: each task once, a job stream holding only its tasks) only grows.
-    Records without ``delivered_stream`` (older runs) fall back to the running max of ``num_redelivered``.
-    """
-    jobs = nats[nats["stream"] != RESULTS_STREAM].dropna(subset=["num_redelivered"])
-    if jobs.empty:
-        return pd.DataFrame({"t": [], "stream": [], "consumer": [], "redelivered": []})
-    jobs = jobs.sort_values("t").reindex(columns=[*jobs.columns.union(["delivered", "delivered_stream"])])
-    exact = pd.to_numeric(jobs["delivered"], errors="coerce") - pd.to_numeric(
-        jobs["delivered_stream"], errors="coerce")
-    value = exact.where(exact.notna(), pd.to_numeric(jobs["num_redelivered"], errors="coerce")).clip(lower=0)
-    frame = jobs[["t", "stream", "consumer"]].assign(redelivered=value)
-    frame["redelivered"] = frame.groupby(["stream", "consumer"])["redelivered"].cummax()
-    return frame
-
-
 def _combine(values: list[float | int | None]) -> tuple[float | int | None, list[float] | None]:
     present = [v for v in values if v is not None]
     if not present:
@@ -338,9 +319,6 @@ GRAPH_METRICS = ("cross_layer_deadlocks", "python_lock_waiters_max", "idle_in_tx
 
 def summarize(run: RunData) -> dict[str, Any]:
     """Build ``summary.json`` (keys in docs/records.md) from a loaded run."""
-    # Imported here: the findings use the blocker table of details, which imports this module.
-    from contend.analysis.findings import comparison, variant_findings, variant_sentences
-
     variants: dict[str, Any] = {}
     samples: dict[str, dict[str, list[float]]] = {}
     for name, reps in run.variants.items():

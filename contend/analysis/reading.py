@@ -362,3 +362,23 @@ def load_run(run_dir: Path) -> RunData:
         variants={v: grouped[v] for v in order},
         notes=notes,
     )
+
+
+def cumulative_redeliveries(nats: pd.DataFrame) -> pd.DataFrame:
+    """Per job consumer and sample: ``redelivered``, the deliveries so far beyond the first of each task.
+
+    NATS's ``num_redelivered`` counts only redelivered messages still waiting for their ack, so it
+    falls again; ``delivered`` (consumer sequence: every delivery) minus ``delivered_stream`` (the last
+    stream sequence delivered: each task once, a job stream holding only its tasks) only grows.
+    Records without ``delivered_stream`` (older runs) fall back to the running max of ``num_redelivered``.
+    """
+    jobs = nats[nats["stream"] != RESULTS_STREAM].dropna(subset=["num_redelivered"])
+    if jobs.empty:
+        return pd.DataFrame({"t": [], "stream": [], "consumer": [], "redelivered": []})
+    jobs = jobs.sort_values("t").reindex(columns=[*jobs.columns.union(["delivered", "delivered_stream"])])
+    exact = pd.to_numeric(jobs["delivered"], errors="coerce") - pd.to_numeric(
+        jobs["delivered_stream"], errors="coerce")
+    value = exact.where(exact.notna(), pd.to_numeric(jobs["num_redelivered"], errors="coerce")).clip(lower=0)
+    frame = jobs[["t", "stream", "consumer"]].assign(redelivered=value)
+    frame["redelivered"] = frame.groupby(["stream", "consumer"])["redelivered"].cummax()
+    return frame
