@@ -395,28 +395,23 @@ def gate(run_dir: Path, baseline: Path | None, junit: Path | None) -> None:
 
     When GITHUB_STEP_SUMMARY is set, a markdown table is appended to that file.
     """
-    apply_gate(run_dir, baseline, junit)
+    _gate(run_dir, baseline, junit)
 
 
-def apply_gate(run_dir: Path, baseline: Path | None, junit: Path | None,
-               out: Callable[[str], None] = click.echo) -> None:
-    """Print the gate table of a run, write JUnit and the GitHub step summary; raise when it failed."""
+def _gate(run_dir: Path, baseline: Path | None, junit: Path | None,
+          out: Callable[[str], None] = click.echo) -> None:
+    """Apply the gate (JUnit, the GitHub step summary when $GITHUB_STEP_SUMMARY is set), print its
+    table, and raise ThresholdsFailed when a threshold failed."""
     import os
 
-    from contend.errors import ThresholdsFailed
-    from contend.gate import gate_run, render_junit, render_markdown, render_table
+    from contend.gate import apply_gate, raise_if_failed, render_table
 
-    result = gate_run(run_dir, baseline)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    result = apply_gate(run_dir, baseline, junit=junit,
+                        step_summary=Path(step_summary) if step_summary else None)
     for line in render_table(result):
         out(line)
-    if junit is not None:
-        junit.write_text(render_junit(result))
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a") as summary:
-            summary.write(render_markdown(result))
-    if not result.passed:
-        raise ThresholdsFailed(f"{len(result.failed)} of {len(result.checks)} thresholds failed")
+    raise_if_failed(result)
 
 
 @cli.command()
@@ -441,18 +436,11 @@ def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path |
     cleanly and still writes a report, marked partial.
     """
     from contend.display import RunDisplay, planned
-    from contend.gate import gate_run
-    from contend.report import write_report
-    from contend.run import VariantOutcome, run_scenario
+    from contend.run import run_scenario, stop_after_failing_variant
     from contend.scenario import load_scenario
 
     scenario = load_scenario(scenario_file)
-
-    def passes_so_far(run_dir: Path, outcome: VariantOutcome) -> bool:
-        write_report(run_dir)
-        return not any(check.variant == outcome.name for check in gate_run(run_dir, baseline).failed)
-
-    after = passes_so_far if fail_fast else None
+    after = stop_after_failing_variant(baseline) if fail_fast else None
     stop = threading.Event()
 
     def graceful(signum: int, frame: FrameType | None) -> None:
@@ -475,8 +463,8 @@ def run(scenario_file: Path, reports: Path, baseline: Path | None, junit: Path |
     if as_json:
         summary = json.loads((result.run_dir / "summary.json").read_text())
         echo_json({"run_dir": str(result.run_dir), "status": result.status, "summary": summary})
-    apply_gate(result.run_dir, baseline, junit, out=(lambda line: click.echo(line, err=True))
-               if as_json else click.echo)
+    _gate(result.run_dir, baseline, junit, out=(lambda line: click.echo(line, err=True))
+          if as_json else click.echo)
 
 
 @cli.command()

@@ -13,7 +13,8 @@ in the passing direction by ``max(|limit| * tolerance, tolerance_abs)``, the noi
 hand-roll as "p95 < max(1.3 x baseline, baseline + 50 ms)" (field notes, k6 section).
 
 ``evaluate`` is pure (dicts in, ``GateResult`` out); the renderers return text; ``gate_run`` reads a
-run folder. The CLI prints, writes and maps ``ThresholdsFailed`` to exit code 1.
+run folder; ``apply_gate`` also writes JUnit and the step summary, ``raise_if_failed`` turns a failed
+verdict into ``ThresholdsFailed`` (exit code 1). The CLI prints the table and maps the error.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from contend.errors import ConfigError
+from contend.errors import ConfigError, ThresholdsFailed
 from contend.scenario import load_scenario
 from contend.thresholds import (
     SYNTAX_HELP,
@@ -40,9 +41,22 @@ from contend.thresholds import (
 )
 
 __all__ = [  # the threshold names are re-exported: they were defined here before contend.thresholds
-    "SYNTAX_HELP", "Check", "GateResult", "Threshold", "Verdict", "did_you_mean", "evaluate",
-    "gate_run", "matches_variant", "parse_threshold", "read_summary", "render_junit",
-    "render_markdown", "render_table",
+    "SYNTAX_HELP",
+    "Check",
+    "GateResult",
+    "Threshold",
+    "Verdict",
+    "apply_gate",
+    "did_you_mean",
+    "evaluate",
+    "gate_run",
+    "matches_variant",
+    "parse_threshold",
+    "raise_if_failed",
+    "read_summary",
+    "render_junit",
+    "render_markdown",
+    "render_table",
 ]
 
 Verdict = Literal["pass", "fail", "skip"]
@@ -211,6 +225,25 @@ def gate_run(run_dir: Path, baseline: Path | None = None) -> GateResult:
         baseline = baseline / "summary.json"
     previous = read_summary(baseline) if baseline is not None else None
     return evaluate(summary, scenario.thresholds_by_variant(), previous)
+
+
+def apply_gate(run_dir: Path, baseline: Path | None = None, *, junit: Path | None = None,
+               step_summary: Path | None = None) -> GateResult:
+    """Return the verdict for a run folder, having written it as JUnit XML to ``junit`` and appended
+    it as markdown to ``step_summary`` (GitHub's $GITHUB_STEP_SUMMARY), when given."""
+    result = gate_run(run_dir, baseline)
+    if junit is not None:
+        junit.write_text(render_junit(result))
+    if step_summary is not None:
+        with step_summary.open("a") as summary:
+            summary.write(render_markdown(result))
+    return result
+
+
+def raise_if_failed(result: GateResult) -> None:
+    """Raise ThresholdsFailed (exit code 1) when a threshold failed."""
+    if not result.passed:
+        raise ThresholdsFailed(f"{len(result.failed)} of {len(result.checks)} thresholds failed")
 
 
 def read_summary(path: Path) -> dict[str, Any]:

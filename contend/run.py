@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from contend import __version__
 from contend.errors import ConfigError, ContendError, Interrupted, StackError
+from contend.gate import gate_run
 from contend.load import LoadProgress, LoadTarget, run_load
 from contend.load.launcher import read_token_for
 from contend.load.plan import DEFAULT_TOKEN_VARS
@@ -367,6 +368,19 @@ def _pause(seconds: float, watch: _Watch, observer: RunObserver | None, label: s
     while not watch.halt.is_set() and time.monotonic() < deadline:
         watch.check()
         watch.halt.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def stop_after_failing_variant(baseline: Path | None = None) -> Callable[[Path, VariantOutcome], bool]:
+    """Return an ``after_variant`` for ``run_scenario`` that ends the run after the first variant
+    failing one of its thresholds (``contend run --fail-fast``); the report is written first, so the
+    gate reads that variant's summary."""
+    def passes_so_far(run_dir: Path, outcome: VariantOutcome) -> bool:
+        from contend.report import write_report
+
+        write_report(run_dir)
+        return not any(check.variant == outcome.name for check in gate_run(run_dir, baseline).failed)
+
+    return passes_so_far
 
 
 def run_scenario(

@@ -325,3 +325,34 @@ def test_a_threshold_at_95_percent_is_checked_on_the_far_end_of_the_bootstrap_in
     assert check.verdict == "fail" and "3 or more repetitions" in (check.reason or "")
     with pytest.raises(ValueError, match="at 95%"):
         parse_threshold("edges_max < 5 at 95%")
+
+
+def test_apply_gate_writes_junit_and_appends_the_step_summary(tmp_path: Path) -> None:
+    from contend.errors import ThresholdsFailed
+    from contend.gate import apply_gate, raise_if_failed
+
+    junit, step = tmp_path / "junit.xml", tmp_path / "step.md"
+    step.write_text("earlier step\n")
+    result = apply_gate(DEMO, junit=junit, step_summary=step)
+    assert result == demo()
+    assert junit.read_text() == render_junit(result)
+    assert step.read_text() == "earlier step\n" + render_markdown(result)
+    with pytest.raises(ThresholdsFailed, match=r"^3 of 9 thresholds failed$"):
+        raise_if_failed(result)
+    raise_if_failed(GateResult(scenario="none"))  # nothing failed: no error
+
+
+def test_fail_fast_stops_after_the_first_variant_that_fails_its_thresholds(tmp_path: Path) -> None:
+    from contend.report.synthetic import make_run
+    from contend.run import VariantOutcome, stop_after_failing_variant
+
+    run_dir = make_run(tmp_path, duration_s=5.0)
+    (run_dir / "scenario.yaml").write_text(
+        "name: synthetic\nworkloads: [{kind: batched_post}]\n"
+        "variants: [{name: logs-on}, {name: logs-off, baseline: true}]\n"
+        "thresholds:\n  - {check: 'edges_max < 0', variants: [logs-on]}\n"
+        "  - {check: 'edges_max >= 0', variants: [logs-off]}\n")
+    passes = stop_after_failing_variant()
+    assert passes(run_dir, VariantOutcome("logs-off", run_dir / "variants" / "logs-off")) is True
+    assert passes(run_dir, VariantOutcome("logs-on", run_dir / "variants" / "logs-on")) is False
+    assert (run_dir / "report.html").exists()  # written before the gate read the summary
