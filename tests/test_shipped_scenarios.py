@@ -58,9 +58,14 @@ def test_log_persist_on_piles_up_row_locks_and_off_does_not(tmp_path: Path) -> N
     _, metrics = _run(scenario, tmp_path)
     on, off = metrics["logs-on"], metrics["logs-off"]
     assert on["blocked_max"] >= 8
-    assert on["posts_ok"] < on["posts_total"] or on["latency_p95_s"] >= 3 * off["latency_p95_s"]
+    # The handler lock and the job row deadlock across layers; only the 30 s statement_timeout breaks
+    # it, one waiter at a time, so POSTs miss the 60 s client timeout while a holder idles in its
+    # transaction for longer than any statement may run.
+    assert on["posts_ok"] < on["posts_total"] / 2
+    assert on["idle_in_tx_max_age_s"] >= 30
     assert off["blocked_max"] <= 1
     assert off["posts_ok"] == off["posts_total"] == 10
+    assert off["latency_p95_s"] < 2
 
 
 def test_ack_wait_short_redelivers_and_long_does_not(tmp_path: Path) -> None:
