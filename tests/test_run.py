@@ -198,3 +198,21 @@ def test_a_server_process_that_dies_fails_its_variant_and_the_run_goes_on(tmp_pa
     wait_for(lambda: not _survivors(children + _descendants(proc.pid) if proc.poll() is None else children),
              timeout=30)
     assert _no_contend_children(run_dir)
+
+
+def test_a_run_killed_with_sigkill_re_renders_as_interrupted(tmp_path: Path) -> None:
+    proc, run_dir = _start_long_run(tmp_path)
+    wait_for(lambda: _records(run_dir / "variants" / "first"), timeout=120)
+    children = _descendants(proc.pid)
+    proc.kill()  # kill -9: no handler runs, the folder still says "running"
+    proc.communicate(timeout=60)
+    wait_for(lambda: not _survivors(children), timeout=30)
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "running"
+    out = subprocess.run([*CONTEND, "report", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["variants"]["first"]["status"] == "interrupted"
+    assert summary["variants"]["first"]["metrics"]["posts_total"] > 0
+    assert "was <b>interrupted</b>" in (run_dir / "report.html").read_text()
+    assert _no_contend_children(run_dir)

@@ -34,6 +34,9 @@ SERVER_SETTINGS = {
     "log_min_messages": "warning",
     "log_min_duration_statement": "-1",
     "log_line_prefix": "%m [%p] [%a] ",
+    # No STATEMENT line after each of them: a job-log UPDATE carries ~150 kB of text, so a run with a
+    # few hundred logged waits would write tens of MB (the samplers keep each query's first 500 chars).
+    "log_min_error_statement": "panic",
     "log_timezone": "UTC",
 }
 
