@@ -22,12 +22,14 @@ workloads:
   - {kind: batched_post, batch: 10, concurrency: 3, rounds: 2, timeout_s: 30}
 warm_up_s: 0.5
 cool_down_s: 0.5
+drain_timeout_s: 60
 sampling: {pyspy_interval_s: 1.0}
 variants:
   - {name: logs-on, flags: {JOB_LOG_PERSIST_ENABLED: true}}
   - {name: logs-off, baseline: true, flags: {JOB_LOG_PERSIST_ENABLED: false}}
 thresholds:
-  - post_ok_ratio == 1
+  # With job-log persistence on, the POSTs may wait past their timeout behind the job row's lock.
+  - {check: post_ok_ratio == 1, variants: [logs-off]}
 """
 
 LONG = """\
@@ -120,7 +122,8 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
         assert final["settled"] and list(final["jobs"]) == [str(j) for j in json.loads(
             (folder / "stack" / "stack.json").read_text())["refserver"]["job_ids"]]
         assert metrics["lost_updates"] == 0
-        assert (metrics["jobs_started"], metrics["starved_jobs"]) == (1, 0)
+        started = 1 if ok else 0  # logs-on's POSTs may all time out (thresholds above)
+        assert (metrics["jobs_started"], metrics["starved_jobs"]) == (started, 1 - started)
         # Four phases in order on the samplers' clock, between the set-up and tear-down steps that are
         # timed too; the drain waited for the workers, samplers running.
         phases = meta["phases"]
@@ -130,14 +133,20 @@ def test_two_variants_give_a_report_whose_numbers_come_from_the_raw_records(tmp_
         assert bounds == sorted(bounds)
         assert phases["load"]["start"] <= start and end <= phases["load"]["end"]
         drain = phases["drain"]
-        assert drain["method"] == "queue+workers" and drain["timed_out"] is False
-        assert drain["processed"] == sum(job["true"]["captures"] for job in final["jobs"].values())
+        assert drain["method"] == "queue+workers"
+        if name == "logs-off":  # the workers finish; with logs on they may still wait on the job row
+            assert drain["timed_out"] is False
+            # Images with a result written: a detection for a result, a failed-image row for an error one.
+            written = sum(j["true"]["captures"] + (j["true"]["failed"] or 0) for j in final["jobs"].values())
+            assert drain["processed"] == written > 0
         assert meta["phase_s"]["drain"] == pytest.approx(drain["end"] - drain["start"], abs=1e-3)
         assert max(json.loads(line)["t"] for line in tick_lines) >= drain["end"]
         # A lean folder: the server logs stay, Postgres' data directory and the NATS store do not.
         assert (folder / "stack" / "postgres" / "postgres.log").exists()
         assert not (folder / "stack" / "postgres" / "pgdata").exists()
         assert not (folder / "stack" / "nats" / "nats-store").exists()
+        assert (folder / "samples" / "pg_backends.jsonl.gz").exists()
+        assert not (folder / "samples" / "pg_backends.jsonl").exists()
     stack_json = (run_dir / "variants" / "logs-on" / "stack" / "stack.json").read_text()
     assert '"token": "(not kept)"' in stack_json
     assert _no_contend_children(run_dir)

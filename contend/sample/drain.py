@@ -7,8 +7,9 @@ out when it ends that way). How "idle" is observed depends on the target:
 
 - the reference server: the ``ml_results`` queue holds nothing (pending or being delivered), no
   worker's Postgres connection is active or inside a transaction, and the rows the workers wrote
-  (distinct images with a detection) stopped changing, all of it for ``quiet_s`` in a row (workers
-  ack a message on receipt, so the queue alone cannot tell a worker busy with its last result);
+  (distinct images with a detection or a failed-image row) stopped changing, all of it for
+  ``quiet_s`` in a row (workers ack a message on receipt, so the queue alone cannot tell a worker
+  busy with its last result);
 - a target whose queue NATS monitoring shows: that queue empty for ``quiet_s``;
 - otherwise a fixed wait.
 
@@ -32,14 +33,16 @@ from contend.sample.nats import RESULTS_STREAM, fetch_jsz, records_from_jsz
 from contend.sample.pg import connect
 from contend.stack.postgres import redact_message
 
-# One read: busy worker connections, the images the workers have written results for, and a digest
-# of the jobs' progress (a plain read: it never waits on the job row's lock). The progress moves
+# One read: busy worker connections, the images whose result a worker has written (a detection row
+# for a result, a null-bbox one when it found nothing; a failed-image row for an error result), and a
+# digest of the jobs' progress (a plain read: it never waits on the job row's lock). The progress moves
 # with every result a worker finishes, error results included; statements that time out and are
 # retried do not move it.
 WORKERS_SQL = """
 SELECT (SELECT count(*) FROM pg_stat_activity
          WHERE application_name LIKE 'contend-ref:worker-%%' AND state <> 'idle') AS busy,
-       (SELECT count(DISTINCT source_image_id) FROM main_detection) AS processed,
+       (SELECT count(*) FROM (SELECT source_image_id::text FROM main_detection
+                              UNION SELECT image_id FROM ref_failed_image) AS written) AS processed,
        (SELECT md5(coalesce(string_agg(progress::text, ',' ORDER BY id), ''))
           FROM jobs_job WHERE id = ANY(%(jobs)s)) AS progress
 """
@@ -61,7 +64,8 @@ class DrainResult:
     method: str
     """``queue+workers`` (reference server), ``queue`` (NATS monitoring only) or ``fixed``."""
     processed: int | None = None
-    """Distinct images with results written, read at the end (reference server only)."""
+    """Distinct images with a result written (detection or failed-image row), read at the end
+    (reference server only)."""
     stalled: bool = False
     """Cut because nothing moved for ``stall_s`` while workers were still busy (wedged, not slow)."""
 
