@@ -288,9 +288,17 @@ def build(
             found = by_native.get((client.pid, client.native_thread_id))
         if found is None and client is not None and client.thread_id is not None:
             found = by_ident.get((client.pid, client.thread_id))
-        if found is None:
+        if found is None and client is not None and client.native_thread_id is not None:
+            # A thread of a process not dumped at this moment: named by its application_name, so
+            # it is the same node as in the graph of a moment its process was dumped.
+            found = thread_key(client.pid, client.native_thread_id)
+            if found not in nodes and (row.get("blocked_by") or bpid in blockers):
+                nodes[found] = ThreadNode(found, client.pid, client.native_thread_id)
+        if found is None or found not in nodes:
             if client is None and not row.get("blocked_by") and bpid not in blockers:
                 continue
+            if client is not None and client.native_thread_id is not None:
+                continue  # named, but neither dumped nor waiting: nothing to draw
             found = f"backend:{bpid}"
             nodes.setdefault(found, ThreadNode(found, client.pid if client else None, None))
         node_of_backend[bpid] = found
@@ -465,6 +473,9 @@ def describe(graph: Graph, key: str) -> str:
     if node.tid is None:
         owner = f" of pid {node.pid}" if node.pid else ""
         return f"backend {site['backend_pid']}{owner} (its thread is not known)"
+    if not node.frames:
+        text = f"thread {node.tid} of pid {node.pid} (its process was not dumped at this moment)"
+        return text + (f", backend {site['backend_pid']}" if site["backend_pid"] else "")
     where = f"`{site['function']}` ({_short(site['file'])}:{site['line']})"
     text = f"thread {node.tid} of pid {node.pid} in {where}"
     return text + (f", backend {site['backend_pid']}" if site["backend_pid"] else "")
