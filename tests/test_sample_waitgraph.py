@@ -218,7 +218,7 @@ def test_crosslayer_takes_locals_when_the_forest_shows_a_reason_and_records_thei
         reason = wait_for(due, timeout=30)
     finally:
         conn.close()
-    assert reason == "root blocker idle in transaction"
+    assert reason == "root blocker idle in transaction for 0.5 s or more"
     cross.take_locals(str(reason))
     assert cross.locals_due() is None  # rate-limited
     (record,) = written

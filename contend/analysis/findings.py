@@ -133,10 +133,11 @@ def comparison(base_name: str, base: VariantRun, base_found: Sequence[Mapping[st
     """Return one sentence: blocked-seconds and each finding kind of ``name`` against the baseline."""
     parts = []
     before, after = blocked_seconds(base), blocked_seconds(run)
-    if before > 0:
-        change = 1 - after / before
-        verb = "removed" if change >= 0 else "added"
-        parts.append(f"{name} {verb} {abs(change):.0%} of the blocked-seconds of {base_name}"
+    if before > 0 and after <= before:
+        parts.append(f"{name} removed {1 - after / before:.0%} of the blocked-seconds of {base_name}"
+                     f" ({before:.0f} → {after:.0f})")
+    elif before > 0:
+        parts.append(f"{name} had {after / before:.3g} times the blocked-seconds of {base_name}"
                      f" ({before:.0f} → {after:.0f})")
     elif after > 0:
         parts.append(f"{name} had {after:.0f} blocked-seconds where {base_name} had none")
@@ -151,7 +152,7 @@ def comparison(base_name: str, base: VariantRun, base_found: Sequence[Mapping[st
         elif now and not was:
             parts.append(f"a {label} appears (seen {seen(now)}), absent in {base_name}")
         elif now and was:
-            parts.append(f"the {label} was seen {seen(now)} against {seen(was)} in {base_name}")
+            parts.append(f"the {label} was seen {seen(now)}, in {base_name} {seen(was)}")
     if not parts:
         return f"{name} and {base_name} show the same: no blocked backends and no Python finding."
     return "; ".join(parts) + "."

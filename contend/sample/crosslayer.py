@@ -23,16 +23,17 @@ Dumper = Callable[..., list[dict[str, Any]]]
 
 
 def locals_reason(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]],
-                  waiter_age_s: float) -> str | None:
-    """Return why a dump with locals could explain this snapshot, else None."""
+                  age_s: float) -> str | None:
+    """Return why a dump with locals could explain this snapshot, else None: a root blocker idle in
+    transaction, or a lock waiter, for ``age_s`` or more (a moment's idle between two statements
+    of a busy transaction explains nothing)."""
     roots = {int(r["pid"]) for r in tick.get("roots") or ()}
     backends = list(backends)
     if any(int(b["pid"]) in roots and str(b.get("state") or "").startswith("idle in transaction")
-           for b in backends):
-        return "root blocker idle in transaction"
-    if any(b.get("wait_event_type") == "Lock" and (b.get("state_age") or 0.0) >= waiter_age_s
-           for b in backends):
-        return f"lock waiter older than {waiter_age_s:g} s"
+           and (b.get("state_age") or 0.0) >= age_s for b in backends):
+        return f"root blocker idle in transaction for {age_s:g} s or more"
+    if any(b.get("wait_event_type") == "Lock" and (b.get("state_age") or 0.0) >= age_s for b in backends):
+        return f"lock waiter older than {age_s:g} s"
     return None
 
 
@@ -103,6 +104,21 @@ class CrossLayer:
             self._clients[key] = self.resolver(backend)
         return self._clients[key]
 
+    def involved(self) -> list[int]:
+        """Return the targets whose threads take part in the latest snapshot's lock waits (the clients
+        of the waiters, of what they wait for, and of the roots); every target when none is known."""
+        with self._lock:
+            latest = self._latest
+        if latest is None:
+            return self.pids
+        tick, backends = latest
+        pids = {int(r["pid"]) for r in tick.get("roots") or ()}
+        for b in backends:
+            if b.get("blocked_by"):
+                pids |= {int(b["pid"]), *(int(x) for x in b["blocked_by"])}
+        clients = {c.pid for b in backends if int(b["pid"]) in pids and (c := self._client(b)) is not None}
+        return [pid for pid in self.pids if pid in clients] or self.pids
+
     def locals_due(self) -> str | None:
         """Return the reason for a dump with locals now, None when there is none or it is too soon."""
         with self._lock:
@@ -111,11 +127,13 @@ class CrossLayer:
             return None
         return locals_reason(latest[0], latest[1], self.waiter_age_s)
 
-    def dump_all(self, with_locals: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Dump every target now; return the ``pyspy.jsonl``-like records and their cost."""
+    def dump_all(self, with_locals: bool,
+                 pids: Sequence[int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Dump ``pids`` (every target by default) now; return ``pyspy.jsonl``-like records and their cost."""
         self._last_locals = time.monotonic() if with_locals else self._last_locals
+        pids = self.pids if pids is None else list(pids)
         records, cpu_s, wall_s, failed = [], 0.0, 0.0, 0
-        for pid in self.pids:
+        for pid in pids:
             cost: dict[str, float] = {}
             try:
                 threads = self.dumper(pid, with_locals=with_locals, cost=cost)
@@ -124,12 +142,12 @@ class CrossLayer:
                 failed += 1
             cpu_s += cost.get("cpu_s", 0.0)
             wall_s += cost.get("wall_s", 0.0)
-        return records, {"dumps": len(self.pids), "failed": failed, "cpu_s": round(cpu_s, 4),
+        return records, {"dumps": len(pids), "failed": failed, "cpu_s": round(cpu_s, 4),
                          "wall_s": round(wall_s, 4)}
 
     def take_locals(self, reason: str) -> None:
-        """Dump every target with locals, then write the graph of that moment with the dumps' cost."""
-        records, cost = self.dump_all(with_locals=True)
+        """Dump the involved targets with locals, then write the graph of that moment with the dumps' cost."""
+        records, cost = self.dump_all(with_locals=True, pids=self.involved())
         self.on_dumps(records, {"reason": reason, **{f"locals_{k}": v for k, v in cost.items()}})
 
     def run(self, stop: threading.Event, poll_s: float = 0.2) -> None:

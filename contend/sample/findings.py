@@ -168,7 +168,9 @@ def blocked_in_app(graph: Graph, key: str) -> bool:
         return False
     if any(e.layer == "python" for e in graph.out(key)):
         return True
-    return not node.active
+    # In the driver: most likely the same connection's next statement, begun after the Postgres
+    # snapshot that saw it idle (the dump comes up to one tick later).
+    return not node.active and frame_state(node.frames) != "postgres"
 
 
 def idle_waiting_on_app(graph: Graph) -> list[dict[str, Any]]:
