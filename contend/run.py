@@ -136,8 +136,10 @@ def _safe_dirname(name: str) -> str:
 class _Watch:
     """Halts one variant when a process of its stack dies (remembering which) or the run is stopped."""
 
-    def __init__(self, stack: Stack | None, run_stop: threading.Event) -> None:
+    def __init__(self, stack: Stack | CommandStack | None, run_stop: threading.Event,
+                 logs: str = "stack/") -> None:
         self.stack = stack
+        self.logs = logs
         self.run_stop = run_stop
         self.halt = threading.Event()
         self.died: str | None = None
@@ -145,7 +147,7 @@ class _Watch:
     def check(self) -> None:
         dead = self.stack.dead() if self.stack is not None else None
         if dead and self.died is None:
-            self.died = f"{dead} died during the load (see its log under stack/)"
+            self.died = f"{dead} died during the load (see its log under {self.logs})"
             self.halt.set()
         if self.run_stop.is_set():
             self.halt.set()
@@ -206,7 +208,7 @@ def _external(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, S
 @contextlib.contextmanager
 def _command_target(scenario: Scenario, target: CommandTarget, variant: Variant, folder: Path,
                     stop: threading.Event, observer: RunObserver | None
-                    ) -> Iterator[tuple[LoadTarget, SamplerConfig]]:
+                    ) -> Iterator[tuple[CommandStack, LoadTarget, SamplerConfig]]:
     """Run the target's up, ready and fixtures with this variant's flags; down always follows."""
     assert target.up is not None and target.ready is not None  # expand() refused it otherwise
     if target.token_env:
@@ -238,7 +240,7 @@ def _command_target(scenario: Scenario, target: CommandTarget, variant: Variant,
             secret_envs=[*command.secret_envs],
             **_sampler_settings(scenario),
         )
-        yield load_target, sampler
+        yield command, load_target, sampler
 
 
 def run_variant(
@@ -252,6 +254,7 @@ def run_variant(
     """
     phases = phases or Phases()
     target = scenario.target
+    command: CommandStack | None = None
     with contextlib.ExitStack() as scope:
         phases.begin("stack_up")
         if isinstance(target, EmbeddedTarget):
@@ -265,13 +268,13 @@ def run_variant(
             load_target, sampler = _embedded(scenario, target, stack)
         elif isinstance(target, CommandTarget):
             stack = None
-            load_target, sampler = scope.enter_context(
+            command, load_target, sampler = scope.enter_context(
                 _command_target(scenario, target, variant, folder / "target", stop, observer))
         else:
             stack = None
             load_target, sampler = _external(scenario, target)
         phases.end("stack_up")
-        watch = _Watch(stack, stop)
+        watch = _Watch(stack, stop) if command is None else _Watch(command, stop, logs="target/")
 
         def on_progress(progress: LoadProgress) -> None:
             watch.check()

@@ -111,6 +111,29 @@ def test_down_runs_after_a_failed_load_and_the_run_goes_on(tmp_path: Path, stack
     assert (result.run_dir / "report.html").exists()
 
 
+class _KillTheServer(_KillTheLoad):
+    """Kills the first variant's server (up, still in the foreground) during its load."""
+
+    def load_progress(self, progress: LoadProgress, samples_dir: Path) -> None:
+        if not self.killed and samples_dir.parent.name == "first":
+            pid = _up_info(samples_dir.parent)["pid"]
+            psutil.Process(pid).kill()
+            self.killed.append(pid)
+
+
+def test_a_foreground_up_that_dies_during_the_load_fails_its_variant(tmp_path: Path, stack: Stack,
+                                                                    token: str) -> None:
+    observer = _KillTheServer(tmp_path)
+    result = run_scenario(parse_scenario(_scenario(tmp_path, stack)), tmp_path / "reports", observer=observer)
+    first, second = (_meta(result.run_dir, n) for n in ("first", "second"))
+    assert first["status"] == "failed"
+    assert first["reason"] == "up died during the load (see its log under target/)"
+    assert second["status"] == "ok"
+    assert (tmp_path / "down-ran").read_text().split() == ["first", "second"]
+    info = _up_info(result.run_dir / "variants" / "first")
+    wait_for(lambda: _nothing_left(info), timeout=20)
+
+
 def test_a_ready_that_never_succeeds_fails_the_variant_and_the_run_goes_on(tmp_path: Path, stack: Stack,
                                                                           token: str) -> None:
     scenario = parse_scenario(_scenario(tmp_path, stack, duration=1, ready='"no"'))
