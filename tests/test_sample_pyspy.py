@@ -177,3 +177,11 @@ def test_requested_dumps_share_a_budget_that_holds_one_round() -> None:
     assert spy.take_pending() == []  # dropped, not kept for later
     spy.tick("baseline")  # the baseline is outside the budget
     assert calls == [1, 2, 3, 1, 2, 3]
+
+
+def test_dumps_taken_elsewhere_ask_the_budget_for_their_share() -> None:
+    spy = PySpySampler({"worker": [1, 2, 3]}, dumper=lambda pid: [], max_per_s=0.001)
+    assert spy.spend(3)  # the bucket holds one round of every target
+    assert not spy.spend(1)  # empty: refused, nothing taken
+    spy.request("lock waiters", [1])
+    assert spy.take_pending() == []

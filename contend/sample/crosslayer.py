@@ -51,6 +51,7 @@ class CrossLayer:
         waiter_age_s: float = 1.0,
         locals_interval_s: float = 5.0,
         sources: waitgraph.Sources | None = None,
+        budget: Callable[[int], bool] = lambda dumps: True,
     ) -> None:
         self.pids = list(pids)
         self.timeouts = dict(timeouts)
@@ -59,6 +60,8 @@ class CrossLayer:
         self.resolver = resolver
         self.waiter_age_s = waiter_age_s
         self.locals_interval_s = locals_interval_s
+        self.budget = budget
+        """Asked for a round's dumps before it is taken (the py-spy sampler's ``spend``)."""
         self.sources = sources or waitgraph.Sources()
         self.disabled = False
         self._lock = threading.Lock()
@@ -154,5 +157,5 @@ class CrossLayer:
         """Take dumps with locals whenever they are due, until ``stop``."""
         while not stop.wait(poll_s):
             reason = self.locals_due()
-            if reason is not None:
+            if reason is not None and self.budget(len(self.pids)):
                 self.take_locals(reason)

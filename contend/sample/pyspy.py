@@ -206,7 +206,8 @@ class PySpySampler:
     tick if its cause lasts): under constant contention py-spy costs a bounded share of a core.
     Every ``baseline_s`` every target is dumped whatever happens, so the summary also knows the
     quiet times (at most one dump of each target per ``baseline_s``, outside the budget).
-    Attribution's dumps are never refused, but they draw on the budget.
+    Attribution's dumps are never refused, but they draw on the budget; dumps taken elsewhere ask
+    for their share with ``spend``.
     Every dump, and every failed one, is one record with its reason (docs/records.md), handed to
     ``write``.
 
@@ -279,6 +280,21 @@ class PySpySampler:
         """Dump every target now, outside the budget; return one record per process (failed ones too)."""
         return [self._dump(pid, reason, budget=False) for pid in list(self.roles) if not self._skip(pid)]
 
+    def spend(self, dumps: int) -> bool:
+        """Take ``dumps`` from the budget if it holds them (for dumps taken elsewhere, such as the
+        wait-for graph's rounds with locals); False, taking nothing, when it does not."""
+        with self._lock:
+            self._refill()
+            if self._tokens < dumps:
+                return False
+            self._tokens -= dumps
+            return True
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(float(len(self.roles)), self._tokens + (now - self._filled_at) * self.max_per_s)
+        self._filled_at = now
+
     def take_pending(self) -> list[dict[str, Any]]:
         """Dump the processes requested since the last call that the budget pays; return their records.
 
@@ -287,10 +303,7 @@ class PySpySampler:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._wake.clear()
-            now = time.monotonic()
-            self._tokens = min(float(len(self.roles)),
-                               self._tokens + (now - self._filled_at) * self.max_per_s)
-            self._filled_at = now
+            self._refill()
             paid = int(max(0.0, self._tokens))
         order = sorted(pending, key=lambda pid: self._last.get(pid, float("-inf")))
         return [self._dump(pid, pending[pid]) for pid in order[:paid] if not self._skip(pid)]

@@ -194,6 +194,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     cross = crosslayer.CrossLayer(
         [pid for pids in targets.values() for pid in pids], _timeouts(dsn), writers["waitgraph"].write,
         waiter_age_s=config.locals_waiter_age_s, locals_interval_s=config.locals_interval_s,
+        dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
+        budget=lambda dumps: spy.spend(dumps),  # rounds with locals share py-spy's budget
     )
 
     def dumped(records: list[dict[str, Any]]) -> None:
