@@ -149,13 +149,18 @@ class CrossLayer:
                          "wall_s": round(wall_s, 4)}
 
     def take_locals(self, reason: str) -> None:
-        """Dump the involved targets with locals, then write the graph of that moment with the dumps' cost."""
-        records, cost = self.dump_all(with_locals=True, pids=self.involved())
+        """Dump the involved targets with locals, then write the graph of that moment with the dumps' cost.
+
+        Nothing is taken when the budget cannot pay for those dumps."""
+        pids = self.involved()
+        if not self.budget(len(pids)):
+            return
+        records, cost = self.dump_all(with_locals=True, pids=pids)
         self.on_dumps(records, {"reason": reason, **{f"locals_{k}": v for k, v in cost.items()}})
 
     def run(self, stop: threading.Event, poll_s: float = 0.2) -> None:
         """Take dumps with locals whenever they are due, until ``stop``."""
         while not stop.wait(poll_s):
             reason = self.locals_due()
-            if reason is not None and self.budget(len(self.pids)):
+            if reason is not None:
                 self.take_locals(reason)
