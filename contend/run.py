@@ -183,6 +183,10 @@ def _embedded(scenario: Scenario, target: EmbeddedTarget, stack: Stack) -> tuple
         nats_monitor_url=info["nats"]["monitor_url"] if sampling.nats else None,
         pyspy_pids={"web": ref["pids"]["web"], "worker": ref["pids"]["workers"]} if sampling.pyspy else {},
         secrets=[SecretStr(ref["token"])],
+        # The reference server sets statement_timeout on its own connections, where no other
+        # session can read it: the wait-for graph's findings need it to say what ends a deadlock.
+        app_timeouts={"statement_timeout": float(ms)}
+        if (ms := (ref.get("flags") or {}).get("DB_STATEMENT_TIMEOUT_MS")) is not None else {},
         **_sampler_settings(scenario),
     )
     return load_target, sampler

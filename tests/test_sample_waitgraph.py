@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from contend.sample import crosslayer, findings, pyspy, waitgraph
-from contend.sample.attribution import resolve_client
+from contend.sample.attribution import Client, resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
 from contend.sample.watch import render
 from contend.stack import Stack
@@ -269,3 +269,45 @@ def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
     assert "1. 4 threads with open transactions wait" in shown([finding])
     assert "findings: none" in shown([])
     assert "findings" not in shown(None)  # no py-spy target: nothing to say about Python waits
+
+
+SERVER_SOURCE = (
+    "def row_first(conn):\n"       # 1
+    "    update(conn)\n"            # 2
+    "    with LOCK:\n"              # 3
+    "        update(conn)\n"        # 4
+    "def lock_first(conn):\n"      # 5
+    "    with LOCK:\n"              # 6
+    "        update(conn)\n"        # 7
+)
+
+
+def deadlock_moment(timeouts: dict[str, float]) -> list[dict[str, Any]]:
+    """The findings of a hand-made moment: thread 11 at `with LOCK:` (line 3), thread 12 inside it."""
+    psycopg_frame = {"name": "wait", "filename": "/lib/python3.11/site-packages/psycopg/waiting.py", "line": 1}
+    threads = [
+        {"thread_id": 1, "os_thread_id": 11, "active": False,
+         "frames": [{"name": "row_first", "filename": "/srv/app.py", "line": 3}]},
+        {"thread_id": 2, "os_thread_id": 12, "active": False,
+         "frames": [psycopg_frame, {"name": "lock_first", "filename": "/srv/app.py", "line": 7}]},
+    ]
+    backends = [
+        {"pid": 101, "state": "idle in transaction", "xact_age": 5.0, "blocked_by": []},
+        {"pid": 102, "state": "active", "xact_age": 4.0, "wait_event_type": "Lock", "blocked_by": [101]},
+    ]
+    clients = {101: Client(pid=7, native_thread_id=11), 102: Client(pid=7, native_thread_id=12)}
+    sources = waitgraph.Sources(read=lambda filename: SERVER_SOURCE)
+    graph = waitgraph.build(1.0, [{"pid": 7, "threads": threads}], backends, clients, sources)
+    return findings.of_graph(graph, timeouts)
+
+
+def test_the_timeout_that_ends_a_cross_layer_deadlock_is_the_smallest_that_applies() -> None:
+    none = deadlock_moment({"lock_timeout": 0, "statement_timeout": 0})
+    assert [f["kind"] for f in none] == ["cross_layer_deadlock", "idle_in_tx_waiting_on_app"]
+    assert "no timeout is set that would end it (lock_timeout = 0, statement_timeout = 0)" in none[0]["text"]
+    # backend 102 waits on a lock: statement_timeout cancels it; 101 is idle: its timeout ends the session
+    text = deadlock_moment({"statement_timeout": 30000, "idle_in_transaction_session_timeout": 60000})[0]["text"]
+    assert text.endswith("statement_timeout (30 s) cancels backend 102 and ends it.")
+    text = deadlock_moment({"statement_timeout": 30000, "idle_in_transaction_session_timeout": 5000})[0]["text"]
+    assert text.endswith("idle_in_transaction_session_timeout (5 s) terminates the session of backend 101 "
+                         "and ends it.")

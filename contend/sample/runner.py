@@ -86,6 +86,9 @@ class SamplerConfig(BaseModel):
     nats_monitor_url: str | None = None
     nats_interval_s: float = Field(default=1.0, gt=0)
     attribution_threshold_s: float = Field(default=1.0, ge=0)
+    app_timeouts: dict[str, float] = Field(default_factory=dict)
+    """Timeouts (ms) the application sets on its own connections, e.g. ``{"statement_timeout": 30000}``:
+    Postgres shows no session's settings to another, so the wait-for graph's findings would not know them."""
     locals_interval_s: float = Field(default=5.0, gt=0)
     """Least seconds between two py-spy dumps with locals for the wait-for graph (they cost more)."""
     locals_waiter_age_s: float = Field(default=1.0, ge=0)
@@ -166,13 +169,16 @@ def _reconnect(sampler: pg.PgSampler, dsn: str, stop: threading.Event) -> pg.PgS
     return sampler
 
 
-def _timeouts(dsn: str) -> dict[str, float]:
-    """Return the sessions' default timeouts, or none when they cannot be read (said in the log)."""
+def _timeouts(dsn: str, app_timeouts: dict[str, float]) -> dict[str, float]:
+    """Return the timeouts of the application's sessions: the defaults of a new session, where the
+    application's own settings (when known) override them; the defaults are left out when they
+    cannot be read (said in the log)."""
     try:
-        return pg.session_timeouts(dsn)
+        defaults = pg.session_timeouts(dsn)
     except SamplerError as exc:
         log.warning("postgres: %s", exc.message)
-        return {}
+        defaults = {}
+    return defaults | app_timeouts
 
 
 def run_child(samples: Path, stop: threading.Event) -> None:
@@ -192,7 +198,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     for role, pattern in config.pyspy_patterns.items():
         targets.setdefault(role, []).extend(attribution.pids_matching(pattern))
     cross = crosslayer.CrossLayer(
-        [pid for pids in targets.values() for pid in pids], _timeouts(dsn), writers["waitgraph"].write,
+        [pid for pids in targets.values() for pid in pids], _timeouts(dsn, config.app_timeouts),
+        writers["waitgraph"].write,
         waiter_age_s=config.locals_waiter_age_s, locals_interval_s=config.locals_interval_s,
         dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
         budget=lambda dumps: spy.spend(dumps),  # rounds with locals share py-spy's budget
