@@ -284,7 +284,7 @@ SERVER_SOURCE = (
 
 def deadlock_moment(timeouts: dict[str, float]) -> list[dict[str, Any]]:
     """The findings of a hand-made moment: thread 11 at `with LOCK:` (line 3), thread 12 inside it."""
-    psycopg_frame = {"name": "wait", "filename": "/lib/python3.11/site-packages/psycopg/waiting.py", "line": 1}
+    psycopg_frame = {"name": "wait", "filename": "/lib/python3/site-packages/psycopg/waiting.py", "line": 1}
     threads = [
         {"thread_id": 1, "os_thread_id": 11, "active": False,
          "frames": [{"name": "row_first", "filename": "/srv/app.py", "line": 3}]},
@@ -306,8 +306,9 @@ def test_the_timeout_that_ends_a_cross_layer_deadlock_is_the_smallest_that_appli
     assert [f["kind"] for f in none] == ["cross_layer_deadlock", "idle_in_tx_waiting_on_app"]
     assert "no timeout is set that would end it (lock_timeout = 0, statement_timeout = 0)" in none[0]["text"]
     # backend 102 waits on a lock: statement_timeout cancels it; 101 is idle: its timeout ends the session
-    text = deadlock_moment({"statement_timeout": 30000, "idle_in_transaction_session_timeout": 60000})[0]["text"]
+    idle = "idle_in_transaction_session_timeout"
+    text = deadlock_moment({"statement_timeout": 30000, idle: 60000})[0]["text"]
     assert text.endswith("statement_timeout (30 s) cancels backend 102 and ends it.")
-    text = deadlock_moment({"statement_timeout": 30000, "idle_in_transaction_session_timeout": 5000})[0]["text"]
+    text = deadlock_moment({"statement_timeout": 30000, idle: 5000})[0]["text"]
     assert text.endswith("idle_in_transaction_session_timeout (5 s) terminates the session of backend 101 "
                          "and ends it.")
