@@ -6,12 +6,11 @@ cannot disturb the consumers it watches.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+import httpx
 
 from contend.errors import SamplerError
 
@@ -22,10 +21,11 @@ JSZ_PATH = "/jsz?accounts=true&streams=true&consumers=true&config=false"
 def fetch_jsz(monitor_url: str, timeout: float = 2.0) -> dict[str, Any]:
     """Return the parsed ``/jsz`` document of a NATS server's monitoring endpoint."""
     try:
-        with urllib.request.urlopen(monitor_url.rstrip("/") + JSZ_PATH, timeout=timeout) as response:
-            data: dict[str, Any] = json.load(response)
-            return data
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        response = httpx.get(monitor_url.rstrip("/") + JSZ_PATH, timeout=timeout)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+    except (httpx.HTTPError, ValueError) as exc:
         raise SamplerError(
             f"cannot read NATS monitoring at {monitor_url}: {exc}",
             hint="the NATS server must run with an HTTP monitoring port (--http_port)",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
+
+import httpx
 
 from contend.errors import StackError
 from contend.stack.process import Lifecycle, ManagedProcess, free_port
@@ -64,9 +65,8 @@ class NatsServer(Lifecycle):
         self.process.start()
 
     def _ready(self) -> bool:
-        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
+        response = httpx.get(f"{self.monitor_url}/healthz", params={"js-enabled-only": "true"}, timeout=2)
+        return response.status_code == 200
 
     def stop(self) -> None:
         if self.process is not None:
