@@ -12,12 +12,14 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import pytest
 
 from contend.stack import Stack
@@ -139,8 +141,76 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def sample_dsn(stack: Stack) -> str:
     """DSN of a database of its own in the shared stack, so sampler counts see only their tests."""
-    import psycopg
-
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         conn.execute("CREATE DATABASE sample_tests")
     return stack.dsn.rsplit("/", 1)[0] + "/sample_tests"
+
+
+HOT_UPDATE = "UPDATE sample_hot SET n = n + 1 WHERE id = 1"
+
+
+class Contention:
+    """One holder of row id=1 idle in an open transaction, and ``waiters`` UPDATEs queued behind it.
+
+    Waiters are started one at a time, each only once the previous one waits, so the queue order
+    (and so what pg_blocking_pids returns) is known. ``holder_setup`` runs on the holder's
+    connection first (e.g. to set application_name).
+    """
+
+    def __init__(self, dsn: str, waiters: int = 5, holder_setup: str | None = None) -> None:
+        self.dsn = dsn
+        self.n_waiters = waiters
+        self.holder_setup = holder_setup
+        self.holder: psycopg.Connection[Any] | None = None
+        self.waiters: list[psycopg.Connection[Any]] = []
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def __enter__(self) -> Contention:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS sample_hot (id int PRIMARY KEY, n int NOT NULL)")
+            conn.execute("INSERT INTO sample_hot VALUES (1, 0) ON CONFLICT DO NOTHING")
+        self.holder = psycopg.connect(self.dsn)
+        if self.holder_setup:
+            self.holder.execute(self.holder_setup)
+        self.holder.execute(HOT_UPDATE)
+        self.holder_started = time.time()
+        for _ in range(self.n_waiters):
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            self.waiters.append(conn)
+            thread = threading.Thread(target=self._wait, args=(conn,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+            wait_for(lambda pid=conn.info.backend_pid: self.waits(pid), timeout=20)
+        return self
+
+    def _wait(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.execute(HOT_UPDATE)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def waits(self, pid: int) -> bool:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            sql = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+            row = conn.execute(sql, (pid,)).fetchone()
+        return row is not None and row[0] == "Lock"
+
+    @property
+    def holder_pid(self) -> int:
+        assert self.holder is not None
+        return self.holder.info.backend_pid
+
+    @property
+    def waiter_pids(self) -> list[int]:
+        return [c.info.backend_pid for c in self.waiters]
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.holder is not None
+        self.holder.rollback()
+        self.holder.close()
+        for thread in self.threads:
+            thread.join(timeout=20)
+        for conn in self.waiters:
+            conn.close()
+        assert not self.errors, self.errors

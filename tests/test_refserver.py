@@ -404,23 +404,33 @@ def test_fixture_command_creates_started_jobs_with_their_tasks(tmp_path):
 
 
 def test_contend_up_prints_url_token_and_job_ids_and_stops_cleanly(tmp_path):
+    import os
     import signal
     import subprocess
+    import threading
 
     from tests.conftest import CONTEND, stack_processes
 
     proc = subprocess.Popen([*CONTEND, "up", "--reports", str(tmp_path), "--preset", "pre-1261",
                              "--jobs", "2", "--images", "3", "--workers", "1", "--flag", "NATS_TASK_TTR=7"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each line as it is printed
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
-        stack_json = wait_for(lambda: list(tmp_path.glob("up-*/stack.json")), timeout=120)[0]
+        # stack.json is written before the summary is printed: wait for the summary's last line.
+        wait_for(lambda: "Press Ctrl-C to stop.\n" in lines, timeout=120)
+        stack_json = next(tmp_path.glob("up-*/stack.json"))
         ref = json.loads(stack_json.read_text())["refserver"]
         assert ref["flags"]["NATS_TASK_TTR"] == "7" and ref["flags"]["PROGRESS_LOCK"] == "select_for_update"
         assert len(ref["job_ids"]) == 2 and len(ref["pids"]["workers"]) == 1
-        time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode in (0, 130)
     assert ref["url"] in out and ref["token"] in out
     assert f"jobs      {', '.join(map(str, ref['job_ids']))}" in out

@@ -19,8 +19,7 @@ import pytest
 from contend.sample import pyspy
 from contend.sample.attribution import Attributor, app_name, parse_app_name, pid_of_socket, resolve_client
 from contend.sample.pg import PgSampler, connect
-from tests.conftest import wait_for
-from tests.test_sample_pg import HOT_UPDATE
+from tests.conftest import HOT_UPDATE, wait_for
 
 CLIENT = '''
 import json, os, sys, threading, time
@@ -33,28 +32,38 @@ def app(role):
     tid, ntid = threading.get_ident(), threading.get_native_id()
     return f"contend-ref:{role} pid={os.getpid()} tid={tid} ntid={ntid}"
 
-def hold_lock_in_test():
+def hold_lock_in_test(locked):
     kwargs = {"application_name": app("web")} if mode == "app" else {}
     conn = psycopg.connect(dsn, **kwargs)
     conn.execute("UPDATE sample_hot SET n = n + 1 WHERE id = 1")
     info.update(holder_tid=threading.get_ident(), holder_ntid=threading.get_native_id(),
                 holder_backend=conn.info.backend_pid)
-    time.sleep(600)
+    locked()
+    time.sleep(600)  # holds the row until the test kills this process
 
-def wait_for_row_in_test():
+def wait_for_row_in_test(connected):
     conn = psycopg.connect(dsn, autocommit=True, application_name=app("worker-0"))
     info.update(waiter_backend=conn.info.backend_pid)
+    connected.set()
     conn.execute("UPDATE sample_hot SET n = n + 1 WHERE id = 1")
 
+def report():
+    open(info_path + ".tmp", "w").write(json.dumps(info))
+    os.rename(info_path + ".tmp", info_path)
+
 if mode == "socket":
-    threading.Timer(0.5, lambda: open(info_path, "w").write(json.dumps(info))).start()
-    hold_lock_in_test()
+    hold_lock_in_test(report)
 else:
-    threading.Thread(target=hold_lock_in_test, name="holder", daemon=True).start()
-    time.sleep(0.5)
-    threading.Thread(target=wait_for_row_in_test, name="waiter", daemon=True).start()
-    time.sleep(0.5)
-    open(info_path, "w").write(json.dumps(info))
+    locked, connected = threading.Event(), threading.Event()
+    threading.Thread(target=hold_lock_in_test, args=(locked.set,), name="holder", daemon=True).start()
+    locked.wait(30)
+    threading.Thread(target=wait_for_row_in_test, args=(connected,), name="waiter", daemon=True).start()
+    connected.wait(30)
+    with psycopg.connect(dsn, autocommit=True) as watcher:  # until the waiter really waits on the row
+        sql = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+        while watcher.execute(sql, [info["waiter_backend"]]).fetchone()[0] != "Lock":
+            time.sleep(0.01)
+    report()
     time.sleep(600)
 '''
 

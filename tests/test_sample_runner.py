@@ -18,8 +18,7 @@ from pydantic import SecretStr
 from contend.errors import ConfigError
 from contend.sample.runner import CHILD_SECRETS_ENV, SamplerConfig, SamplerSet
 from contend.stack import Stack
-from tests.conftest import wait_for
-from tests.test_sample_pg import Contention
+from tests.conftest import Contention, wait_for
 
 
 def lines(path: Path) -> list[dict]:

@@ -13,16 +13,28 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from contend.sample.pg import PgSampler, connect
+from contend.sample.pg import APPLICATION_NAME, PgSampler, connect
 from contend.sample.watch import parents, render
-from tests.conftest import CONTEND, contend
-from tests.test_sample_pg import Contention
+from tests.conftest import CONTEND, Contention, contend, wait_for
 
 
 def start_watch(dsn: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "CONTEND_DSN": dsn, "COLUMNS": "200"}
     return subprocess.Popen([*CONTEND, "watch", "--interval", "0.2", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def watch_ticks(dsn: str, n: int) -> None:
+    """Wait until the watch's sampler has begun ``n`` ticks, seen from outside: each tick reads
+    pg_stat_activity once, and the view of a tick is drawn before the next one begins."""
+    starts: set[object] = set()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        def begun() -> bool:
+            rows = conn.execute("SELECT query_start FROM pg_stat_activity WHERE application_name = %s "
+                                "AND query LIKE %s", (APPLICATION_NAME, "%pg_blocking_pids(pid)%")).fetchall()
+            starts.update(row[0] for row in rows)
+            return len(starts) >= n
+        wait_for(begun, timeout=30, interval=0.02)
 
 
 @pytest.mark.integration
@@ -73,7 +85,7 @@ def test_watch_view_draws_the_queue_as_one_chain(sample_dsn: str) -> None:
 def test_watch_live_view_runs_until_sigterm(sample_dsn: str) -> None:
     with Contention(sample_dsn, waiters=1) as c:
         proc = start_watch(sample_dsn)
-        time.sleep(3)
+        watch_ticks(sample_dsn, 3)  # the view of the first two is drawn
         proc.send_signal(signal.SIGTERM)  # ends a watch like Ctrl-C: exit 0
         out, err = proc.communicate(timeout=15)
         holder = c.holder_pid
