@@ -203,8 +203,9 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
     from contend.report.tables import VERDICT_ROWS, verdict_rows
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    for entry in summary["variants"].values():  # server errors have rows of their own (test below)
-        entry["metrics"].update(http_5xx=0)
+    for entry in summary["variants"].values():  # server errors and the wait-for graph's counts have
+        entry["metrics"].update(http_5xx=0, cross_layer_deadlocks=0,  # rows of their own (tests below,
+                                python_lock_waiters_max=0, idle_in_tx_blocked_in_app_max=0)  # findings)
     # The synthetic run has one job: the table keeps the seed's shape.
     assert verdict_rows(summary) == VERDICT_ROWS
     assert "starved jobs" not in (run_dir / "report.md").read_text()

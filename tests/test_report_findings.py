@@ -44,3 +44,14 @@ def test_findings_section_sits_under_the_verdict_escaped(run_dir: Path) -> None:
     assert "py-spy dumps with locals for them" in page
     markdown = render_markdown(summary, {})
     assert markdown.index("**Findings**") > markdown.index("| metric")
+
+
+def test_the_verdict_shows_the_graph_counts_when_a_variant_has_any(run_dir: Path) -> None:
+    from contend.report.tables import verdict_rows
+
+    summary = summarize(load_run(run_dir))
+    assert ("cross_layer_deadlocks", "cross-layer deadlocks (Python + Postgres)") in verdict_rows(summary)
+    for entry in summary["variants"].values():
+        entry["metrics"].update(dict.fromkeys(
+            ("cross_layer_deadlocks", "python_lock_waiters_max", "idle_in_tx_blocked_in_app_max"), 0))
+    assert all(metric != "cross_layer_deadlocks" for metric, _ in verdict_rows(summary))

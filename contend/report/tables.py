@@ -40,6 +40,12 @@ SERVER_ROWS: tuple[tuple[str, str], ...] = (
     ("http_5xx", "server errors (HTTP 5xx)"),
     ("http_5xx_at_pg_error", "5xx while Postgres logged an error"),
 )
+# The cross-layer wait-for graph's counts: shown when some variant has any.
+GRAPH_ROWS: tuple[tuple[str, str], ...] = (
+    ("cross_layer_deadlocks", "cross-layer deadlocks (Python + Postgres)"),
+    ("python_lock_waiters_max", "threads on one Python lock, max"),
+    ("idle_in_tx_blocked_in_app_max", "idle in tx, blocked in the app, max"),
+)
 # Shown after the seed's rows only when they say something: fairness when the target has several jobs.
 FAIRNESS_ROWS: tuple[tuple[str, str], ...] = (
     ("starved_jobs", "starved jobs (no result)"),
@@ -65,7 +71,7 @@ OTHER_ROWS: tuple[tuple[str, str], ...] = (
     ("sampler_late_ms_p95", "sampler lateness p95 (ms)"),
     *((f"{m}_{phase}", f"{m} ({phase} only)") for m in PHASE_SPLIT for phase in ("load", "drain")),
 )
-assert all(metric in MEANINGS for metric, _ in OTHER_ROWS + SERVER_ROWS)
+assert all(metric in MEANINGS for metric, _ in OTHER_ROWS + SERVER_ROWS + GRAPH_ROWS)
 
 
 def fmt(value: Any, metric: str = "") -> str:
@@ -159,8 +165,9 @@ def verdict_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     jobs = max(((m.get("jobs_started") or 0) + (m.get("starved_jobs") or 0) for m in metrics), default=0)
     lost = any(m.get("lost_updates") for m in metrics) or "PROGRESS_LOCK" in differing(summary)
     server = any(m.get(metric) for m in metrics for metric, _ in SERVER_ROWS)
+    graph = any(m.get(metric) for m in metrics for metric, _ in GRAPH_ROWS)
     return (VERDICT_ROWS + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
-            + (SERVER_ROWS if server else ()))
+            + (GRAPH_ROWS if graph else ()) + (SERVER_ROWS if server else ()))
 
 
 def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:
