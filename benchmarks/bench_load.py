@@ -4,7 +4,8 @@
     python benchmarks/bench_load.py --part rate
 
 Part ``cpu``: batched POSTs of 50 error results (Antenna's script, concurrency 10) against the
-reference server (real Postgres, NATS, Django web tier and result workers). Driver CPU = CPU of
+reference server (real Postgres, NATS, Django web tier and result workers) with job logs off (with
+them on, the server's POSTs wait out their timeout and the figure would measure waiting). Driver CPU = CPU of
 the locust process(es), server CPU = CPU of the web tier, the result workers, Postgres and NATS,
 counted until the server is idle again (the result workers finish after the POSTs return). Both
 are marginal figures: the difference between a long and a short run, divided by the difference in
@@ -87,7 +88,8 @@ def children_cpu() -> float:
 def part_cpu(rounds_short: int, rounds_long: int) -> dict[str, float]:
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Stack(Path(tmp) / "stack", refserver=RefServerOptions(jobs=1, images_per_job=100)) as stack,
+        Stack(Path(tmp) / "stack", refserver=RefServerOptions(preset="pr-1261-logs-off", jobs=1,
+                                                                images_per_job=100)) as stack,
     ):
         ref = stack.info()["refserver"]
         os.environ["BENCH_REF_TOKEN"] = ref["token"]
