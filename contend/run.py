@@ -223,10 +223,12 @@ def _command_target(scenario: Scenario, target: CommandTarget, variant: Variant,
     with CommandStack(folder, up=target.up, ready=target.ready, fixtures=target.fixtures,
                       down=target.down, cwd=Path(target.cwd).resolve() if target.cwd else None,
                       flags=variant.flags, secret_envs=[s for s in secrets if s],
-                      allow_remote=target.allow_remote, stop_event=stop) as command:
+                      stop_event=stop) as command:
         got = command.fixtures or Fixtures(job_ids=[])
         base_url = got.base_url or target.base_url
-        assert base_url is not None  # expand() asks for a base_url or fixtures
+        if base_url is None:
+            raise StackError("the fixtures printed no base_url and the target has none",
+                             hint='let the fixtures print "base_url", or set target.base_url')
         load_target = LoadTarget(base_url=base_url, token_env=got.token_env or target.token_env,
                                  job_ids=got.job_ids, pipeline_slug=got.pipeline_slug,
                                  allow_remote=target.allow_remote)

@@ -158,7 +158,6 @@ class CommandStack(Lifecycle):
         cwd: Path | None = None,
         flags: Mapping[str, str] | None = None,
         secret_envs: Sequence[str] = (),
-        allow_remote: bool = False,
         stop_event: threading.Event | None = None,
         grace_s: float = 10.0,
     ) -> None:
@@ -170,7 +169,6 @@ class CommandStack(Lifecycle):
         self.cwd = cwd
         self.flags = dict(flags or {})
         self.secret_envs = tuple(secret_envs)
-        self.allow_remote = allow_remote
         self.stop_event = stop_event or threading.Event()
         self.grace_s = grace_s
         self.up: ManagedProcess | None = None
