@@ -122,6 +122,8 @@ def variant_sentences(run: VariantRun, found: Sequence[Mapping[str, Any]], limit
     if graphs and not any(f["kind"] in PYTHON_KINDS for f in found):
         lines.insert(0, f"No cross-layer cycle and no thread waiting on a Python lock with an open "
                         f"transaction in {graphs} wait-for graphs ({locals_graphs} with locals).")
+    elif not run.waitgraph_recorded:
+        lines.insert(0, "This run kept no wait-for graph records, so Python waits are not known.")
     elif not graphs:
         lines.insert(0, "No py-spy stack showed a wait, so no wait-for graph was recorded." if run.pyspy
                      else "No py-spy stacks were taken, so Python waits are not known.")

@@ -297,11 +297,12 @@ def _clean(value: Any) -> Any:
 
 
 def graph_metrics(run: VariantRun) -> dict[str, int | None]:
-    """The cross-layer wait-for graph's metrics over the run; None when no py-spy stack was taken.
+    """The cross-layer wait-for graph's metrics over the run; None when no py-spy stack was taken
+    or the run has no graph records at all.
 
     A graph is recorded only when something waits, so no record with stacks taken means zero.
     """
-    if not run.pyspy and not run.waitgraph:
+    if not run.waitgraph_recorded or (not run.pyspy and not run.waitgraph):
         return dict.fromkeys(GRAPH_METRICS)
     deadlocks = graph_findings.aggregate(run.waitgraph)
     gauges = [r.get("gauges") or {} for r in run.waitgraph]

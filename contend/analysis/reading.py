@@ -109,6 +109,8 @@ class VariantRun:
     """``final_state.json``: recorded vs true counts per job after the load (embedded targets)."""
     waitgraph: list[dict[str, Any]] = field(default_factory=list)
     """``samples/waitgraph.jsonl``: the cross-layer wait-for graph of each moment stacks were taken."""
+    waitgraph_recorded: bool = False
+    """The samplers kept a ``waitgraph.jsonl`` (runs of an older contend have none: Python waits unknown)."""
     waits: list[Wait] = field(default_factory=list)
     """The distinct lock waits the Postgres sampler saw, timed from pg_locks.waitstart."""
     server_log: ServerLog | None = None
@@ -302,6 +304,7 @@ def load_variant(folder: Path) -> VariantRun:
         waits=waits_from_ticks(tick_rows),
         server_log=read_server_log(folder / "stack" / "postgres" / "postgres.log"),
         waitgraph=read_jsonl(samples / "waitgraph.jsonl", notes),
+        waitgraph_recorded=(samples / "waitgraph.jsonl").exists(),
     )
 
 
