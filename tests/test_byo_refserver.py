@@ -39,7 +39,7 @@ def test_byo_refserver_compares_two_flag_variants_and_leaves_nothing(tmp_path: P
         server = json.loads((run_dir / "variants" / name / "target" / "server.json").read_text())
         assert server["flags"]["JOB_LOG_PERSIST_ENABLED"] == value
         assert server["flags"]["ML_WORKER_CONCURRENCY"] == "2"
-    assert on["edges_max"] > off["edges_max"]
+    assert on["edges_max_load"] > off["edges_max_load"]
     assert on["latency_p95_s"] > off["latency_p95_s"]
     report = (run_dir / "report.md").read_text()
     assert "logs-on vs logs-off" in report and "JOB_LOG_PERSIST_ENABLED=true" in report
