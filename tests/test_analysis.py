@@ -265,8 +265,13 @@ def test_postgres_and_queue_metrics_cover_load_and_drain_and_each_apart(run_dir,
     meta = json.loads((variant / "meta.json").read_text())
     meta["phases"] = {"load": {"start": start - 0.1, "end": end + 0.01},
                       "drain": {"start": end + 0.01, "end": drain_end, "timed_out": False, "processed": 180}}
+    meta["jobs_done"] = {"1": end + 2.0, "2": end + 5.0}  # each job's finished_at
     (variant / "meta.json").write_text(json.dumps(meta))
-    entry = summarize(load_run(folder))["variants"]["logs-on"]["metrics"]
+    variant_entry = summarize(load_run(folder))["variants"]["logs-on"]
+    entry = variant_entry["metrics"]
+    done = variant_entry["job_done_s"]
+    assert done == {"1": pytest.approx(end + 2.0 - start), "2": pytest.approx(end + 5.0 - start)}
+    assert entry["job_done_s"] == pytest.approx(end + 5.0 - start)
     in_load = [t["edges"] for t in ticks if start <= t["t"] <= end]
     in_drain = [t["edges"] for t in ticks if end <= t["t"] <= drain_end]
     assert entry["edges_max_load"] == max(in_load) and entry["edges_max_drain"] == max(in_drain)

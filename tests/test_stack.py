@@ -40,11 +40,25 @@ def test_stack_stops_everything_on_success_and_on_exception(tmp_path: Path) -> N
     with Stack(tmp_path / "ok"):
         assert len(stack_processes(tmp_path / "ok")) >= 2
     assert stack_processes(tmp_path / "ok") == []
+    # A lean folder: the servers' logs stay, their data (pgdata, the JetStream store) goes.
+    assert (tmp_path / "ok" / "postgres" / "postgres.log").exists()
+    assert not (tmp_path / "ok" / "postgres" / "pgdata").exists()
+    assert not (tmp_path / "ok" / "nats" / "nats-store").exists()
 
     with pytest.raises(RuntimeError), Stack(tmp_path / "boom"):
         assert stack_processes(tmp_path / "boom")
         raise RuntimeError("a failure inside the run")
     assert stack_processes(tmp_path / "boom") == []
+
+
+def test_keep_data_keeps_the_data_directories(tmp_path: Path) -> None:
+    with Stack(tmp_path, keep_data=True) as stack:
+        data = stack.postgres.folder / "pgdata"  # type: ignore[union-attr]
+        location = stack.run_dir / "postgres" / "pgdata.location"  # root: the data lives elsewhere
+        if location.exists():
+            data = Path(location.read_text().strip())
+    assert (tmp_path / "nats" / "nats-store").is_dir()
+    assert data.is_dir() or location.exists()
 
 
 def test_external_dsn_uses_that_server_and_starts_no_postgres(stack: Stack, tmp_path: Path) -> None:
