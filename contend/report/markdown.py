@@ -60,10 +60,11 @@ def render_markdown(
         "",
         "Deltas against the baseline"
         + (
-            "; ✓ = outside the spread of the repetitions."
+            "; ✓ = distinguishable from the spread of the repetitions (95 % bootstrap interval"
+            " excludes 0 with 3+ repetitions; ranges apart with 2)."
             if repeated
             else "; single runs, no spread measured."
         )
-        + " Full report: `report.html` in the run folder.",
+        + " Postgres and queue figures cover load and drain. Full report: `report.html` in the run folder.",
     ]
     return "\n".join(lines) + "\n"
