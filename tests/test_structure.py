@@ -102,6 +102,21 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_only_the_load_process_imports_locust() -> None:
+    # locust monkey-patches the interpreter with gevent on import: never in contend's own process.
+    importers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] in ("locust", "gevent") for name in names):
+                importers.add(_module_name(path))
+    assert importers == {"contend.load.child", "contend.load.users"}
+    graph = import_graph()
+    assert not any({"contend.load.child", "contend.load.users"} & reachable(graph, m)
+                   for m in graph if m not in ("contend.load.child", "contend.load.users"))
+
+
 def test_thresholds_and_stack_summary_are_pure() -> None:
     graph = import_graph()
     assert reachable(graph, "contend.thresholds") <= {"contend.metrics"}

@@ -1,7 +1,8 @@
 """contend's load engine: workload models and the launcher that runs locust in child processes.
 
 Importing this package never imports locust (locust monkey-patches the interpreter with gevent);
-only ``contend.load.child``, run as a separate process, does.
+only ``contend.load.child``, run as a separate process, and the users it runs
+(``contend.load.users``) do.
 """
 
 from contend.load.config import BatchedPost, PullWorkers, Workload

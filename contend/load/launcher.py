@@ -24,7 +24,7 @@ from contend.load.records import LoadSummary, read_records
 from contend.stack.process import ManagedProcess, free_port
 from contend.target import check_target
 
-MAX_WORKLOADS = 16  # user classes the load processes define (contend.load.child.SLOTS)
+MAX_WORKLOADS = 16  # user classes the load processes define (contend.load.users.SLOTS)
 POLL_S = 0.5
 
 
