@@ -203,7 +203,7 @@ def summarize(windows: list[dict[str, Any]], args: argparse.Namespace, *, ticks:
     observer, server_on = sum(parts.values()), sum(w["server_cpu"] for w in on)
     server_off = sum(w["server_cpu"] for w in off)
     results_on, results_off = sum(w["results"] for w in on), sum(w["results"] for w in off)
-    mean, half = mean_ci(ratios)
+    mean, half = mean_ci(ratios) if ratios else (math.nan, math.nan)  # no POST ended: a wedged server
     seconds_on = sum(w["end"] - w["start"] for w in on)
     steady_observer = sum(steady[k] for k in parts)
     figures = {
@@ -220,7 +220,8 @@ def summarize(windows: list[dict[str, Any]], args: argparse.Namespace, *, ticks:
         "server_cpu_s_per_s_on": server_on / seconds_on,
         "server_cpu_per_result_on_over_off": (server_on / results_on) / (server_off / results_off)
         if results_on and results_off and server_off else None,
-        "throughput_ratio": mean, "throughput_ratio_ci95": [mean - half, mean + half],
+        "throughput_ratio": None if math.isnan(mean) else mean,
+        "throughput_ratio_ci95": None if math.isnan(mean) else [mean - half, mean + half],
         "ratio_per_block": [round(r, 3) for r in ratios],
         "observer_start_up_cpu_s": round(start_up, 3),
         "pg_ticks": ticks, "pyspy_dumps": dumps,
@@ -237,8 +238,12 @@ def summarize(windows: list[dict[str, Any]], args: argparse.Namespace, *, ticks:
         f"{k} {v * 1000:.1f} ms" for k, v in figures["observer_cpu_s_per_s_steady"].items())
         + f" per s; server {figures['server_cpu_s_per_s_steady']:.2f} s/s")
     print(f"observer CPU / server CPU, steady = {figures['observer_cpu_share']:.2%} (goal <= 3 %)")
-    print(f"throughput ratio on/off = {mean:.3f}, 95 % interval [{mean - half:.3f}, {mean + half:.3f}] "
-          f"(goal: contains a value >= 0.97); {figures['cpus']} CPUs, load average {figures['load_average']}")
+    if ratios:
+        print(f"throughput ratio on/off = {mean:.3f}, 95 % interval [{mean - half:.3f}, {mean + half:.3f}] "
+              f"(goal: contains a value >= 0.97)")
+    else:
+        print("throughput ratio: no POST ended inside the off windows (the server completed none)")
+    print(f"{figures['cpus']} CPUs, load average {figures['load_average']}")
     return figures
 
 

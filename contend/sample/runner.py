@@ -235,8 +235,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
     if any(targets.values()):
         threads.append(threading.Thread(target=spy.run, args=(stop,), name="py-spy", daemon=True))
         threads.append(threading.Thread(target=cross.run, args=(stop,), name="wait-for graph", daemon=True))
-    if config.nats_monitor_url:
-        nats_sampler = nats.NatsSampler(config.nats_monitor_url)
+    nats_sampler = nats.NatsSampler(config.nats_monitor_url) if config.nats_monitor_url else None
+    if nats_sampler is not None:
         threads.append(threading.Thread(
             target=_every, args=(config.nats_interval_s, stop,
                                  lambda: writers["nats"].write(nats_sampler.tick()), "nats"),
@@ -287,6 +287,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             recorder.stop(timeout=10.0)
         for writer in writers.values():
             writer.close()
+        if nats_sampler is not None:
+            nats_sampler.close()
         with contextlib.suppress(psycopg.Error):
             sampler.conn.close()
 
