@@ -95,9 +95,9 @@ FLAGS: tuple[Flag, ...] = (
          "off = the result task runs in cachalot_disabled() (PR #1261), which turns off the read "
          "side only: its writes still pay invalidations",
          choices=("on", "off")),
-    Flag("CACHALOT_INVALIDATION_MS", "20",
-         "modelled cost of one cachalot invalidation (a cache set_many), milliseconds; issue #1256 "
-         "measured about 2.5 s of invalidation work per result task",
+    Flag("CACHALOT_INVALIDATION_MS", "1",
+         "modelled cost of one cachalot invalidation, milliseconds: one cache set_many round trip "
+         "(a Redis call on a local network)",
          minimum=0),
     Flag("CACHALOT_READ_MS", "1",
          "modelled cost of one cachalot cache round trip on a cacheable read, milliseconds (a Redis "
