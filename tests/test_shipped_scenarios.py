@@ -65,9 +65,11 @@ def test_log_persist_on_piles_up_row_locks_and_off_does_not(tmp_path: Path) -> N
     # transaction for longer than any statement may run.
     assert on["posts_ok"] < on["posts_total"] / 2
     assert on["idle_in_tx_max_age_s"] >= 30
+    assert on["lock_wait_max_s"] >= 20  # waits end when statement_timeout (30 s) cancels them
     # The POSTs do not queue on the job row with logs off; the result workers may, after them.
     assert off["blocked_max_load"] <= 1
     assert off["drain_timed_out"] == 0 and off["results_processed_per_s"] > 0
+    assert off["lock_wait_max_s"] < 1  # nobody waits on the row longer than a moment
     assert off["posts_ok"] == off["posts_total"] == 10
     assert off["latency_p95_s"] < 2
 
