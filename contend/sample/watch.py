@@ -148,6 +148,7 @@ class StackWatch:
         self.warn = warn
         self.findings: list[dict[str, Any]] = []
         self._last = float("-inf")
+        self._warned = False
 
     def update(self, tick: dict[str, Any], backends: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Take stacks when something waits (rate-limited); return the current findings."""
@@ -158,8 +159,10 @@ class StackWatch:
             self._last = time.monotonic()
             with_locals = self.cross.locals_due() is not None
             records, cost = self.cross.dump_all(with_locals)
-            if cost["failed"] and not records:
-                self.warn(f"py-spy could not read pids {self.cross.pids} (root or SYS_PTRACE needed?)")
+            if cost["failed"] and not records and not self._warned:
+                self._warned = True  # said once: the view shows every warning at every refresh
+                self.warn(f"py-spy could not read pids {self.cross.pids}: no findings (are they Python "
+                          "processes? py-spy needs root or SYS_PTRACE)")
             record = self.cross.moment(records)
             self.findings = record["findings"] if record else []
         return self.findings
