@@ -232,3 +232,7 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
     assert verdict_rows(summary)[-5][0] == "pg_deadlocks"
     md = render_markdown(summary, {})
     assert "| Postgres: deadlock detected | 0 | 1 |" in md and "| server errors (HTTP 5xx) | 0 | 2 |" in md
+    # A drain that hit drain_timeout_s says so next to its length.
+    for entry, cut in zip(summary["variants"].values(), (0, 1), strict=True):
+        entry["metrics"].update(drain_s=30.5 if cut else 12.0, drain_timed_out=cut)
+    assert "| drain after the last POST (s) | 12 | 30.5 (timed out) |" in render_markdown(summary, {})

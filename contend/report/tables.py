@@ -144,8 +144,10 @@ def _cell(entry: dict[str, Any], metric: str) -> Cell:
     value = metrics.get(metric)
     spread = entry.get("spread", {}).get(metric)
     delta = entry["deltas"].get(metric)
+    # A drain cut by drain_timeout_s is a lower bound: the workers were still busy.
+    cut = " (timed out)" if metric == "drain_s" and metrics.get("drain_timed_out") else ""
     return Cell(
-        value=fmt(value, metric),
+        value=fmt(value, metric) + cut,
         spread=f"{fmt(spread[0], metric)}–{fmt(spread[1], metric)}"
         if spread and spread[0] != spread[1]
         else "",
