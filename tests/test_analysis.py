@@ -442,3 +442,32 @@ def test_compare_gives_each_delta_across_two_repeated_runs_a_bootstrap_interval(
     assert same["abs"] == 0 and same["ci"][0] <= 0 <= same["ci"][1] and same["real"] is False
     other = merged["variants"]["B: logs-off"]["deltas"]["edges_max"]
     assert other["real"] is True and (other["ci"][1] < 0 or other["ci"][0] > 0)
+
+
+def test_server_errors_are_linked_to_what_postgres_logged_while_they_were_in_flight(tmp_path):
+    from datetime import UTC, datetime
+
+    from contend.analysis import load_variant, variant_metrics
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+    base = 1_800_000_000.0
+    keys = {"sent": 1, "recv": 1, "results": 0, "tasks": 0, "dup_tasks": 0, "dup_results": 0,
+            "worker": "w0-u1", "job": 1, "kind": "result"}
+    requests = [
+        {**keys, "t0": base, "t1": base + 1.0, "status": 500, "error": "HTTP 500"},  # too many clients
+        {**keys, "t0": base + 5.0, "t1": base + 6.0, "status": 503, "error": "HTTP 503"},  # nothing logged
+        {**keys, "t0": base + 7.0, "t1": base + 8.0, "status": 200, "error": None},
+    ]
+    (tmp_path / "load").mkdir()
+    (tmp_path / "load" / "requests-w0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    (tmp_path / "stack" / "postgres").mkdir(parents=True)
+    (tmp_path / "stack" / "postgres" / "postgres.log").write_text(
+        f"{stamp(base + 0.5)} [11] [[unknown]] FATAL:  sorry, too many clients already\n"
+        f"{stamp(base + 7.5)} [12] [contend-ref:web pid=1 tid=2 ntid=3] ERROR:  deadlock detected\n"
+        f"{stamp(base + 9.5)} [13] [] ERROR:  deadlock detected\n")  # after the last response: outside
+    m = variant_metrics(load_variant(tmp_path))
+    assert (m["http_5xx"], m["http_5xx_at_pg_error"]) == (2, 1)
+    assert (m["pg_too_many_clients"], m["pg_deadlocks"], m["pg_statement_timeouts"]) == (1, 1, 0)
+    assert m["pg_lock_waits_logged"] == 0 and m["lock_wait_coverage"] is None
