@@ -26,9 +26,10 @@ check: install
 	$(BIN)/ruff check contend tests benchmarks
 	$(BIN)/mypy
 
-# The fast subset: everything but the slow end-to-end tests.
+# The fast tier: tests that start no process (no Postgres, NATS, server or subprocess), under a
+# minute; a test of this tier that tries to start one fails (tests/conftest.py).
 fast: install check
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not integration and not slow"
 
 # Every benchmark with small defaults (about a quarter of an hour on two cores): figures with the
 # machine's core count and load average in benchmarks/results.json and the table in docs/performance.md.
