@@ -1,7 +1,7 @@
 """Run every benchmark with small defaults; gather their figures in one JSON and one table.
 
     python benchmarks/run_all.py [--out benchmarks/results.json] [--doc docs/performance.md]
-                                 [--only sampler_overhead sampler_curve ...]
+                                 [--only sampler_overhead sampler_curve ...]   (the others keep theirs)
 
 Each benchmark runs as its own process with ``--json``; its figures, each with the machine's core
 count and load average at the time, go under its name in ``--out``, and one table of the headline
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS))
     args = parser.parse_args()
     results: dict[str, Any] = {"cpus": os.cpu_count(), "benchmarks": {}}
+    if args.only and args.out.exists():  # the others keep their last figures
+        results["benchmarks"] = json.loads(args.out.read_text()).get("benchmarks", {})
     with tempfile.TemporaryDirectory() as tmp:
         for name, (script, extra) in BENCHMARKS.items():
             if args.only and name not in args.only:

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from contend.errors import SamplerError
+from contend.sample import pyspy
 from contend.sample.attribution import app_name
 from contend.sample.pyspy import PERMISSION_HINT, PySpySampler, stack_triggers, summarize_stacks
 from contend.sample.stacks import dump_basis
@@ -185,3 +186,36 @@ def test_dumps_taken_elsewhere_ask_the_budget_for_their_share() -> None:
     assert not spy.spend(1)  # empty: refused, nothing taken
     spy.request("lock waiters", [1])
     assert spy.take_pending() == []
+
+
+@pytest.mark.integration
+def test_a_dump_past_its_timeout_is_killed_and_reaped() -> None:
+    # A process that stops itself stands for a dump that never ends.
+    argv = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSTOP)"]
+    code, _, _, _ = pyspy._run(argv, timeout=0.5)
+    assert code is None
+
+
+def test_the_run_loop_survives_an_unexpected_error() -> None:
+    warnings: list[str] = []
+    done = threading.Event()
+    calls = iter([RuntimeError("boom")])
+
+    def dumper(pid: int) -> list:
+        error = next(calls, None)
+        if error is not None:
+            raise error
+        done.set()
+        return []
+
+    spy = PySpySampler({"web": [1]}, dumper=dumper, on_warning=warnings.append, baseline_s=0.05)
+    stop = threading.Event()
+    runner = threading.Thread(target=spy.run, args=(stop,))
+    runner.start()
+    try:
+        assert done.wait(10)
+    finally:
+        stop.set()
+        spy.stop_waiting()
+        runner.join(5)
+    assert warnings and "boom" in warnings[0]

@@ -12,6 +12,7 @@ socket read (waiting for Postgres) are kept: a dump shows every thread. A whole-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,8 +129,11 @@ def _run(argv: list[str], timeout: float) -> tuple[int | None, str, str, float]:
         fired = threading.Event()
 
         def kill() -> None:
+            # os.kill, not proc.kill(): Popen.send_signal polls first, which reaps an exited child
+            # and leaves the wait4 below without one (ECHILD). Unreaped, the pid cannot be reused.
             fired.set()
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
@@ -309,13 +313,20 @@ class PySpySampler:
         return [self._dump(pid, pending[pid]) for pid in order[:paid] if not self._skip(pid)]
 
     def run(self, stop: threading.Event) -> None:
-        """Serve requests and the baseline until ``stop``; records go to ``write``."""
+        """Serve requests and the baseline until ``stop``; records go to ``write``.
+
+        An unexpected error is reported and the loop goes on: stacks must not stop for the rest of
+        the run because one round failed.
+        """
         next_baseline = time.monotonic()
         while not stop.is_set():
-            if time.monotonic() >= next_baseline:
-                self.write(self.tick("baseline"))
-                next_baseline = time.monotonic() + self.baseline_s
-            self.write(self.take_pending())
+            try:
+                if time.monotonic() >= next_baseline:
+                    next_baseline = time.monotonic() + self.baseline_s
+                    self.write(self.tick("baseline"))
+                self.write(self.take_pending())
+            except Exception as exc:  # reported, then the next round is tried
+                self.on_warning(f"a round of dumps failed: {exc!r}")
             self._wake.wait(max(0.0, next_baseline - time.monotonic()))
             if stop.is_set():
                 return

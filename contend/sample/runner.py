@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per NATS read in sampler.log
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
