@@ -346,7 +346,7 @@ def test_fail_fast_stops_after_the_first_variant_that_fails_its_thresholds(tmp_p
     from contend.report.synthetic import make_run
     from contend.run import VariantOutcome, stop_after_failing_variant
 
-    run_dir = make_run(tmp_path, duration_s=5.0)
+    run_dir = make_run(tmp_path, duration_s=2.0, hz=2.0, backends=4, with_backends=False)
     (run_dir / "scenario.yaml").write_text(
         "name: synthetic\nworkloads: [{kind: batched_post}]\n"
         "variants: [{name: logs-on}, {name: logs-off, baseline: true}]\n"
