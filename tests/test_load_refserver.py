@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def refserver(tmp_path_factory):
-    with Stack(
-        tmp_path_factory.mktemp("stack"), refserver=RefServerOptions(jobs=2, images_per_job=30)
-    ) as stack:
+    # Job logs off: with them on (pr-1261), result POSTs wait on the job log handler's lock and the
+    # job row until the statement timeout; this file tests the load engine, not that contention.
+    options = RefServerOptions(preset="pr-1261-logs-off", jobs=2, images_per_job=30)
+    with Stack(tmp_path_factory.mktemp("stack"), refserver=options) as stack:
         yield stack.info()["refserver"]
 
 
