@@ -236,3 +236,13 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
     for entry, cut in zip(summary["variants"].values(), (0, 1), strict=True):
         entry["metrics"].update(drain_s=30.5 if cut else 12.0, drain_timed_out=cut)
     assert "| drain after the last POST (s) | 12 | 30.5 (timed out) |" in render_markdown(summary, {})
+
+
+def test_fewer_distinct_lock_waits_is_not_coloured_better() -> None:
+    # One 30 s wait ended by a timeout is fewer waits than a hundred of 10 ms, and no improvement:
+    # the count is neutral, blocked seconds carry the direction.
+    from contend.report.tables import _tone
+
+    assert _tone("lock_waits", -101, None) == ""
+    assert _tone("lock_waits_drain", 5, None) == ""
+    assert _tone("blocked_seconds", 480, None) == "worse"
