@@ -471,3 +471,28 @@ def test_server_errors_are_linked_to_what_postgres_logged_while_they_were_in_fli
     assert (m["http_5xx"], m["http_5xx_at_pg_error"]) == (2, 1)
     assert (m["pg_too_many_clients"], m["pg_deadlocks"], m["pg_statement_timeouts"]) == (1, 1, 0)
     assert m["pg_lock_waits_logged"] == 0 and m["lock_wait_coverage"] is None
+
+
+def test_a_load_shorter_than_a_tick_is_measured_by_the_first_tick_after_it_starts(tmp_path):
+    # Five fast POSTs can end within 60 ms, between two ticks of a 10 Hz sampler: the load's figures
+    # come from the next tick rather than being missing (a gate on them would fail for no reason).
+    from contend.analysis import load_variant, variant_metrics
+
+    base = 1_800_000_000.0
+    keys = {"sent": 1, "recv": 1, "results": 20, "tasks": 0, "dup_tasks": 0, "dup_results": 0,
+            "worker": "w0-u1", "job": 1, "kind": "result", "status": 200, "error": None}
+    (tmp_path / "load").mkdir()
+    (tmp_path / "load" / "requests-w0.jsonl").write_text(
+        json.dumps({**keys, "t0": base + 0.01, "t1": base + 0.07}) + "\n")
+    tick = {"backends": 3, "blocked": 0, "depth": 0, "roots": [], "idle_in_tx": 0, "idle_in_tx_max_age": 0.0,
+            "locked_relations": [], "wait_events": {}, "cost_ms": 1.0, "late_ms": 0.0, "blocking_calls": 0,
+            "waits": []}
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "pg_ticks.jsonl").write_text("".join(
+        json.dumps({**tick, "t": base + t, "edges": edges}) + "\n"
+        for t, edges in ((-0.05, 7), (0.09, 2), (0.19, 5))))
+    drain = {"start": base + 0.07, "end": base + 0.3, "timed_out": False}
+    (tmp_path / "meta.json").write_text(json.dumps({"name": "v", "status": "ok", "phases": {"drain": drain}}))
+    m = variant_metrics(load_variant(tmp_path))
+    assert m["edges_max_load"] == 2  # the tick at +0.09 s, not the one before the load nor a later one
+    assert m["edges_max_drain"] == 5 and m["edges_max"] == 5

@@ -46,8 +46,12 @@ def _within(frame: pd.DataFrame, window: tuple[float, float] | None, column: str
 def _tick_metrics(run: VariantRun, window: tuple[float, float] | None) -> dict[str, float | int | None]:
     """Postgres and queue metrics over one window (all ticks when it is None)."""
     ticks = _within(run.ticks, window)
-    if window is not None and ticks.empty and window == run.whole_window:
-        ticks = run.ticks  # a window without a tick (a very short run): every tick rather than none
+    if window is not None and ticks.empty and not run.ticks.empty:
+        # A window without a tick: a very short run is measured by every tick; a phase shorter than
+        # the sampling interval (a load of a few fast POSTs) by the first tick after its start, the
+        # nearest observation of it (at most a tick late), rather than by none.
+        after = run.ticks[run.ticks["t"] >= window[0]].head(1)
+        ticks = run.ticks if window == run.whole_window else after
     queue = _within(run.nats[run.nats["stream"] == RESULTS_STREAM], window)
     m: dict[str, float | int | None] = {
         "edges_max": _max(ticks["edges"]),
