@@ -86,7 +86,7 @@ def transactions_of_one_post(api: Api, job: int, results: int) -> int:
             starts |= {row[0] for row in conn.execute(
                 "SELECT xact_start FROM pg_stat_activity WHERE application_name LIKE 'contend-ref:web %%' "
                 "AND xact_start IS NOT NULL")}
-            time.sleep(0.005)
+            time.sleep(0.001)
     assert outcomes == [200]
     return len(starts)
 
@@ -197,7 +197,11 @@ class TestJoblog1259AtomicNoRequestTransaction:
         assert sum("Queued pipeline result" in line for line in detail["logs"]["stdout"]) >= 20
 
     def test_without_atomic_requests_every_statement_is_a_transaction(self, api):
-        assert transactions_of_one_post(api, api.info["job_ids"][0], 50) >= 5
+        # One POST seen with two transaction starts is not one transaction (ATOMIC_REQUESTS gives
+        # exactly one). Seeing them is sampling, as each statement's transaction lasts a millisecond,
+        # so up to three POSTs are watched.
+        job = api.info["job_ids"][0]
+        assert any(transactions_of_one_post(api, job, 50) >= 2 for _ in range(3))
 
     def test_atomic_does_one_update_per_progress_change(self, api):
         job = api.info["job_ids"][0]
