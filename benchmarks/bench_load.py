@@ -34,9 +34,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
-
 from contend.load import BatchedPost, LoadTarget, run_load
+from contend.sample.cost import tree_cpu
 from contend.stack import RefServerOptions, Stack
 from contend.stack.process import free_port
 
@@ -45,24 +44,6 @@ BATCH = 50
 
 
 # --- part cpu --------------------------------------------------------------------------------------
-
-
-def tree_cpu(pids: list[int]) -> float:
-    """CPU seconds of these processes, their live descendants and the descendants they reaped."""
-    seen: dict[int, float] = {}
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                seen[p.pid] = t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                continue
-    return sum(seen.values())
 
 
 def wait_idle(
