@@ -55,6 +55,25 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     pytest.fail(f"condition not met within {timeout} s")
 
 
+def alive(proc: psutil.Process | int) -> bool:
+    """Whether ``proc`` (a process or a pid) still runs; a zombie, or one that exits or is reaped
+    while being asked, does not."""
+    try:
+        proc = psutil.Process(proc) if isinstance(proc, int) else proc
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def cmdline(proc: psutil.Process) -> str:
+    """Return the command line of ``proc``, or "" once it has exited or is a zombie (a py-spy dump
+    or a psql that ends between listing and reading)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def processes_mentioning(text: str) -> list[psutil.Process]:
     """Return live processes whose command line contains ``text`` (e.g. a run folder path)."""
     found = []

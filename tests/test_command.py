@@ -13,7 +13,7 @@ import pytest
 from contend.errors import LoadError, StackError
 from contend.stack.command import Command, CommandStack, Ready
 from contend.stack.process import free_port
-from tests.conftest import processes_mentioning, wait_for
+from tests.conftest import alive, processes_mentioning, wait_for
 
 pytestmark = pytest.mark.integration  # every test here starts processes
 
@@ -188,8 +188,7 @@ def test_a_sigkilled_contend_leaves_ups_group_to_the_next_start(tmp_path: Path) 
     info = json.loads((tmp_path / "target" / "up.json").read_text())
     owner.kill()
     owner.wait()
-    wait_for(lambda: not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == "zombie",
-             timeout=20)
+    wait_for(lambda: not alive(info["pid"]), timeout=20)
     assert psutil.pid_exists(info["helper"]), "the helper outlives its leader until the next start"
     assert any(f"(pid {info['pid']})" in line for line in reap_orphans())
     wait_for(lambda: not _group(info["pgid"]), timeout=20)

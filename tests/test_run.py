@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from contend.errors import ExitCode
-from tests.conftest import CONTEND, processes_mentioning, stack_processes, wait_for
+from tests.conftest import CONTEND, alive, cmdline, processes_mentioning, stack_processes, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def _survivors(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in procs if alive(p)]
 
 
 def _no_contend_children(run_dir: Path) -> bool:
@@ -173,7 +173,7 @@ def test_an_interrupted_run_writes_a_partial_report_and_leaves_no_process(tmp_pa
     proc, run_dir = _start_long_run(tmp_path)
     wait_for(lambda: _records(run_dir / "variants" / "first"), timeout=120)
     children = _descendants(proc.pid)
-    names = " ".join(" ".join(p.cmdline()) for p in children)
+    names = " ".join(cmdline(p) for p in children)
     for part in ("postgres", "nats-server", "contend.refserver", "contend.sample", "contend.load"):
         assert part in names, f"{part} should run during the load"
     proc.send_signal(sig)

@@ -22,7 +22,7 @@ from contend.run import run_scenario
 from contend.scenario import parse_scenario
 from contend.stack import Stack
 from contend.stack.process import free_port
-from tests.conftest import CONTEND, processes_mentioning, wait_for
+from tests.conftest import CONTEND, cmdline, processes_mentioning, wait_for
 from tests.test_command import TINY, _group
 
 pytestmark = pytest.mark.integration  # every test here starts processes
@@ -89,7 +89,7 @@ class _KillTheLoad:
         if self.killed or samples_dir.parent.name != "first":
             return
         for proc in processes_mentioning(str(samples_dir.parent / "load")):
-            if "contend.load.child" in " ".join(proc.cmdline()):
+            if "contend.load.child" in cmdline(proc):
                 proc.kill()
                 self.killed.append(proc.pid)
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from contend.errors import ConfigError
 from contend.sample.runner import CHILD_SECRETS_ENV, SamplerConfig, SamplerSet
 from contend.stack import Stack
-from tests.conftest import Contention, wait_for
+from tests.conftest import Contention, alive, wait_for
 
 
 def lines(path: Path) -> list[dict]:
@@ -68,7 +68,7 @@ def test_sampler_set_records_everything_and_stops_on_sigterm(
         target.kill()
         target.wait(10)
     assert stopped_in < 5.0
-    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert not alive(child)
     # 1 holder + 3 queued waiters: edges 1 + 1 + 2 = 4, depth 3 (see test_sample_pg).
     assert (contended[0]["edges"], contended[0]["depth"]) == (4, 3)
     assert attributed[0]["backend_pid"] == holder_pid and attributed[0]["blocks"] == 3
