@@ -19,8 +19,9 @@ Two figures, each over the same windows:
   wall clock, so pausing inflates them (a paused sampler's bucket refills): the figure that counts
   is the steady one, over ``--steady-s`` seconds of samplers left on after the blocks (after 10 s
   to settle).
-- Throughput: results/s of the 2xx POSTs that ended inside the "on" windows of a block divided by
-  those of its "off" windows; the mean over blocks with its 95 % interval (t distribution).
+- Throughput: results/s of the 2xx POSTs inside the "on" windows of a block (each POST's results
+  counted pro rata to the share of its time inside the window) divided by those of its "off"
+  windows; the mean over blocks with its 95 % interval (t distribution).
   Goal: the interval contains a value >= 0.97.
 Each figure is printed with the machine's core count and load average.
 """
@@ -181,10 +182,20 @@ def main() -> None:
         records = [r for r in read_records(run_dir / "load")
                    if r["kind"] == "result" and 200 <= r["status"] < 300]
     for w in windows:
-        w["results"] = sum(r["results"] for r in records if w["start"] <= r["t1"] < w["end"])
+        w["results"] = sum(r["results"] * overlap(r, w) for r in records)
     figures = summarize(windows, args, ticks=ticks, dumps=dumps, start_up=start_up, steady=steady)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def overlap(record: dict[str, Any], window: dict[str, Any]) -> float:
+    """The share of a POST's time that falls inside ``window``: its results are counted pro rata,
+    so a window's count does not jump by a whole batch as a POST ends just before or after its edge."""
+    t0, t1 = record["t0"], record["t1"]
+    inside = min(t1, window["end"]) - max(t0, window["start"])
+    if t1 <= t0:
+        return 1.0 if window["start"] <= t1 < window["end"] else 0.0
+    return max(0.0, inside) / (t1 - t0)
 
 
 def summarize(windows: list[dict[str, Any]], args: argparse.Namespace, *, ticks: int, dumps: int,

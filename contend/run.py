@@ -20,31 +20,28 @@ import platform
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from pydantic import SecretStr
 
 from contend import __version__
-from contend.errors import ConfigError, ContendError, Interrupted, StackError
+from contend.errors import ContendError, Interrupted, StackError
 from contend.gate import gate_run
 from contend.load import LoadProgress, LoadTarget, run_load
-from contend.load.launcher import read_token_for
-from contend.load.plan import DEFAULT_TOKEN_VARS
+from contend.run_targets import command_target, embedded_target, external_target
 from contend.runfolder import run_folder
 from contend.sample.drain import drain
 from contend.sample.final import FINAL_STATE, probe_final_state
 from contend.sample.runner import SamplerConfig, SamplerSet
-from contend.scenario import CommandTarget, EmbeddedTarget, ExternalTarget, Scenario, Variant
+from contend.scenario import CommandTarget, EmbeddedTarget, Scenario, Variant
 from contend.stack import Stack
-from contend.stack.command import CommandStack, Fixtures
+from contend.stack.command import CommandStack
 from contend.stack.postgres import redact_message
 from contend.stack.refserver import RefServerOptions
-from contend.target import check_target
 
 
 class RunObserver(Protocol):
@@ -153,102 +150,6 @@ class _Watch:
             self.halt.set()
 
 
-def _sampler_settings(scenario: Scenario) -> dict[str, Any]:
-    sampling = scenario.sampling
-    return {
-        "pg_interval_s": sampling.pg_interval_s,
-        "pyspy_interval_s": sampling.pyspy_interval_s,
-        "pyspy_max_per_s": sampling.pyspy_max_per_s,
-        "pyspy_baseline_s": sampling.pyspy_baseline_s,
-        "pyspy_nonblocking": sampling.pyspy_nonblocking,
-        "pyspy_record": sampling.pyspy and sampling.pyspy_record,
-        "nats_interval_s": sampling.nats_interval_s,
-        "attribution_threshold_s": sampling.attribution_threshold_s,
-    }
-
-
-def _embedded(scenario: Scenario, target: EmbeddedTarget, stack: Stack) -> tuple[LoadTarget, SamplerConfig]:
-    info = stack.info()
-    ref = info["refserver"]
-    # The run folder keeps how the stack was reached, but not the token (reports get shared).
-    (stack.run_dir / "stack.json").write_text(
-        json.dumps({**info, "refserver": {**ref, "token": "(not kept)"}}, indent=2) + "\n")
-    # The token travels in the load target; the launcher gives it to the load processes through
-    # their own environment only (never contend's, never argv).
-    load_target = LoadTarget(base_url=ref["url"], token=SecretStr(ref["token"]), job_ids=ref["job_ids"],
-                             pipeline_slug=ref["pipeline_slug"])
-    sampling = scenario.sampling
-    sampler = SamplerConfig(
-        dsn=SecretStr(stack.dsn),
-        nats_monitor_url=info["nats"]["monitor_url"] if sampling.nats else None,
-        pyspy_pids={"web": ref["pids"]["web"], "worker": ref["pids"]["workers"]} if sampling.pyspy else {},
-        secrets=[SecretStr(ref["token"])],
-        # The reference server sets statement_timeout on its own connections, where no other
-        # session can read it: the wait-for graph's findings need it to say what ends a deadlock.
-        app_timeouts={"statement_timeout": float(ms)}
-        if (ms := (ref.get("flags") or {}).get("DB_STATEMENT_TIMEOUT_MS")) is not None else {},
-        **_sampler_settings(scenario),
-    )
-    return load_target, sampler
-
-
-def _external(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, SamplerConfig]:
-    pyspy = scenario.sampling.pyspy
-    if target.dsn_env is None:
-        raise ConfigError("target.dsn_env is empty: contend needs a monitoring DSN to sample Postgres",
-                          hint="set target.dsn_env to a variable holding a DSN of a role with pg_monitor")
-    load_target = LoadTarget(base_url=target.base_url, token_env=target.token_env,
-                             allow_remote=target.allow_remote)
-    sampler = SamplerConfig(
-        dsn_env=target.dsn_env,
-        pyspy_pids=target.pyspy_pids if pyspy else {},
-        pyspy_patterns=target.pyspy_patterns if pyspy else {},
-        secret_envs=[target.token_env] if target.token_env else list(DEFAULT_TOKEN_VARS),
-        **_sampler_settings(scenario),
-    )
-    return load_target, sampler
-
-
-@contextlib.contextmanager
-def _command_target(scenario: Scenario, target: CommandTarget, variant: Variant, folder: Path,
-                    stop: threading.Event, observer: RunObserver | None
-                    ) -> Iterator[tuple[CommandStack, LoadTarget, SamplerConfig]]:
-    """Run the target's up, ready and fixtures with this variant's flags; down always follows."""
-    assert target.up is not None and target.ready is not None  # expand() refused it otherwise
-    if target.token_env:
-        read_token_for(LoadTarget(base_url="http://localhost", token_env=target.token_env))
-    if observer:
-        observer.phase("starting the target (up, ready, fixtures)")
-    secrets = [target.token_env or "", *DEFAULT_TOKEN_VARS, target.dsn_env or ""]
-    with CommandStack(folder, up=target.up, ready=target.ready, fixtures=target.fixtures,
-                      down=target.down, cwd=Path(target.cwd).resolve() if target.cwd else None,
-                      flags=variant.flags, secret_envs=[s for s in secrets if s],
-                      stop_event=stop) as command:
-        got = command.fixtures or Fixtures(job_ids=[])
-        base_url = got.base_url or target.base_url
-        if base_url is None:
-            raise StackError("the fixtures printed no base_url and the target has none",
-                             hint='let the fixtures print "base_url", or set target.base_url')
-        load_target = LoadTarget(base_url=base_url, token_env=got.token_env or target.token_env,
-                                 job_ids=got.job_ids, pipeline_slug=got.pipeline_slug,
-                                 allow_remote=target.allow_remote)
-        check_target(base_url, target.allow_remote)
-        pyspy = scenario.sampling.pyspy
-        pids = {role: [*target.pyspy_pids.get(role, []), *got.pyspy_pids.get(role, [])]
-                for role in {*target.pyspy_pids, *got.pyspy_pids}}
-        if got.dsn is None and target.dsn_env is None:
-            raise ConfigError("no monitoring DSN: the fixtures printed none and target.dsn_env is empty")
-        sampler = SamplerConfig(
-            dsn=SecretStr(got.dsn) if got.dsn else None,
-            dsn_env=target.dsn_env or "CONTEND_DSN",
-            pyspy_pids=pids if pyspy else {},
-            pyspy_patterns=target.pyspy_patterns if pyspy else {},
-            secret_envs=[*command.secret_envs],
-            **_sampler_settings(scenario),
-        )
-        yield command, load_target, sampler
-
-
 def run_variant(
     scenario: Scenario, variant: Variant, folder: Path, *, observer: RunObserver | None,
     stop: threading.Event, phases: Phases | None = None, keep_data: bool = False,
@@ -271,14 +172,15 @@ def run_variant(
             stack: Stack | None = scope.enter_context(Stack(folder / "stack", refserver=options,
                                                             keep_data=keep_data))
             assert stack is not None
-            load_target, sampler = _embedded(scenario, target, stack)
+            load_target, sampler = embedded_target(scenario, stack)
         elif isinstance(target, CommandTarget):
             stack = None
             command, load_target, sampler = scope.enter_context(
-                _command_target(scenario, target, variant, folder / "target", stop, observer))
+                command_target(scenario, target, variant, folder / "target", stop,
+                               observer.phase if observer else None))
         else:
             stack = None
-            load_target, sampler = _external(scenario, target)
+            load_target, sampler = external_target(scenario, target)
         phases.end("stack_up")
         watch = _Watch(stack, stop) if command is None else _Watch(command, stop, logs="target/")
 
