@@ -192,10 +192,9 @@ def overlap(record: dict[str, Any], window: dict[str, Any]) -> float:
     """The share of a POST's time that falls inside ``window``: its results are counted pro rata,
     so a window's count does not jump by a whole batch as a POST ends just before or after its edge."""
     t0, t1 = record["t0"], record["t1"]
-    inside = min(t1, window["end"]) - max(t0, window["start"])
     if t1 <= t0:
         return 1.0 if window["start"] <= t1 < window["end"] else 0.0
-    return max(0.0, inside) / (t1 - t0)
+    return max(0.0, min(t1, window["end"]) - max(t0, window["start"])) / (t1 - t0)
 
 
 def summarize(windows: list[dict[str, Any]], args: argparse.Namespace, *, ticks: int, dumps: int,
