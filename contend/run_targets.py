@@ -42,6 +42,7 @@ def _sampler_settings(scenario: Scenario) -> dict[str, Any]:
 
 
 def embedded_target(scenario: Scenario, stack: Stack) -> tuple[LoadTarget, SamplerConfig]:
+    """The load's target and the samplers' config of a started embedded stack; writes stack.json."""
     info = stack.info()
     ref = info["refserver"]
     # The run folder keeps how the stack was reached, but not the token (reports get shared).
@@ -67,6 +68,7 @@ def embedded_target(scenario: Scenario, stack: Stack) -> tuple[LoadTarget, Sampl
 
 
 def external_target(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTarget, SamplerConfig]:
+    """The load's target and the samplers' config of a server the scenario names by URL and variables."""
     pyspy = scenario.sampling.pyspy
     if target.dsn_env is None:
         raise ConfigError("target.dsn_env is empty: contend needs a monitoring DSN to sample Postgres",
