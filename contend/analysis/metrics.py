@@ -50,8 +50,7 @@ def _tick_metrics(run: VariantRun, window: tuple[float, float] | None) -> dict[s
         # A window without a tick: a very short run is measured by every tick; a phase shorter than
         # the sampling interval (a load of a few fast POSTs) by the first tick after its start, the
         # nearest observation of it (at most a tick late), rather than by none.
-        after = run.ticks[run.ticks["t"] >= window[0]].head(1)
-        ticks = run.ticks if window == run.whole_window else after
+        ticks = run.ticks if window == run.whole_window else run.ticks[run.ticks["t"] >= window[0]].head(1)
     queue = _within(run.nats[run.nats["stream"] == RESULTS_STREAM], window)
     m: dict[str, float | int | None] = {
         "edges_max": _max(ticks["edges"]),
