@@ -88,7 +88,7 @@ def main() -> None:
 
 
 def _no_password_in_argv(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from contend.stack.postgres import redact_dsn
+    from contend.redact import redact_dsn
 
     source = ctx.get_parameter_source(param.name or "")
     if value and source == click.core.ParameterSource.COMMANDLINE and redact_dsn(value) != value:
@@ -200,7 +200,7 @@ def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs:
 
 def _write_target_json(path: Path, info: dict[str, Any], token_env: str | None) -> None:
     """Write how to reach the stack for a command target's fixtures (no token, no DSN password)."""
-    from contend.stack.postgres import redact_dsn
+    from contend.redact import redact_dsn
 
     ref = info.get("refserver") or {}
     data = {"base_url": ref.get("url"), "job_ids": ref.get("job_ids", []),

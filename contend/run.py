@@ -32,6 +32,7 @@ from contend import __version__
 from contend.errors import ContendError, Interrupted, StackError
 from contend.gate import gate_run
 from contend.load import LoadProgress, LoadTarget, run_load
+from contend.redact import redact_message
 from contend.run_targets import command_target, embedded_target, external_target
 from contend.runfolder import run_folder
 from contend.sample.drain import drain
@@ -40,7 +41,6 @@ from contend.sample.runner import SamplerConfig, SamplerSet
 from contend.scenario import CommandTarget, EmbeddedTarget, Scenario, Variant
 from contend.stack import Stack
 from contend.stack.command import CommandStack
-from contend.stack.postgres import redact_message
 from contend.stack.refserver import RefServerOptions
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contend.sample.graph import build_forest
+from contend.diagnosis.forest import build_forest
 
 
 def lock(pid: int, *blockers: int) -> dict:

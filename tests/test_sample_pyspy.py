@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
+from contend.diagnosis.clients import app_name
+from contend.diagnosis.threads import dump_basis, summarize_stacks
 from contend.errors import SamplerError
 from contend.sample import pyspy
-from contend.sample.attribution import app_name
-from contend.sample.pyspy import PERMISSION_HINT, PySpySampler, stack_triggers, summarize_stacks
-from contend.sample.stacks import dump_basis
+from contend.sample.pyspy import PERMISSION_HINT, PySpySampler, stack_triggers
 
 
 def failing(hint: str | None):

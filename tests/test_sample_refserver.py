@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from contend.diagnosis.threads import own_chain, summarize_stacks
 from contend.load import BatchedPost, LoadTarget, run_load
-from contend.sample.pyspy import own_chain, summarize_stacks
 from contend.sample.runner import SamplerConfig, SamplerSet
 from contend.stack import Stack
 from contend.stack.refserver import RefServerOptions

@@ -20,8 +20,10 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from contend.sample import crosslayer, findings, pyspy, waitgraph
-from contend.sample.attribution import Client, resolve_client
+from contend.diagnosis import findings, waitgraph
+from contend.diagnosis.clients import Client
+from contend.sample import crosslayer, pyspy
+from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
 from contend.sample.watch import render
 from contend.stack import Stack

@@ -120,6 +120,34 @@ def test_only_the_load_process_imports_locust() -> None:
 def test_thresholds_and_stack_summary_are_pure() -> None:
     graph = import_graph()
     assert reachable(graph, "contend.thresholds") <= {"contend.metrics"}
-    assert reachable(graph, "contend.sample.stacks") == set()
+    assert reachable(graph, "contend.diagnosis.threads") == set()
     assert "contend.sample.pyspy" not in reachable(graph, "contend.analysis")
     assert "contend.gate" not in reachable(graph, "contend.scenario")
+
+
+def _top_level_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+
+
+def test_the_diagnosis_is_pure_and_has_one_home() -> None:
+    graph = import_graph()
+    diagnosis = {m for m in graph if m.startswith("contend.diagnosis")}
+    assert {"contend.diagnosis.waitgraph", "contend.diagnosis.findings"} <= diagnosis
+    for module in diagnosis:  # pure: it imports nothing of contend outside itself
+        assert reachable(graph, module) <= diagnosis, module
+    # The samplers and the analysis read meaning through the diagnosis: none defines a second copy of
+    # one of its functions or classes, and none reads source code to tell locks apart.
+    defined = set().union(*(_top_level_names(p) for p in (PACKAGE / "diagnosis").glob("*.py")))
+    for room in ("sample", "analysis"):
+        for path in (PACKAGE / room).glob("*.py"):
+            assert not (_top_level_names(path) & defined), path
+            imports = [a.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Import)
+                       for a in n.names]
+            assert "ast" not in imports, path
+
+
+def test_one_module_redacts_secrets() -> None:
+    defining = [p for p in PACKAGE.rglob("*.py")
+                if {"redact_message", "redact_dsn"} & _top_level_names(p)]
+    assert defining == [PACKAGE / "redact.py"]

@@ -5,7 +5,7 @@
     details   what the report shows beyond the metrics: blockers, requests in flight, NATS series
 
 The record formats and the metric definitions are in ``docs/records.md``. Where server threads wait
-(``stack_summary``) is pure and lives with the py-spy records in ``contend.sample.stacks``.
+(``stack_summary``) is pure and lives with the py-spy records in ``contend.diagnosis.threads``.
 Import from here: ``from contend.analysis import load_run, summarize``.
 """
 
@@ -34,8 +34,8 @@ from contend.analysis.reading import (
     load_run,
     load_variant,
 )
+from contend.diagnosis.threads import LIBRARY_MARKERS, OWN_CODE, app_root, stack_summary
 from contend.jsonl import read_jsonl
-from contend.sample.stacks import LIBRARY_MARKERS, OWN_CODE, app_root, stack_summary
 
 __all__ = [
     "ADDED_COUNTS", "LIBRARY_MARKERS", "NATS_COLUMNS", "OWN_CODE", "REQUEST_COLUMNS", "REQUEST_METRICS",

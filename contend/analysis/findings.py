@@ -1,7 +1,7 @@
 """The findings of each variant, in words, computed from its records (never templated per scenario).
 
 ``samples/waitgraph.jsonl`` holds the findings of each moment the sampler built the cross-layer
-wait-for graph; ``contend.sample.findings.aggregate`` merges them over the run. The dominant root
+wait-for graph; ``contend.diagnosis.findings.aggregate`` merges them over the run. The dominant root
 blocker comes from the Postgres ticks (``top_blockers``). ``variant_sentences`` says the most
 important ones in at most five sentences; ``comparison`` says in one what a variant changed
 against the baseline.
@@ -14,8 +14,8 @@ from typing import Any
 
 from contend.analysis.details import top_blockers
 from contend.analysis.reading import VariantRun
-from contend.sample import findings as graph_findings
-from contend.sample.stacks import OWN_CODE, app_root, is_own, own_chain
+from contend.diagnosis import findings as graph_findings
+from contend.diagnosis.threads import OWN_CODE, app_root, is_own, own_chain
 
 NAMES = {
     "cross_layer_deadlock": "cross-layer deadlock",

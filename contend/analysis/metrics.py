@@ -11,8 +11,8 @@ import pandas as pd
 from contend.analysis.findings import comparison, variant_findings, variant_sentences
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 from contend.analysis.waits import coverage, wait_metrics
+from contend.diagnosis import findings as graph_findings
 from contend.metrics import METRICS, PHASE_SPLIT
-from contend.sample import findings as graph_findings
 from contend.stats import bootstrap_interval, is_timeout, quantile
 
 REQUEST_METRICS = (

@@ -12,6 +12,7 @@ import numpy as np
 
 from contend import __version__
 from contend.analysis import RunData, VariantRun, iter_reps, stack_summary, top_blockers
+from contend.diagnosis.threads import dump_basis
 from contend.report import figures
 from contend.report.tables import (
     OTHER_ROWS,
@@ -23,7 +24,6 @@ from contend.report.tables import (
     rows,
     verdict_rows,
 )
-from contend.sample.stacks import dump_basis
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("contend.report", "templates"),

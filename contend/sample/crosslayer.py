@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from contend.diagnosis import findings, waitgraph
+from contend.diagnosis.clients import Client
 from contend.errors import SamplerError
-from contend.sample import findings, pyspy, waitgraph
-from contend.sample.attribution import Client, resolve_client
+from contend.sample import pyspy
+from contend.sample.attribution import resolve_client
 
 Dumper = Callable[..., list[dict[str, Any]]]
 

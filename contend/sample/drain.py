@@ -29,9 +29,9 @@ from typing import Any
 import psycopg
 
 from contend.errors import SamplerError
+from contend.redact import redact_message
 from contend.sample.nats import RESULTS_STREAM, fetch_jsz, records_from_jsz
 from contend.sample.pg import connect
-from contend.stack.postgres import redact_message
 
 # One read: busy worker connections, the images whose result a worker has written (a detection row
 # for a result, a null-bbox one when it found nothing; a failed-image row for an error result), and a

@@ -22,9 +22,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from contend.errors import SamplerError
+from contend.redact import redact_message
 from contend.sample.nats import RESULTS_STREAM, fetch_jsz, records_from_jsz
 from contend.sample.pg import connect
-from contend.stack.postgres import redact_message
 
 FINAL_STATE = "final_state.json"
 STATEMENT_TIMEOUT = "10s"

@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from contend.diagnosis.forest import build_forest
 from contend.errors import SamplerError
-from contend.sample.graph import build_forest
-from contend.stack.postgres import redact_message
+from contend.redact import redact_message
 
 log = logging.getLogger(__name__)
 

@@ -28,26 +28,8 @@ from typing import Any
 
 import psutil
 
+from contend.diagnosis.clients import parse_app_name
 from contend.errors import SamplerError
-from contend.sample.attribution import parse_app_name
-from contend.sample.stacks import (  # re-exported: the thread classification lived here before
-    ROLE_LABELS as ROLE_LABELS,
-)
-from contend.sample.stacks import (
-    is_own as is_own,
-)
-from contend.sample.stacks import (
-    own_chain as own_chain,
-)
-from contend.sample.stacks import (
-    summarize_stacks as summarize_stacks,
-)
-from contend.sample.stacks import (
-    thread_state as thread_state,
-)
-from contend.sample.stacks import (
-    waits_on_postgres as waits_on_postgres,
-)
 from contend.stack.process import ManagedProcess
 
 PERMISSION_HINT = "py-spy needs root or the SYS_PTRACE capability (docker run --cap-add SYS_PTRACE)"

@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
+from contend.redact import redact_message
 from contend.sample import attribution, crosslayer, nats, pg, pyspy
-from contend.stack.postgres import redact_message
 from contend.stack.process import Lifecycle, ManagedProcess
 
 log = logging.getLogger("contend.sample")

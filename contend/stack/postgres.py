@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from contend.errors import ConfigError, StackError
+from contend.redact import redact_message
 from contend.stack.process import Lifecycle, ManagedProcess, free_port
 
 # Postgres refuses to run as root; when contend runs as root it runs Postgres as this user.
@@ -197,15 +197,3 @@ class ExternalPostgres:
 
     def __exit__(self, *exc: object) -> None:
         pass
-
-
-def redact_message(exc: BaseException) -> str:
-    """Return the first line of an error message with any password of a DSN removed."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return redact_dsn(text)
-
-
-def redact_dsn(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@`` and ``password=`` in ``text``."""
-    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from contend.sample.waitgraph import Edge, Graph, activity, describe, frame_state
+from contend.diagnosis.waitgraph import Edge, Graph, activity, describe, frame_state
 
 KINDS = ("cross_layer_deadlock", "python_lock_convoy", "idle_in_tx_waiting_on_app", "dominant_root_blocker")
 LOCK_KINDS = ("lock", "handler lock")

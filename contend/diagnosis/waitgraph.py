@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from contend.sample.attribution import Client
+from contend.diagnosis.clients import Client
 
 LIBRARY_MARKS = ("site-packages", "dist-packages", "/lib/python3", "<")
 _PSYCOPG = ("/psycopg/", "/psycopg_binary/", "/psycopg_c/", "/psycopg2/")
