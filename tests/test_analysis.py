@@ -38,24 +38,33 @@ def expected(folder: Path) -> dict:
             key = (n["stream"], n["consumer"])
             per_consumer[key] = max(per_consumer.get(key, 0), n["num_redelivered"])
     queue = [n["num_pending"] for n in nats if n["stream"] == "ml_results" and start <= n["t"] <= end]
+    # A lock wait is one (pid, waitstart): it began at its first tick minus its age, and lasted at
+    # least until the last tick that saw it.
+    spans: dict[tuple, list[float]] = {}
+    for t in ticks:
+        for w in t.get("waits") or ():
+            span = spans.setdefault((w["pid"], w["waitstart"]), [t["t"] - w["age"], t["t"]])
+            span[1] = t["t"]
+    inside = [(a, b) for a, b in spans.values() if a <= end and b >= start]
+    durations = [b - a for a, b in inside]
     # Without phases in meta.json (no drain recorded) the whole window is the load window; the
-    # synthetic ticks time no lock waits and the folder has no server log.
+    # folder has no server log.
     whole = {
         "edges_max": max(t["edges"] for t in window),
         "blocked_max": max(t["blocked"] for t in window),
         "depth_max": max(t["depth"] for t in window),
         "idle_in_tx_max": max(t["idle_in_tx"] for t in window),
-        "lock_waits": 0,
-        "blocked_seconds": 0,
+        "lock_waits": len(inside),
+        "blocked_seconds": sum(min(b, end) - max(a, start) for a, b in inside),
         "queue_max": max(queue),
     }
     return {
         **whole,
         **{f"{m}_load": v for m, v in whole.items()},
         **{f"{m}_drain": None for m in whole},
-        "lock_wait_p50_s": None,
-        "lock_wait_p95_s": None,
-        "lock_wait_max_s": None,
+        "lock_wait_p50_s": float(np.percentile(durations, 50)) if durations else None,
+        "lock_wait_p95_s": float(np.percentile(durations, 95)) if durations else None,
+        "lock_wait_max_s": max(durations) if durations else None,
         "results_processed_per_s": None,
         "drain_s": None,
         "drain_timed_out": None,

@@ -326,7 +326,8 @@ def summarize(run: RunData) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     samples: dict[str, dict[str, list[float]]] = {}
     for name, reps in run.variants.items():
-        per_rep = [variant_metrics(r) for r in reps]
+        # A variant that failed has no figures: none in a comparison, a finding or a threshold.
+        per_rep = [dict.fromkeys(METRICS) if r.status == "failed" else variant_metrics(r) for r in reps]
         samples[name] = {metric: [float(m[metric]) for m in per_rep if m.get(metric) is not None]  # type: ignore[arg-type]
                          for metric in METRICS}
         metrics: dict[str, Any] = {}
@@ -359,7 +360,8 @@ def summarize(run: RunData) -> dict[str, Any]:
         notes = [f"{r.folder.name}: {n}" for r in reps for n in r.notes]
         if notes:
             entry["notes"] = notes
-        entry["findings"] = variant_findings(reps[0])
+        measured = [r for r in reps if r.status != "failed"]
+        entry["findings"] = variant_findings(measured[0]) if measured else []
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():
@@ -380,8 +382,14 @@ def summarize(run: RunData) -> dict[str, Any]:
         }
     for name, entry in variants.items():
         first_rep, found = run.variants[name][0], entry["findings"]
+        if entry["status"] == "failed":
+            entry["findings_text"] = [f"This variant failed ({entry['reason'] or 'no reason recorded'}): "
+                                      "it has no figures and no findings."]
+            continue
         text = variant_sentences(first_rep, found)
-        if base is not None and name != run.baseline:
+        if base is not None and base["status"] == "failed" and name != run.baseline:
+            text.append(f"The baseline {run.baseline} failed, so nothing is compared with it.")
+        elif base is not None and name != run.baseline:
             text.append(comparison(run.baseline, run.variants[run.baseline][0], base["findings"],
                                    name, first_rep, found))
         entry["findings_text"] = text

@@ -38,6 +38,10 @@ DEFAULT_VARIANTS = (
 )
 
 
+SERVER_CLOCK = 1_700_000_000.0
+"""Where the synthetic server's clock stands when the run's clock reads 0 (pg_locks.waitstart)."""
+
+
 def _iso(t: float) -> str:
     """Times in meta.json are ISO 8601 UTC, as the orchestrator writes them."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
@@ -135,6 +139,7 @@ def _write_variant(
     n_ticks = int(duration_s * hz)
     ticks = _writer(samples / "pg_ticks.jsonl")
     rows = _writer(samples / "pg_backends.jsonl") if with_backends else None
+    wait_began: dict[int, float] = {}  # backend -> when its current lock wait began
     with ticks:
         for i in range(n_ticks):
             t = start + i / hz
@@ -167,10 +172,15 @@ def _write_variant(
                             "query": HOT_SELECT.replace("$1", "1"),
                         }
                     )
+            # Backends 3000 .. 3000+blocked-1 wait on a lock; a wait lasts while its backend stays blocked.
+            wait_began = {pid: wait_began.get(pid, t) for pid in range(blocked)}
+            waits = [{"pid": 3000 + pid, "waitstart": round(SERVER_CLOCK + began, 6),
+                      "age": round(t - began, 3)} for pid, began in wait_began.items()]
             _line(
                 ticks,
                 {
                     "t": t,
+                    "waits": waits,
                     "backends": backends,
                     "edges": edges,
                     "blocked": blocked,

@@ -119,7 +119,8 @@ def _delta_text(metric: str, delta: dict[str, Any]) -> str:
         text = ("+" if abs_ > 0 else "−") + f"{abs(abs_) * 100:.0f} pts"
     rel = delta.get("rel")
     if rel is not None and metric != "post_ok_ratio":
-        text += f", {rel:+.0%}".replace("-", "−")
+        # From a near-zero baseline a percentage explodes (+39672 %): past doubling, say the factor.
+        text += f", ×{1 + rel:.3g}" if rel >= 1 else f", {rel:+.0%}".replace("-", "−")
     if (ci := delta.get("ci")) and None not in ci:
         # The 95 % bootstrap interval of the difference (repetitions >= 3).
         text += f" [95% {ci[0]:+.3g} to {ci[1]:+.3g}]".replace("-", "−")
