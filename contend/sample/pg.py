@@ -130,6 +130,31 @@ def fingerprint(query: str | None) -> str | None:
     return text.strip()
 
 
+class Ticker:
+    """A fixed-rate schedule: tick ``k`` is due at start + k x interval, whatever a tick cost.
+
+    ``late_ms`` is how far behind its due time the current tick began; a loop that fell behind
+    records the lateness and does not replay the ticks it missed.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.next_at = clock()
+
+    def late_ms(self) -> float:
+        """Return how late the tick beginning now is, in milliseconds."""
+        return max(0.0, self.clock() - self.next_at) * 1000.0
+
+    def wait_s(self) -> float:
+        """Schedule the next tick; return the seconds to wait for it (0 when already behind)."""
+        self.next_at += self.interval_s
+        now = self.clock()
+        if self.next_at < now:
+            self.next_at = now
+        return self.next_at - now
+
+
 class PgSampler:
     """Samples one Postgres database through a connection it owns; ``tick()`` takes one snapshot."""
 
