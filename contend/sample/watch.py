@@ -142,12 +142,13 @@ class StackWatch:
     moment something waited. The Postgres loop hands it each snapshot and never waits for a dump."""
 
     def __init__(self, dsn: str, pids: Sequence[int], warn: Callable[[str], None],
-                 dumper: Dumper = pyspy.dump) -> None:
+                 dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
         try:
             timeouts = session_timeouts(dsn)
         except SamplerError as exc:
             warn(exc.message)
             timeouts = {}
+        timeouts |= app_timeouts or {}  # what the application declares it sets wins over the defaults
         self.cross = CrossLayer(pids, timeouts, write=lambda records: None, dumper=dumper)
         self.warn = warn
         self._findings: list[dict[str, Any]] = []
@@ -196,7 +197,7 @@ class StackWatch:
 
 def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
           pyspy_pids: Sequence[int] = (), pyspy_pattern: str | None = None,
-          dumper: Dumper = pyspy.dump) -> None:
+          dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
     """Sample ``dsn`` every ``interval`` seconds until Ctrl-C; a live view, or tick records as JSON lines.
 
     With ``pyspy_pids`` or ``pyspy_pattern`` (a regular expression on command lines), py-spy reads
@@ -212,7 +213,7 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
         sampler = PgSampler(conn)
         pids = sorted({*pyspy_pids, *(pids_matching(pyspy_pattern) if pyspy_pattern else ())})
         if pyspy_pids or pyspy_pattern:
-            stacks = StackWatch(dsn, pids, sampler.warnings.append, dumper=dumper)
+            stacks = StackWatch(dsn, pids, sampler.warnings.append, dumper=dumper, app_timeouts=app_timeouts)
         if pyspy_pattern and not pids:
             sampler.warnings.append(f"no process matches {pyspy_pattern!r}: no stacks are taken")
         ticker = Ticker(interval)
