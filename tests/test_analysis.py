@@ -505,3 +505,23 @@ def test_a_load_shorter_than_a_tick_is_measured_by_the_first_tick_after_it_start
     m = variant_metrics(load_variant(tmp_path))
     assert m["edges_max_load"] == 2  # the tick at +0.09 s, not the one before the load nor a later one
     assert m["edges_max_drain"] == 5 and m["edges_max"] == 5
+
+
+def test_a_thread_waiting_for_a_logging_handlers_lock_is_a_lock_wait_not_idle() -> None:
+    # "Where server threads wait" and the wait-for graph read a thread's state the same way: a thread
+    # stopped in logging.Handler.acquire waits for the handler's lock (the source says so).
+    import inspect
+    import logging
+
+    from contend.diagnosis.threads import thread_state
+
+    lines, first = inspect.getsourcelines(logging.Handler.acquire)
+    line = first + next(i for i, text in enumerate(lines) if "self.lock.acquire()" in text)
+    waiting = {"active": False, "frames": [
+        {"name": "Handler.acquire", "filename": logging.__file__, "line": line},
+        {"name": "Handler.handle", "filename": logging.__file__, "line": 1},
+        {"name": "job_result", "filename": "/srv/app/jobs/views.py", "line": 299},
+    ]}
+    assert thread_state(waiting, ["/srv/app/"]) == "lock wait"
+    sleeping = {**waiting, "frames": [{"name": "sleep", "filename": "/srv/app/jobs/views.py", "line": 1}]}
+    assert thread_state(sleeping, ["/srv/app/"]) == "idle"
