@@ -184,6 +184,7 @@ def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs:
         if ref := info.get("refserver"):
             click.echo(f"  API       {ref['url']}/api/v2/  (pipeline {ref['pipeline_slug']})")
             click.echo(f"  token     {ref['token']}  (throw-away, this stack only)")
+            click.echo(f"  images    {ref['images_url']}  (each task's image_url)")
             click.echo(f"  jobs      {', '.join(map(str, ref['job_ids']))}")
             click.echo(f"  flags     {' '.join(f'{k}={v}' for k, v in ref['flags'].items())}")
         click.echo(f"  details   {info_path}")

@@ -102,6 +102,19 @@ def expected(folder: Path) -> dict:
         **expected_fairness(reqs, jobs=sorted({r["job"] for r in reqs if r["job"] is not None})),
         "lost_updates": None,  # no final_state.json: nothing probed the jobs' counts
         **expected_graph(lines(folder / "samples" / "waitgraph.jsonl")),
+        **expected_images(reqs),
+    }
+
+
+def expected_images(reqs: list[dict]) -> dict:
+    images = [r for r in reqs if r["kind"] == "image"]
+    seconds = [r["t1"] - r["t0"] for r in images]
+    return {
+        "image_loads": sum(1 for r in images if r["error"] is None),
+        "image_load_failed": sum(1 for r in images if r["error"] is not None),
+        "image_load_p50_s": float(np.percentile(seconds, 50)),
+        "image_load_p95_s": float(np.percentile(seconds, 95)),
+        "image_mb": sum(r["recv"] for r in images if r["error"] is None) / 1e6,
     }
 
 

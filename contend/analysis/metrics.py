@@ -177,11 +177,25 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         **server_events(run),
         **phase_metrics(run),
         **graph_metrics(run),
+        **image_metrics(req),
     }
     if req.empty:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
         m.update(dict.fromkeys(REQUEST_METRICS))
     return m
+
+
+def image_metrics(req: pd.DataFrame) -> dict[str, float | int | None]:
+    """Task image downloads of pull workers with ``load_images`` (``kind == "image"``); None without any."""
+    images = req[req["kind"] == "image"]
+    if images.empty:
+        return {"image_loads": None, "image_load_failed": None, "image_load_p50_s": None,
+                "image_load_p95_s": None, "image_mb": None}
+    ok = images[images["error"].isna()]
+    seconds = images["t1"] - images["t0"]
+    return {"image_loads": len(ok), "image_load_failed": len(images) - len(ok),
+            "image_load_p50_s": _q(seconds, 0.50), "image_load_p95_s": _q(seconds, 0.95),
+            "image_mb": float(pd.to_numeric(ok["recv"], errors="coerce").fillna(0).sum()) / 1e6}
 
 
 def first_results(run: VariantRun) -> dict[int, float | None]:

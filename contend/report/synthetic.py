@@ -134,6 +134,11 @@ def _write_variant(
                         "wave": None,
                     },
                 )
+                for k in range(8):  # the tasks' images, downloaded at once (no draw: rng's sequence stays)
+                    _line(fh, {"t0": t + 0.02, "t1": t + 0.05 + 0.01 * k, "kind": "image", "status": 200,
+                               "sent": 0, "recv": 420_000 + k, "error": None, "job": 1, "results": 0,
+                               "tasks": 0, "dup_tasks": 0, "dup_results": 0, "worker": f"w0-u{u}",
+                               "wave": None})
                 t += 0.1
 
     n_ticks = int(duration_s * hz)
