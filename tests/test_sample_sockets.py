@@ -28,17 +28,17 @@ import psycopg.waiting
 import pytest
 from psycopg.rows import dict_row
 
-from contend.sample.sockets import (
-    SocketWait,
-    backends_by_socket,
+from contend.sample.procfs import (
     epoll_targets,
     fdset_fds,
+    inet_diag_request,
+    inet_diag_sockets,
     parse_syscall,
     pollfd_fds,
-    socket_waits,
     tcp_table,
     unix_diag_peer,
 )
+from contend.sample.sockets import SocketWait, backends_by_socket, socket_waits
 from contend.stack import postgres
 from tests.conftest import wait_for
 
@@ -89,6 +89,24 @@ def test_unix_diag_reply_gives_the_peer() -> None:
     assert unix_diag_peer(struct.pack("=IHHII", 16 + len(body), 20, 0, 1, 0) + body) == 9001
     error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + bytes(16)
     assert unix_diag_peer(error) is None
+
+
+def test_inet_diag_dump_gives_the_local_address_of_the_wanted_sockets() -> None:
+    request = inet_diag_request(socket.AF_INET6, 7)
+    assert struct.unpack_from("=IHHI", request) == (len(request), 20, 0x301, 7) and len(request) == 72
+
+    def message(family: int, src: bytes, sport: int, inode: int) -> bytes:
+        sockid = struct.pack(">HH", sport, 5432) + src.ljust(16, b"\0") + bytes(16) + bytes(12)
+        body = struct.pack("=BBBB", family, 1, 0, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, 0, inode)
+        return struct.pack("=IHHII", 16 + len(body), 20, 2, 7, 0) + body
+
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+    data = (message(socket.AF_INET, bytes([127, 0, 0, 1]), 40001, 11)
+            + message(socket.AF_INET6, mapped, 40002, 12) + message(socket.AF_INET, bytes(4), 40003, 13))
+    table: dict[int, tuple[str, int]] = {}
+    assert inet_diag_sockets(data, {11, 12}, table) is False  # more parts to come
+    assert table == {11: ("127.0.0.1", 40001), 12: ("127.0.0.1", 40002)}
+    assert inet_diag_sockets(struct.pack("=IHHII", 20, 3, 2, 7, 0) + bytes(4), {11}, table) is True
 
 
 def test_a_backend_waited_on_by_two_threads_is_left_out() -> None:
