@@ -166,6 +166,27 @@ def test_a_vanished_process_is_a_line_not_an_exception() -> None:
     assert socket_waits([pid]) == ([], [f"pid {pid}: process gone"])
 
 
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root, to read another user's process without the capability to")
+def test_without_ptrace_rights_the_reads_become_a_line(sample_dsn: str) -> None:
+    # Postgres' backends run as another user (the stack's server user when tests run as root) and
+    # wait in epoll_wait on their client's socket; root without capabilities may not read them.
+    with psycopg.connect(sample_dsn) as conn:
+        backend = conn.info.backend_pid
+        script = ("import json, sys; from contend.sample.sockets import socket_waits; "
+                  "print(json.dumps(socket_waits([int(sys.argv[1])])))")
+        unprivileged = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", script]
+        out = subprocess.run([*unprivileged, str(backend)], capture_output=True, text=True, check=True)
+        waits, problems = json.loads(out.stdout)
+        assert waits == [] and len(problems) == 1
+        assert problems[0].startswith(f"pid {backend}: permission denied reading /proc/{backend}/task/")
+        assert problems[0].endswith("(the rights py-spy needs)")
+        # With the rights, the backend itself is seen waiting on its client's socket.
+        own, problems = socket_waits([backend])
+        assert problems == [] and [w.syscall[:5] for w in own] == ["epoll"]
+
+
 # Real threads waiting for a row lock in real Postgres.
 
 @contextlib.contextmanager
@@ -396,3 +417,11 @@ def test_unix_socket_connection_is_mapped_through_its_peer(held_unix_row: str, c
         wait_ = found[waiter.backend_pid]
         assert wait_.tid == waiter.native_id
         assert wait_.ports == () and wait_.backend_pids == (waiter.backend_pid,)
+        # The peer looked for among the given servers only: the backend itself, or none.
+        waits, _ = socket_waits([os.getpid()], servers=[waiter.backend_pid])
+        assert [w.backend_pids for w in waits if w.tid == waiter.native_id] == [(waiter.backend_pid,)]
+        waits, _ = socket_waits([os.getpid()], servers=[])
+        (unknown,) = [w for w in waits if w.tid == waiter.native_id]
+        assert unknown.backend_pids == () and unknown.unresolved[0].endswith(
+            "unix socket, peer unknown (no Postgres process holds its peer)")
+        assert backends_by_socket(waits, backends(held_unix_row)) == {}

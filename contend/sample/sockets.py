@@ -297,8 +297,8 @@ class _Resolver:
         if self._netlink_error:
             return f"{UNIX_PEER_UNKNOWN} ({self._netlink_error})"
         if self._namespaces[pid] != self._own_namespace:
-            return "not a TCP socket; its process is in another network namespace, so a Unix peer is unknown"
-        return "neither a TCP socket nor a connected Unix socket"
+            return f"{UNIX_PEER_UNKNOWN} (its process is in another network namespace)"
+        return "neither a connected TCP socket nor a connected Unix socket"
 
     def _unix_peer(self, pid: int, inode: int) -> int | None:
         """The peer of Unix socket ``inode`` by the kernel's sock_diag (this namespace only)."""
