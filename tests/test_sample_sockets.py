@@ -119,6 +119,12 @@ def test_a_backend_waited_on_by_two_threads_is_left_out() -> None:
                 {"pid": 303, "client_addr": None, "client_port": -1},
                 {"pid": 304, "client_addr": "10.1.2.3", "client_port": 40001}]
     assert backends_by_socket([one, two, unix], backends) == {302: two, 303: unix}
+    # A wait built without local addresses matches a loopback client only.
+    bare = SocketWait(pid=10, tid=14, syscall="poll", fds=(8,), ports=(40005,))
+    clients = [{"pid": 305, "client_addr": "::1", "client_port": 40005},
+               {"pid": 306, "client_addr": "192.0.2.7", "client_port": 40005},
+               {"pid": 307, "client_addr": "not an address", "client_port": 40005}]
+    assert backends_by_socket([bare], clients) == {305: bare}
 
 
 # Threads of this process, no Postgres needed.

@@ -17,6 +17,8 @@ be read becomes a line of text, never an exception. docs/metrics.md, "Mapping ba
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
 import os
 import platform
 import socket
@@ -93,14 +95,14 @@ def socket_waits(pids: Iterable[int], *, servers: Iterable[int] | None = None
 def backends_by_socket(waits: Iterable[SocketWait], backends: Iterable[Mapping[str, Any]]
                        ) -> dict[int, SocketWait]:
     """Return backend pid -> the SocketWait of the thread waiting on its connection: matched by
-    ``client_port`` and ``client_addr`` (the client socket's local address) for TCP, by
-    ``backend_pids`` for Unix sockets. A backend whose socket is waited on by two threads is left out
-    (ambiguous)."""
-    by_tcp: dict[tuple[str, int], list[SocketWait]] = {}
+    ``client_port`` and ``client_addr`` (the client socket's local address; a wait without ``addrs``
+    matches a loopback ``client_addr``) for TCP, by ``backend_pids`` for Unix sockets. A backend
+    whose socket is waited on by two threads is left out (ambiguous)."""
+    by_tcp: dict[int, list[tuple[str | None, SocketWait]]] = {}
     by_unix: dict[int, list[SocketWait]] = {}
     for wait in waits:
-        for addr, port in zip(wait.addrs, wait.ports, strict=False):
-            by_tcp.setdefault((addr, port), []).append(wait)
+        for i, port in enumerate(wait.ports):
+            by_tcp.setdefault(port, []).append((wait.addrs[i] if i < len(wait.addrs) else None, wait))
         for backend_pid in wait.backend_pids:
             by_unix.setdefault(backend_pid, []).append(wait)
     mapped: dict[int, SocketWait] = {}
@@ -108,12 +110,21 @@ def backends_by_socket(waits: Iterable[SocketWait], backends: Iterable[Mapping[s
         pid = int(backend["pid"])
         client_port, client_addr = backend.get("client_port"), backend.get("client_addr")
         if client_port is not None and int(client_port) > 0 and client_addr:
-            candidates = by_tcp.get((normal_address(str(client_addr)), int(client_port)), [])
+            candidates = [wait for addr, wait in by_tcp.get(int(client_port), [])
+                          if _same_address(addr, str(client_addr))]
         else:
             candidates = by_unix.get(pid, [])
         if len({(w.pid, w.tid) for w in candidates}) == 1:
             mapped[pid] = candidates[0]
     return mapped
+
+
+def _same_address(local: str | None, client_addr: str) -> bool:
+    try:
+        client = normal_address(client_addr)
+    except ValueError:
+        return False  # not an IP address
+    return client == local if local is not None else ipaddress.ip_address(client).is_loopback
 
 
 # Reading the threads of the processes.
@@ -171,9 +182,9 @@ def _blocked_thread(pid: int, tid: int, table: Mapping[int, str]) -> _Blocked | 
     name = table[call[0]]
     try:
         fds = _waited_fds(pid, name, call[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        raise
-    except OSError:
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
         return None  # an address no longer mapped: the thread moved on
     if _read(path) != text:
         return None  # the thread left the call while its arguments were read
