@@ -1,7 +1,8 @@
 """What an unchanged ADC worker needs from the reference server: images it can fetch, task fetches that
 answer ``{"tasks": []}`` when nothing is left (never 503), and registration answers as Antenna's.
 
-One stack (1 web process, 1 worker, 2 jobs of 6 images) is shared by the tests of this module.
+One stack (1 web process, 1 worker, 2 jobs of 6 images) is shared by the tests of this module; the
+last one stops its NATS.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     with refstack(tmp_path_factory.mktemp("adc"), preset="pr-1261", web_concurrency=1, worker_concurrency=1,
                   jobs=2, images_per_job=6) as stack:
         client = Api(stack)
+        client.stack = stack  # type: ignore[attr-defined]
         yield client
         client.client.close()
 
@@ -143,3 +145,17 @@ def test_registration_lists_what_antennas_create_pipelines_lists(api):
                     " RETURNING id")[0][0]
     assert register(api, other, [new])["pipelines_created"] == ["adc_moths_2025"]
     assert register(api, other, [new])["pipelines_created"] == []
+
+
+@pytest.mark.slow  # about 2 minutes: nats-py tries to connect 60 times, 2 s apart, before it gives up
+def test_a_task_fetch_answers_503_when_nats_is_down_and_the_log_line_names_the_cause(api):
+    """Last in the module: it stops the stack's NATS. Antenna connects with the same options
+    (connect_timeout 5 s, allow_reconnect off, nats-py's 60 attempts), so it answers as late."""
+    job = api.info["job_ids"][0]
+    api.stack.nats.stop()
+    response = api.client.post(f"/jobs/{job}/tasks/", json={"batch_size": 4}, timeout=300)
+    assert response.status_code == 503
+    assert response.json() == {"error": "Task queue temporarily unavailable"}
+    web_log = (api.run_dir / "refserver" / "refserver-web-0.log").read_text()
+    line = next(line for line in web_log.splitlines() if "Task queue unavailable while fetching" in line)
+    assert line.split("fetching tasks: ", 1)[1] == "NoServersError: nats: no servers available for connection"

@@ -22,7 +22,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.pool import Group, Pool
+from gevent.pool import Group
 from gevent.queue import Queue
 from locust import User, constant, task
 from locust.contrib.fasthttp import FastHttpSession
@@ -365,10 +365,15 @@ class PullWorker:
 
     def load_images(self, job: int, tasks: list[dict[str, Any]]) -> None:
         """Download a batch's images, ``image_threads`` at a time (ADC's pool); mark those that failed."""
-        errors = Pool(self.w.image_threads).map(lambda t: self.load_image(job, t), tasks)
-        for t, error in zip(tasks, errors, strict=True):
-            if error is not None:
-                t[IMAGE_ERROR] = error
+        slots = Semaphore(self.w.image_threads)
+
+        def one(item: dict[str, Any]) -> None:
+            with slots:
+                if (error := self.load_image(job, item)) is not None:
+                    item[IMAGE_ERROR] = error
+
+        # In the user's group: a stopped run kills the downloads not yet started with the rest.
+        gevent.joinall([self.group.spawn(one, t) for t in tasks])
 
     def load_image(self, job: int, task: dict[str, Any]) -> str | None:
         """GET one task's image (an ``image`` record: time and bytes); return why it failed, if it did."""
