@@ -1,4 +1,4 @@
-"""Mapping backends to threads without application_name: evidence, candidates, proof (pure, hand-made dumps)."""
+"""Mapping backends to threads without application_name: evidence, candidates, proof (hand-made dumps)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ SOURCE = (
 PSYCOPG = {"name": "wait", "filename": "/lib/python3/site-packages/psycopg/waiting.py", "line": 1}
 
 
-def thread(tid: int, function: str, line: int, *inner: dict[str, Any], active: bool = False) -> dict[str, Any]:
+def thread(tid: int, function: str, line: int, *inner: dict[str, Any],
+           active: bool = False) -> dict[str, Any]:
     return {"thread_id": tid * 100, "os_thread_id": tid, "active": active,
             "frames": [*inner, {"name": function, "filename": "/srv/app.py", "line": line}]}
 

@@ -88,13 +88,16 @@ def map_backends(
     clients: Mapping[int, Client | None],
     sockets: Mapping[int, OnSocket],
     threads: Sequence[ThreadFacts],
+    remembered: Mapping[int, tuple[str, str]] | None = None,
 ) -> dict[int, Holder]:
     """Return backend pid -> its holder, for every backend with a client process or a named thread.
 
     ``clients`` maps a backend pid to its client (application_name, else the socket table's process);
     ``sockets`` a backend pid to the thread blocked on its connection; ``threads`` are the dumped
-    threads of this moment.
+    threads of this moment; ``remembered`` backend pid -> (thread key, evidence) found at an earlier
+    moment of the same transaction (a transaction stays on the thread that opened it).
     """
+    remembered = remembered or {}
     rows = {int(b["pid"]): b for b in backends}
     dumped = {t.pid for t in threads}
     known = {t.key for t in threads}
@@ -107,6 +110,9 @@ def map_backends(
                                    "application_name")
         elif wait is not None and _key(wait.pid, wait.tid) in known:
             holders[bpid] = Holder(bpid, wait.pid, (_key(wait.pid, wait.tid),), "socket")
+        elif bpid in remembered and remembered[bpid][0] in known:
+            key, evidence = remembered[bpid]
+            holders[bpid] = Holder(bpid, int(key.partition(":")[0]), (key,), evidence)
         elif client is not None:
             holders[bpid] = Holder(bpid, client.pid)
     taken = {h.candidates[0] for h in holders.values() if h.candidates}

@@ -194,12 +194,14 @@ def build(
     clients: Mapping[int, Client | None],
     sources: Sources | None = None,
     sockets: Mapping[int, mapping.OnSocket] | None = None,
+    remembered: Mapping[int, tuple[str, str]] | None = None,
 ) -> Graph:
     """Return the wait-for graph of one moment.
 
     ``dumps`` are ``pyspy.jsonl`` records (``pid``, ``threads``); ``backends`` the ``pg_backends``
     records of one Postgres snapshot; ``clients`` maps a backend pid to its client (or None);
-    ``sockets`` a backend pid to the thread blocked on its connection (``sockets.backends_by_socket``).
+    ``sockets`` a backend pid to the thread blocked on its connection (``sockets.backends_by_socket``);
+    ``remembered`` the threads found for the same transactions at earlier moments (``mapping.map_backends``).
     """
     sources = sources or Sources()
     nodes: dict[str, ThreadNode] = {}
@@ -215,7 +217,7 @@ def build(
 
     backend_rows = {int(b["pid"]): b for b in backends}
     facts = [thread_facts(node, sources) for node in nodes.values()]
-    holders = mapping.map_backends(backend_rows.values(), clients, sockets or {}, facts)
+    holders = mapping.map_backends(backend_rows.values(), clients, sockets or {}, facts, remembered)
     blockers = {int(b) for row in backend_rows.values() for b in row.get("blocked_by") or ()}
     node_of_backend: dict[int, str] = {}
     for bpid, row in backend_rows.items():

@@ -270,6 +270,7 @@ def _root(pid: int, blocks: int, backend: dict[str, Any] | None) -> dict[str, An
         "xact_age": backend.get("xact_age"),
         "fingerprint": backend.get("fingerprint"),
         "query": backend.get("query"),
+        "comment": backend.get("comment"),
     }
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from contend.diagnosis import sqlcomment
 from contend.errors import SamplerError
 from contend.sample.attribution import pids_matching
 from contend.sample.crosslayer import CrossLayer
@@ -28,7 +29,7 @@ from contend.sample.pg import PgSampler, connect, session_timeouts
 
 QUERY_WIDTH = 100
 MIN_DUMP_INTERVAL_S = 1.0
-THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid")
+THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid", "mapped_by", "comment")
 
 
 def _age(seconds: float | None) -> str:
@@ -46,6 +47,9 @@ def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "") -> Text
     label.append(f"{backend['state'] or '?'}", style="yellow" if backend["state"] != "active" else "green")
     label.append(f"  xact {_age(backend['xact_age'])}  {backend['app'] or ''}{extra}\n")
     label.append(_query(backend["query"]), style="cyan")
+    code = sqlcomment.words(backend.get("comment"))
+    if code:
+        label.append(f"\n{code}", style="magenta")
     return label
 
 
@@ -71,10 +75,13 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
 
 def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
            warnings: Sequence[str] = (),
-           findings: Sequence[Mapping[str, Any]] | None = None) -> RenderableType:
-    """Return the view of one snapshot: metrics line, findings, blocker forest, idle-in-transaction holders.
+           findings: Sequence[Mapping[str, Any]] | None = None,
+           mapping: Mapping[str, Any] | None = None) -> RenderableType:
+    """Return the view of one snapshot: metrics line, findings, how backends were mapped to threads,
+    blocker forest, idle-in-transaction holders.
 
-    ``findings`` is None when no server process is watched with py-spy.
+    ``findings`` is None when no server process is watched with py-spy; ``mapping`` is the
+    ``mapping`` of the latest wait-for graph record, None before stacks were taken.
     """
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
@@ -96,6 +103,9 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     elif findings is not None:
         parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
                           style="dim"))
+    if mapping:
+        lines = mapping_lines(mapping)
+        parts += [Text(lines[0], style="dim"), *(Text(line, style="yellow") for line in lines[1:])]
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
     for root in tick["roots"]:
         node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}"))
@@ -127,11 +137,23 @@ def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
         _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
 
 
+def mapping_lines(mapping: Mapping[str, Any]) -> list[str]:
+    """Return how the backends of the dumped processes were mapped, then each wait left open for lack
+    of a mapping and each thing the socket evidence could not read."""
+    lines = [f"mapping: {mapping['text']}"]
+    lines += [f"  open: {gap}" for gap in mapping.get("open") or ()]
+    lines += [f"  socket evidence: {problem}" for problem in mapping.get("problems") or ()]
+    return lines
+
+
 def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Return the findings as ``--json`` lines carry them: kind, threads (pid, tid, function, file,
-    line, backend_pid) and text."""
-    return [{"kind": f["kind"], "text": f["text"],
-             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in f.get("threads") or ()]}
+    """Return the findings as ``--json`` lines carry them: kind, text, proof, threads (pid, tid, function,
+    file, line, backend_pid, mapped_by, comment) and the candidates of backends mapped to several threads."""
+    return [{"kind": f["kind"], "text": f["text"], "proof": f.get("proof", "proven"),
+             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in f.get("threads") or ()],
+             "candidates": [{"backend_pid": c["backend_pid"],
+                             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in c["candidates"]]}
+                            for c in f.get("candidates") or ()]}
             for f in found]
 
 
@@ -147,6 +169,8 @@ class StackWatch:
         self.cross = CrossLayer(pids, timeouts, write=lambda records: None)
         self.warn = warn
         self.findings: list[dict[str, Any]] = []
+        self.mapping: dict[str, Any] | None = None
+        """How the backends were mapped at the latest moment stacks were taken."""
         self._last = float("-inf")
         self._warned = False
 
@@ -165,6 +189,7 @@ class StackWatch:
                           "processes? py-spy needs root or SYS_PTRACE)")
             record = self.cross.moment(records)
             self.findings = record["findings"] if record else []
+            self.mapping = record["mapping"] if record else self.mapping
         return self.findings
 
 
@@ -190,7 +215,10 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             while True:
                 tick, backends = sampler.tick()
                 found = stacks.update(tick, backends) if stacks else []
-                out.write(json.dumps(tick | {"findings": json_findings(found)}, default=str) + "\n")
+                line = tick | {"findings": json_findings(found)}
+                if stacks and stacks.mapping is not None:
+                    line["mapping"] = stacks.mapping
+                out.write(json.dumps(line, default=str) + "\n")
                 out.flush()
                 time.sleep(interval)
         console = Console(file=out)
@@ -198,7 +226,8 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             while True:
                 tick, backends = sampler.tick()
                 shown = stacks.update(tick, backends) if stacks else None
-                live.update(render(tick, backends, sampler.warnings, shown), refresh=True)
+                mapped = stacks.mapping if stacks else None
+                live.update(render(tick, backends, sampler.warnings, shown, mapped), refresh=True)
                 time.sleep(interval)
     except KeyboardInterrupt:
         return
