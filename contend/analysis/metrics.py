@@ -12,6 +12,7 @@ from contend.analysis.findings import comparison, variant_findings, variant_sent
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 from contend.analysis.waits import coverage, wait_metrics
 from contend.diagnosis import findings as graph_findings
+from contend.diagnosis import mapping as backend_mapping
 from contend.metrics import METRICS, PHASE_SPLIT
 from contend.stats import bootstrap_interval, is_timeout, quantile
 
@@ -360,6 +361,9 @@ def summarize(run: RunData) -> dict[str, Any]:
         if notes:
             entry["notes"] = notes
         entry["findings"] = variant_findings(reps[0])
+        mapped = backend_mapping.over_run(reps[0].waitgraph)
+        if mapped is not None:
+            entry["mapping"] = mapped
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():

@@ -193,7 +193,16 @@ def convoys(graph: Graph) -> list[dict[str, Any]]:
 def blocked_in_app(graph: Graph, key: str) -> bool:
     """Tell whether a thread idle in transaction is held up in the application (not running)."""
     node = graph.nodes[key]
+    if node.idle_in_transaction and node.candidates:  # every candidate thread is held up
+        return all(c in graph.nodes and _held_up(graph, c) for c in node.candidates)
     if not node.idle_in_transaction or node.tid is None or not node.frames:
+        return False
+    return _held_up(graph, key)
+
+
+def _held_up(graph: Graph, key: str) -> bool:
+    node = graph.nodes[key]
+    if not node.frames:
         return False
     if any(e.layer == "python" for e in graph.out(key)):
         return True

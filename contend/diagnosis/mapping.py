@@ -204,8 +204,9 @@ def summary(holders: Mapping[int, Holder], dumped: Iterable[int]) -> dict[str, A
     return {"backends": total, **counts, "text": text}
 
 
-def gap(holder: Holder, waiter: int | None = None) -> str:
-    """Say why a backend's thread is not known and what would make it known."""
+def gap(holder: Holder, waiter: int | None = None, targets: Iterable[int] = ()) -> str:
+    """Say why a backend's thread is not known and what would make it known (``targets``: the
+    processes stacks are taken of, in some round)."""
     head = (f"backend {waiter} waits for a lock held by backend {holder.backend_pid}" if waiter is not None
             else f"backend {holder.backend_pid}")
     owner = f" of pid {holder.pid}" if holder.pid is not None else ""
@@ -216,8 +217,23 @@ def gap(holder: Holder, waiter: int | None = None) -> str:
     if holder.pid is None:
         fix = ("run contend on the client's host, as its user or root, or set application_name per "
                "connection in contend's format (docs/records.md)")
+    elif "was not dumped" in why and holder.pid in set(targets):
+        why += " at this moment"
+        fix = "another moment's stacks may show it"
     elif "was not dumped" in why:
         fix = f"add pid {holder.pid} to the processes py-spy reads (--pyspy-pid)"
     else:
         fix = HINT
     return f"{head}{owner}, whose thread is not known: {why}; {fix}."
+
+
+def over_run(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Return the mapping of a run's wait-for graph records: that of the moment with the most backends
+    (``text`` and counts), with every distinct wait left open and problem seen; None without records."""
+    mappings = [r["mapping"] for r in records if r.get("mapping")]
+    if not mappings:
+        return None
+    peak = max(mappings, key=lambda m: (int(m.get("backends") or 0), -int(m.get("not_mapped") or 0)))
+    return {**peak, "graphs": len(mappings),
+            "open": list(dict.fromkeys(g for m in mappings for g in m.get("open") or ()))[:5],
+            "problems": list(dict.fromkeys(p for m in mappings for p in m.get("problems") or ()))[:5]}

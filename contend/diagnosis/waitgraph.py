@@ -143,6 +143,8 @@ class Graph:
     holders: dict[int, mapping.Holder] = field(default_factory=dict)
     """Backend pid -> its thread(s) and the evidence."""
     dumped: frozenset[int] = frozenset()
+    targets: frozenset[int] = frozenset()
+    """The processes stacks are taken of, in this moment's round or another."""
 
     def out(self, key: str) -> list[Edge]:
         return [e for e in self.edges if e.waiter == key]
@@ -160,7 +162,7 @@ class Graph:
                 holder = self.holders.get(int(node.backend["pid"]))
                 waiter = self.nodes[edge.waiter].backend
                 if holder is not None:
-                    gaps.append(mapping.gap(holder, int(waiter["pid"]) if waiter else None))
+                    gaps.append(mapping.gap(holder, int(waiter["pid"]) if waiter else None, self.targets))
         return mapping.summary(self.holders, self.dumped) | {"open": list(dict.fromkeys(gaps))[:5]}
 
     def record(self) -> dict[str, Any]:
@@ -195,13 +197,15 @@ def build(
     sources: Sources | None = None,
     sockets: Mapping[int, mapping.OnSocket] | None = None,
     remembered: Mapping[int, tuple[str, str]] | None = None,
+    targets: Iterable[int] = (),
 ) -> Graph:
     """Return the wait-for graph of one moment.
 
     ``dumps`` are ``pyspy.jsonl`` records (``pid``, ``threads``); ``backends`` the ``pg_backends``
     records of one Postgres snapshot; ``clients`` maps a backend pid to its client (or None);
     ``sockets`` a backend pid to the thread blocked on its connection (``sockets.backends_by_socket``);
-    ``remembered`` the threads found for the same transactions at earlier moments (``mapping.map_backends``).
+    ``remembered`` the threads found for the same transactions at earlier moments (``mapping.map_backends``);
+    ``targets`` every process stacks are taken of (a round may dump only some).
     """
     sources = sources or Sources()
     nodes: dict[str, ThreadNode] = {}
@@ -253,16 +257,17 @@ def build(
             edges.append(Edge(waiter, holder_key, "db", "row lock", f"a lock held by backend {blocker}",
                               inferred="pg_blocking_pids"))
     edges += _candidate_edges(nodes, edges)
-    return Graph(t, nodes, edges, with_locals, holders, frozenset(int(d["pid"]) for d in dumps))
+    return Graph(t, nodes, edges, with_locals, holders, frozenset(int(d["pid"]) for d in dumps),
+                 frozenset(targets))
 
 
 def thread_facts(node: ThreadNode, sources: Sources) -> mapping.ThreadFacts:
     """Return what the mapping needs of a dumped thread: in a transaction, in a driver call, waiting
     in Python."""
     assert node.pid is not None
-    in_tx = any(_in_atomic(frame, sources) or any(
+    in_tx = any(_in_atomic(frame, node.frames[i + 1] if i + 1 < len(node.frames) else {}, sources) or any(
         CONNECTION_REPR.match(str(var.get("repr") or "")) for var in frame.get("locals") or ())
-        for frame in node.frames)
+        for i, frame in enumerate(node.frames))
     waits = False
     if not node.active and node.frames:
         top = node.frames[0]
@@ -271,14 +276,18 @@ def thread_facts(node: ThreadNode, sources: Sources) -> mapping.ThreadFacts:
     return mapping.ThreadFacts(node.key, node.pid, in_tx, frame_state(node.frames) == "postgres", waits)
 
 
-def _in_atomic(frame: Frame, sources: Sources) -> bool:
-    """Tell whether a frame runs inside Django's ``atomic``: its own frames (ATOMIC_REQUESTS' wrapper,
-    ``@atomic``), or a line inside ``with transaction.atomic():`` or an ``@atomic`` function."""
+def _in_atomic(frame: Frame, caller: Frame, sources: Sources) -> bool:
+    """Tell whether a frame runs inside Django's ``atomic``: its own frames, the ``ContextDecorator``
+    wrapper of ``@atomic`` (its ``self`` an Atomic, when locals were taken) or of ATOMIC_REQUESTS
+    (called by Django's request handler), or a line inside ``with transaction.atomic():`` or an
+    ``@atomic`` function."""
     filename, name = str(frame.get("filename") or ""), str(frame.get("name") or "")
     if filename.endswith(os.path.join("django", "db", "transaction.py")):
         return True
     if filename.endswith("contextlib.py") and name.endswith("inner"):
-        return "Atomic" in (_local_repr(frame, "self") or "")
+        return "Atomic" in (_local_repr(frame, "self") or "") or (
+            _endswith(caller, os.path.join("django", "core", "handlers", "base.py"))
+            and str(caller.get("name") or "").endswith("_get_response"))
     if not filename or frame.get("line") is None or is_library(filename):
         return False
     return int(frame["line"]) in sources.sites(filename).atomic
@@ -466,6 +475,9 @@ def describe(graph: Graph, key: str) -> str:
     if node.tid is None:
         owner = f" of pid {node.pid}" if node.pid else ""
         known = f"one of {len(node.candidates)} candidates" if node.candidates else "not known"
+        functions = {graph.nodes[c].site()["function"] for c in node.candidates if c in graph.nodes}
+        if len(functions) == 1 and None not in functions:
+            known += f", all in `{functions.pop()}`"
         return f"backend {site['backend_pid']}{owner} (its thread is {known})"
     if not node.frames:
         text = f"thread {node.tid} of pid {node.pid} (its process was not dumped at this moment)"

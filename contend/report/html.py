@@ -196,6 +196,7 @@ def variant_context(
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
         "findings": entry.get("findings_text", []),
+        "mapping": entry.get("mapping"),
         "notes": entry.get("notes", []),
     }
 

@@ -113,7 +113,8 @@ class CrossLayer:
         waits, problems = self._socket_waits(dumps)
         on_socket = sockets.backends_by_socket(waits, backends)
         sockets_s = time.perf_counter() - started
-        graph = waitgraph.build(t, dumps, backends, clients, self.sources, on_socket, self._recall(backends))
+        graph = waitgraph.build(t, dumps, backends, clients, self.sources, on_socket, self._recall(backends),
+                                self.pids)
         self._remember(graph, backends)
         found = findings.of_graph(graph, self.timeouts)
         record = graph.record()
