@@ -171,6 +171,7 @@ def variant_context(
                 if len(b.fingerprint) <= FINGERPRINT_CHARS
                 else b.fingerprint[:FINGERPRINT_CHARS] + " …",
                 "example": b.query[:300] if b.query != b.fingerprint else "",
+                "code": b.code,
                 "states": b.states,
                 "attribution": att,
                 "blocked_s": fmt(b.blocked_s),
