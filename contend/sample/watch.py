@@ -4,7 +4,8 @@ Rendering is pure (``render`` turns one snapshot into rich renderables); ``watch
 loop around it. Read-only: the sampler's connection runs with ``default_transaction_read_only``.
 Given server processes (``pyspy_pids``, ``pyspy_pattern``), it also dumps their stacks whenever
 backends wait on a lock or sit idle in a transaction (at most once a second; with locals when the
-forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings.
+forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings and how
+the backends of those processes were mapped to their threads (docs/metrics.md).
 """
 
 from __future__ import annotations
