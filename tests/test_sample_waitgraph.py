@@ -276,6 +276,17 @@ def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
     assert "1. 4 threads with open transactions wait" in shown([finding])
     assert "findings: none" in shown([])
     assert "findings" not in shown(None)  # no py-spy target: nothing to say about Python waits
+    mapping = {"text": "3 backends of the dumped processes: 0 by application_name, 1 by socket, 1 by "
+                       "elimination, 1 not mapped",
+               "open": ["backend 7 waits for a lock held by backend 8 of pid 9, whose thread is not "
+                        "known: ..."],
+               "problems": ["pid 9: permission denied reading /proc/9/mem: run as root"]}
+    console = Console(file=io.StringIO(), width=300)
+    console.print(render(tick, [], findings=[], mapping=mapping))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "findings: none" in text and f"mapping: {mapping['text']}" in text
+    assert "open: backend 7 waits for a lock held by backend 8 of pid 9" in text
+    assert "socket evidence: pid 9: permission denied" in text
 
 
 SERVER_SOURCE = (
