@@ -28,17 +28,17 @@ import psycopg.waiting
 import pytest
 from psycopg.rows import dict_row
 
-from contend.sample.sockets import (
-    SocketWait,
-    backends_by_socket,
+from contend.sample.procfs import (
     epoll_targets,
     fdset_fds,
+    inet_diag_request,
+    inet_diag_sockets,
     parse_syscall,
     pollfd_fds,
-    socket_waits,
     tcp_table,
     unix_diag_peer,
 )
+from contend.sample.sockets import SocketWait, backends_by_socket, socket_waits
 from contend.stack import postgres
 from tests.conftest import wait_for
 
@@ -91,6 +91,24 @@ def test_unix_diag_reply_gives_the_peer() -> None:
     assert unix_diag_peer(error) is None
 
 
+def test_inet_diag_dump_gives_the_local_address_of_the_wanted_sockets() -> None:
+    request = inet_diag_request(socket.AF_INET6, 7)
+    assert struct.unpack_from("=IHHI", request) == (len(request), 20, 0x301, 7) and len(request) == 72
+
+    def message(family: int, src: bytes, sport: int, inode: int) -> bytes:
+        sockid = struct.pack(">HH", sport, 5432) + src.ljust(16, b"\0") + bytes(16) + bytes(12)
+        body = struct.pack("=BBBB", family, 1, 0, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, 0, inode)
+        return struct.pack("=IHHII", 16 + len(body), 20, 2, 7, 0) + body
+
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+    data = (message(socket.AF_INET, bytes([127, 0, 0, 1]), 40001, 11)
+            + message(socket.AF_INET6, mapped, 40002, 12) + message(socket.AF_INET, bytes(4), 40003, 13))
+    table: dict[int, tuple[str, int]] = {}
+    assert inet_diag_sockets(data, {11, 12}, table) is False  # more parts to come
+    assert table == {11: ("127.0.0.1", 40001), 12: ("127.0.0.1", 40002)}
+    assert inet_diag_sockets(struct.pack("=IHHII", 20, 3, 2, 7, 0) + bytes(4), {11}, table) is True
+
+
 def test_a_backend_waited_on_by_two_threads_is_left_out() -> None:
     one = SocketWait(pid=10, tid=11, syscall="poll", fds=(5,), ports=(40000,), addrs=("127.0.0.1",))
     two = SocketWait(pid=10, tid=12, syscall="epoll_wait", fds=(5, 6), ports=(40000, 40001),
@@ -101,6 +119,12 @@ def test_a_backend_waited_on_by_two_threads_is_left_out() -> None:
                 {"pid": 303, "client_addr": None, "client_port": -1},
                 {"pid": 304, "client_addr": "10.1.2.3", "client_port": 40001}]
     assert backends_by_socket([one, two, unix], backends) == {302: two, 303: unix}
+    # A wait built without local addresses matches a loopback client only.
+    bare = SocketWait(pid=10, tid=14, syscall="poll", fds=(8,), ports=(40005,))
+    clients = [{"pid": 305, "client_addr": "::1", "client_port": 40005},
+               {"pid": 306, "client_addr": "192.0.2.7", "client_port": 40005},
+               {"pid": 307, "client_addr": "not an address", "client_port": 40005}]
+    assert backends_by_socket([bare], clients) == {305: bare}
 
 
 # Threads of this process, no Postgres needed.
@@ -146,6 +170,27 @@ def test_threads_on_a_lock_or_an_in_process_socket_pair_are_not_socket_waits() -
 def test_a_vanished_process_is_a_line_not_an_exception() -> None:
     pid = 2**22 + 12345  # above the default pid_max
     assert socket_waits([pid]) == ([], [f"pid {pid}: process gone"])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root, to read another user's process without the capability to")
+def test_without_ptrace_rights_the_reads_become_a_line(sample_dsn: str) -> None:
+    # Postgres' backends run as another user (the stack's server user when tests run as root) and
+    # wait in epoll_wait on their client's socket; root without capabilities may not read them.
+    with psycopg.connect(sample_dsn) as conn:
+        backend = conn.info.backend_pid
+        script = ("import json, sys; from contend.sample.sockets import socket_waits; "
+                  "print(json.dumps(socket_waits([int(sys.argv[1])])))")
+        unprivileged = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", script]
+        out = subprocess.run([*unprivileged, str(backend)], capture_output=True, text=True, check=True)
+        waits, problems = json.loads(out.stdout)
+        assert waits == [] and len(problems) == 1
+        assert problems[0].startswith(f"pid {backend}: permission denied reading /proc/{backend}/task/")
+        assert problems[0].endswith("(the rights py-spy needs)")
+        # With the rights, the backend itself is seen waiting on its client's socket.
+        own, problems = socket_waits([backend])
+        assert problems == [] and [w.syscall[:5] for w in own] == ["epoll"]
 
 
 # Real threads waiting for a row lock in real Postgres.
@@ -378,3 +423,11 @@ def test_unix_socket_connection_is_mapped_through_its_peer(held_unix_row: str, c
         wait_ = found[waiter.backend_pid]
         assert wait_.tid == waiter.native_id
         assert wait_.ports == () and wait_.backend_pids == (waiter.backend_pid,)
+        # The peer looked for among the given servers only: the backend itself, or none.
+        waits, _ = socket_waits([os.getpid()], servers=[waiter.backend_pid])
+        assert [w.backend_pids for w in waits if w.tid == waiter.native_id] == [(waiter.backend_pid,)]
+        waits, _ = socket_waits([os.getpid()], servers=[])
+        (unknown,) = [w for w in waits if w.tid == waiter.native_id]
+        assert unknown.backend_pids == () and unknown.unresolved[0].endswith(
+            "unix socket, peer unknown (no Postgres process holds its peer)")
+        assert backends_by_socket(waits, backends(held_unix_row)) == {}
