@@ -153,3 +153,40 @@ def test_sqlcommenter_comments_are_parsed_with_url_decoding() -> None:
     assert sqlcomment.parse("SELECT 1 /* a plain comment */") is None
     assert sqlcomment.parse("SELECT 1 /*a='it\\'s'*/") == {"a": "it's"}
     assert sqlcomment.parse(None) is None
+
+
+def test_a_thread_found_by_its_socket_keeps_its_backend_for_the_rest_of_that_transaction() -> None:
+    """A blocking dump leaves a thread's poll() as restart_syscall: the next read sees no socket wait."""
+    from contend.sample import crosslayer, sockets
+
+    on_socket = [sockets.SocketWait(pid=7, tid=21, syscall="poll", fds=(3,), ports=(5001,),
+                                    addrs=("127.0.0.1",))]
+    reads = iter([(on_socket, []), ([], []), ([], [])])
+    dumps = {7: [HOLDER, WAITER_1, IDLE]}
+    cross = crosslayer.CrossLayer([7], {}, lambda records: None, dumper=lambda pid, **kw: dumps[pid],
+                                  socket_reader=lambda pids: next(reads),
+                                  resolver=lambda b: Client(pid=7, via="socket"),
+                                  sources=waitgraph.Sources(read=lambda filename: SOURCE))
+
+    def moment(t: float, holder_xact_age: float) -> dict[str, Any]:
+        backends = [
+            {"t": t, "pid": 201, "state": "active", "xact_age": holder_xact_age, "wait_event_type": "Lock",
+             "blocked_by": [202], "client_addr": "127.0.0.1", "client_port": 5001},
+            {"t": t, "pid": 202, "state": "idle in transaction", "xact_age": 9.0 + t, "blocked_by": []},
+        ]
+        cross.observe({"t": t, "roots": []}, backends)
+        records, _ = cross.dump_all(with_locals=False)
+        record = cross.moment(records)
+        assert record is not None
+        return record
+
+    first = moment(100.0, 3.0)
+    assert first["threads"]["7:21"]["mapped_by"] == "socket"
+    assert first["findings"][0]["kind"] == "cross_layer_deadlock"
+    later = moment(101.0, 4.0)  # same transaction (started at 97.0): still that thread
+    assert later["threads"]["7:21"]["mapped_by"] == "socket"
+    assert later["findings"][0]["kind"] == "cross_layer_deadlock"
+    # a new transaction of backend 201: the socket mapping no longer holds; elimination finds the one
+    # thread in a transaction that does not wait in Python
+    other = moment(102.0, 0.5)
+    assert other["threads"]["7:21"]["mapped_by"] == "elimination"

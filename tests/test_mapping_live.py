@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,8 +89,10 @@ def watch_until(dsn: str, pid: int, found: Callable[[dict[str, Any]], object],
             seen.append(line)
             return found(line)
 
+        started = time.monotonic()
         try:
             result = wait_for(look, timeout=timeout, interval=0)
+            print(f"contend watch found it after {time.monotonic() - started:.1f} s")  # a figure, not a check
         except pytest.fail.Exception:
             print(json.dumps(seen[-1:], indent=1))  # what contend watch said last
             raise
