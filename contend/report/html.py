@@ -149,6 +149,9 @@ def _graph_cost(records: list[dict[str, Any]]) -> str:
         cpu = sum(float(r.get("locals_cpu_s") or 0.0) for r in records)
         text += (f", {dumps:,} py-spy dumps with locals for them ({fmt(cpu)} s CPU, "
                  f"{fmt(cpu / dumps * 1000)} ms each)")
+    sockets_s = sum(float(r.get("sockets_s") or 0.0) for r in records)
+    if sockets_s:
+        text += f", {fmt(sockets_s)} s reading which threads wait on which socket for them"
     return text
 
 

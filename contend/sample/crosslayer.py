@@ -89,6 +89,8 @@ class CrossLayer:
         self._last_locals = float("-inf")
         self._waits: dict[int, tuple[float, list[sockets.SocketWait], list[str]]] = {}
         """pid -> (when, its threads blocked on sockets, what could not be read), read before its dump."""
+        self._sockets_s = 0.0
+        """Time spent reading socket waits since the last record."""
         self._remembered: dict[int, tuple[float, str, str]] = {}
         """Backend pid -> (its transaction's start, thread key, evidence): a transaction stays on the
         thread that opened it, so a thread found once (its socket, or elimination with locals) is
@@ -114,7 +116,8 @@ class CrossLayer:
         started = time.perf_counter()
         waits, problems = self._socket_waits(dumps)
         on_socket = sockets.backends_by_socket(waits, backends)
-        sockets_s = time.perf_counter() - started
+        with self._lock:
+            sockets_s, self._sockets_s = self._sockets_s + time.perf_counter() - started, 0.0
         graph = waitgraph.build(t, dumps, backends, clients, self.sources, on_socket, self._recall(backends),
                                 self.pids)
         self._remember(graph, backends)
@@ -138,9 +141,11 @@ class CrossLayer:
         dump interrupts a thread's system call, which the kernel then shows as ``restart_syscall``
         without its file descriptors until the call returns."""
         for pid in pids:
+            started = time.perf_counter()
             waits, problems = self.socket_reader([pid])
             with self._lock:
                 self._waits[pid] = (time.time(), waits, problems)
+                self._sockets_s += time.perf_counter() - started
 
     def reading_sockets(self, dumper: Dumper) -> Dumper:
         """Return ``dumper`` that reads the process's socket waits just before each dump."""
