@@ -190,3 +190,17 @@ def test_a_thread_found_by_its_socket_keeps_its_backend_for_the_rest_of_that_tra
     # thread in a transaction that does not wait in Python
     other = moment(102.0, 0.5)
     assert other["threads"]["7:21"]["mapped_by"] == "elimination"
+
+
+def test_a_blocker_whose_client_is_not_known_is_said_so() -> None:
+    backends = [{"pid": 201, "state": "active", "xact_age": 3.0, "wait_event_type": "Lock",
+                 "blocked_by": [299]},
+                {"pid": 299, "state": "idle in transaction", "xact_age": 9.0, "blocked_by": []}]
+    clients = {201: Client(pid=7, via="socket"), 299: None}  # 299: a Unix socket, or another host
+    graph = waitgraph.build(1.0, [{"pid": 7, "threads": [HOLDER]}], backends, clients,
+                            waitgraph.Sources(read=lambda filename: SOURCE),
+                            {201: SimpleNamespace(pid=7, tid=21)})
+    (gap,) = graph.record()["mapping"]["open"]
+    assert gap.startswith("backend 201 waits for a lock held by backend 299, whose thread is not known: its "
+                          "client process is not known")
+    assert "run contend on the client's host" in gap

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from contend.diagnosis.clients import Client
 
 EVIDENCE = ("application_name", "socket", "elimination")
+UNKNOWN_CLIENT = "its client process is not known (the socket table does not show it)"
 
 
 class OnSocket(Protocol):
@@ -166,7 +167,7 @@ def _eliminate(pid: int, rows: Mapping[int, Mapping[str, Any]],
 
 def _why_not(pid: int | None, dumped: set[int], row: Mapping[str, Any]) -> str:
     if pid is None:
-        return "its client process is not known (the socket table does not show it)"
+        return UNKNOWN_CLIENT
     if pid not in dumped:
         return f"its process (pid {pid}) was not dumped"
     if not in_transaction(row):

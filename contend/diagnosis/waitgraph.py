@@ -159,10 +159,10 @@ class Graph:
         for edge in self.edges:
             node = self.nodes.get(edge.holder or "")
             if edge.layer == "db" and node is not None and node.tid is None and node.backend:
-                holder = self.holders.get(int(node.backend["pid"]))
+                bpid = int(node.backend["pid"])
+                holder = self.holders.get(bpid) or mapping.Holder(bpid, None, why=mapping.UNKNOWN_CLIENT)
                 waiter = self.nodes[edge.waiter].backend
-                if holder is not None:
-                    gaps.append(mapping.gap(holder, int(waiter["pid"]) if waiter else None, self.targets))
+                gaps.append(mapping.gap(holder, int(waiter["pid"]) if waiter else None, self.targets))
         return mapping.summary(self.holders, self.dumped) | {"open": list(dict.fromkeys(gaps))[:5]}
 
     def record(self) -> dict[str, Any]:
