@@ -287,6 +287,12 @@ def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
     assert "findings: none" in text and f"mapping: {mapping['text']}" in text
     assert "open: backend 7 waits for a lock held by backend 8 of pid 9" in text
     assert "socket evidence: pid 9: permission denied" in text
+    inferred = {"kind": "cross_layer_deadlock", "text": "Cross-layer deadlock", "proof": "inferred",
+                "threads": [{"backend_pid": 5, "mapped_by": "socket",
+                             "comment": {"controller": "JobViewSet"}}],
+                "candidates": [{"backend_pid": 6, "candidates": [{"tid": 11}, {"tid": 12}]}]}
+    assert "inferred: backend 6 is held by one of threads 11, 12" in shown([inferred])
+    assert "backend 5: mapped by socket; controller=JobViewSet" in shown([inferred])
 
 
 SERVER_SOURCE = (

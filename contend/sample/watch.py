@@ -100,7 +100,9 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     ))
     if findings:
         parts.append(Text("findings", style="bold"))
-        parts += [Text(f"  {i}. {f['text']}", style="red") for i, f in enumerate(findings, 1)]
+        for i, found in enumerate(findings, 1):
+            parts.append(Text(f"  {i}. {found['text']}", style="red"))
+            parts += [Text(f"     {line}", style="dim") for line in finding_details(found)]
     elif findings is not None:
         parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
                           style="dim"))
@@ -136,6 +138,23 @@ def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
         backend = by_pid.get(waiter)
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
         _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
+
+
+def finding_details(found: Mapping[str, Any]) -> list[str]:
+    """Return the lines under a finding: an inferred one's candidates, each backend's thread evidence
+    and its sqlcommenter code."""
+    lines = []
+    if found.get("proof") == "inferred":
+        for c in found.get("candidates") or ():
+            tids = ", ".join(str(t.get("tid")) for t in c["candidates"])
+            lines.append(f"inferred: backend {c['backend_pid']} is held by one of threads {tids}")
+    for thread in found.get("threads") or ():
+        if thread.get("backend_pid") is None:
+            continue
+        how = f"mapped by {thread['mapped_by']}" if thread.get("mapped_by") else "thread not known"
+        code = sqlcomment.words(thread.get("comment"))
+        lines.append(f"backend {thread['backend_pid']}: {how}" + (f"; {code}" if code else ""))
+    return lines
 
 
 def mapping_lines(mapping: Mapping[str, Any]) -> list[str]:
