@@ -300,10 +300,14 @@ def _candidate_edges(nodes: Mapping[str, ThreadNode], edges: Sequence[Edge]) -> 
     candidate waits for (inferred). Into it: from a thread waiting for one of its candidates (inferred).
     """
     out: list[Edge] = []
+    out_of: dict[str, list[Edge]] = {}
+    for edge in edges:
+        if edge.holder is not None:
+            out_of.setdefault(edge.waiter, []).append(edge)
     for key, node in nodes.items():
         if not node.candidates:
             continue
-        leads = [[e for e in edges if e.waiter == c and e.holder is not None] for c in node.candidates]
+        leads = [out_of.get(c, []) for c in node.candidates]
         targets = {e.holder for lead in leads for e in lead}
         proven = len(targets) == 1 and all(leads)
         for target in sorted(str(t) for t in targets):
