@@ -293,6 +293,14 @@ def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
                 "candidates": [{"backend_pid": 6, "candidates": [{"tid": 11}, {"tid": 12}]}]}
     assert "inferred: backend 6 is held by one of threads 11, 12" in shown([inferred])
     assert "backend 5: mapped by socket; controller=JobViewSet" in shown([inferred])
+    backend = {"pid": 5, "state": "idle in transaction", "xact_age": 3.0, "state_age": 3.0, "app": "",
+               "query": "UPDATE t",
+               "comment": None, "blocked_by": [], "wait_event_type": None, "wait_event": None}
+    roots = {**tick, "roots": [{"pid": 5, "blocks": 1}]}
+    console = Console(file=io.StringIO(), width=300)
+    console.print(render(roots, [backend], findings=[], threads={5: {
+        "pid": 7, "tid": 12, "function": "save", "mapped_by": "socket", "candidates": []}}))
+    assert "thread 12 of pid 7 in `save` (socket)" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
 SERVER_SOURCE = (

@@ -41,7 +41,8 @@ def _query(text: str | None) -> str:
     return " ".join((text or "").split())[:QUERY_WIDTH]
 
 
-def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "") -> Text:
+def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "",
+           thread: Mapping[str, Any] | None = None) -> Text:
     if backend is None:
         return Text(f"pid {pid}  (not in this database){extra}", style="dim")
     label = Text(f"pid {pid} ", style="bold")
@@ -51,7 +52,20 @@ def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "") -> Text
     code = sqlcomment.words(backend.get("comment"))
     if code:
         label.append(f"\n{code}", style="magenta")
+    if thread is not None:
+        label.append(f"\n{thread_words(thread)}", style="dim")
     return label
+
+
+def thread_words(thread: Mapping[str, Any]) -> str:
+    """Say which thread holds a backend, and how that is known: ``thread 12 of pid 7 in `save` (socket)``."""
+    n = len(thread.get("candidates") or ())
+    if thread.get("tid") is None and n:
+        return f"thread: one of {n} candidates of pid {thread.get('pid')} (elimination)"
+    if thread.get("tid") is None:
+        return "thread not known"
+    return (f"thread {thread['tid']} of pid {thread.get('pid')} in `{thread.get('function')}` "
+            f"({thread.get('mapped_by') or 'not mapped'})")
 
 
 def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
@@ -77,13 +91,16 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
 def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
            warnings: Sequence[str] = (),
            findings: Sequence[Mapping[str, Any]] | None = None,
-           mapping: Mapping[str, Any] | None = None) -> RenderableType:
+           mapping: Mapping[str, Any] | None = None,
+           threads: Mapping[int, Mapping[str, Any]] | None = None) -> RenderableType:
     """Return the view of one snapshot: metrics line, findings, how backends were mapped to threads,
     blocker forest, idle-in-transaction holders.
 
     ``findings`` is None when no server process is watched with py-spy; ``mapping`` is the
-    ``mapping`` of the latest wait-for graph record, None before stacks were taken.
+    ``mapping`` of the latest wait-for graph record, None before stacks were taken; ``threads``
+    backend pid -> the thread that record placed it on, shown under the backend.
     """
+    threads = threads or {}
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
     drawn_under = parents(blocked_by)
@@ -111,8 +128,9 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
         parts += [Text(lines[0], style="dim"), *(Text(line, style="yellow") for line in lines[1:])]
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
     for root in tick["roots"]:
-        node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}"))
-        _add_waiters(node, root["pid"], children, by_pid, {root["pid"]})
+        node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}",
+                                 threads.get(root["pid"])))
+        _add_waiters(node, root["pid"], children, by_pid, threads, {root["pid"]})
     parts.append(forest)
     if tick["locked_relations"]:
         parts.append(Text("root blockers hold locks on: " + ", ".join(tick["locked_relations"])))
@@ -130,14 +148,16 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
 
 
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
-                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int]) -> None:
+                 by_pid: Mapping[int, Mapping[str, Any]], threads: Mapping[int, Mapping[str, Any]],
+                 seen: set[int]) -> None:
     for waiter in children.get(pid, ()):
         if waiter in seen:
             continue
         seen.add(waiter)
         backend = by_pid.get(waiter)
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
-        _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
+        child = node.add(_label(backend, waiter, event, threads.get(waiter)))
+        _add_waiters(child, waiter, children, by_pid, threads, seen)
 
 
 def finding_details(found: Mapping[str, Any]) -> list[str]:
@@ -193,6 +213,8 @@ class StackWatch:
         self.warn = warn
         self.findings: list[dict[str, Any]] = []
         self.mapping: dict[str, Any] | None = None
+        self.threads: dict[int, dict[str, Any]] = {}
+        """Backend pid -> the thread the latest graph placed it on."""
         """How the backends were mapped at the latest moment stacks were taken."""
         self._last = float("-inf")
         self._warned = False
@@ -201,7 +223,7 @@ class StackWatch:
         """Take stacks when something waits (rate-limited); return the current findings."""
         self.cross.observe(tick, backends)
         if not (tick["blocked"] or tick["idle_in_tx"]) or not self.cross.pids:
-            self.findings = []
+            self.findings, self.threads = [], {}
         elif time.monotonic() - self._last >= MIN_DUMP_INTERVAL_S:
             self._last = time.monotonic()
             with_locals = self.cross.locals_due() is not None
@@ -213,6 +235,8 @@ class StackWatch:
             record = self.cross.moment(records)
             self.findings = record["findings"] if record else []
             self.mapping = record["mapping"] if record else self.mapping
+            self.threads = {int(t["backend_pid"]): t for t in (record or {}).get("threads", {}).values()
+                            if t.get("backend_pid") is not None}
         return self.findings
 
 
@@ -250,7 +274,8 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
                 tick, backends = sampler.tick()
                 shown = stacks.update(tick, backends) if stacks else None
                 mapped = stacks.mapping if stacks else None
-                live.update(render(tick, backends, sampler.warnings, shown, mapped), refresh=True)
+                placed = stacks.threads if stacks else None
+                live.update(render(tick, backends, sampler.warnings, shown, mapped, placed), refresh=True)
                 time.sleep(interval)
     except KeyboardInterrupt:
         return
