@@ -193,6 +193,36 @@ def test_without_ptrace_rights_the_reads_become_a_line(sample_dsn: str) -> None:
         assert problems == [] and [w.syscall[:5] for w in own] == ["epoll"]
 
 
+@pytest.mark.integration
+def test_a_thread_in_a_plain_socket_read_is_seen_with_its_local_port(sample_dsn: str) -> None:
+    # A connection to Postgres that has not sent its start-up packet yet: the server waits for it,
+    # and so does this thread's recv.
+    port = int(sample_dsn.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.settimeout(None)  # a blocking socket: recv is one recvfrom call (with a timeout, a poll first)
+        tids: list[int] = []
+
+        def read() -> None:
+            tids.append(threading.get_native_id())
+            with contextlib.suppress(OSError):
+                conn.recv(1)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+
+        def seen() -> list[SocketWait]:
+            waits, _ = socket_waits([os.getpid()])
+            return [w for w in waits if tids and w.tid == tids[0]]
+
+        found = wait_for(seen)
+        assert isinstance(found, list)
+        (wait,) = found
+        assert wait.syscall == "recvfrom"
+        assert (wait.addrs, wait.ports, wait.unresolved) == (("127.0.0.1",), (conn.getsockname()[1],), ())
+        conn.shutdown(socket.SHUT_RDWR)
+        thread.join(10)
+
+
 # Real threads waiting for a row lock in real Postgres.
 
 @contextlib.contextmanager
