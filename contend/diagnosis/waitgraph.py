@@ -3,13 +3,15 @@
 Pure but for reading source files (through ``Sources``, which a test can replace): it takes the
 py-spy dumps of server processes taken at one moment (``pyspy.parse_dump``, with locals when they
 were captured), the backend rows of the Postgres snapshot nearest to them (``pg_backends`` records)
-and the client of each backend (``attribution.resolve_client``), and returns a ``Graph``.
+the client of each backend (``attribution.resolve_client``) and the threads blocked on backends'
+sockets (``sockets.backends_by_socket``), and returns a ``Graph``.
 
 Edges go from a waiting thread to the thread it waits for:
 
-* database edges: backend b waits for backend a (``pg_blocking_pids``), each backend mapped to the
-  thread whose ``application_name`` names it, else to its process (the socket table reaches a
-  process, not a thread);
+* database edges: backend b waits for backend a (``pg_blocking_pids``), each backend placed on its
+  thread by ``mapping.map_backends`` (application_name, socket, elimination), else on a node of its
+  own (``backend:<pid>``) that stands for its unknown thread or for its candidate threads; edges
+  through candidates are proven only when every candidate leads to the same node;
 * Python edges: thread W waits to take a lock that thread H holds. The lock is found in the source
   on disk: a thread stopped (py-spy: not active) on the line of ``with <expr>:`` or of
   ``<expr>.acquire(...)`` waits for ``<expr>``; a frame on a line inside that ``with`` block, or
@@ -152,7 +154,7 @@ class Graph:
     def into(self, key: str) -> list[Edge]:
         return [e for e in self.edges if e.holder == key]
 
-    def mapping(self) -> dict[str, Any]:
+    def mapping_record(self) -> dict[str, Any]:
         """Return how the backends of the dumped processes were mapped, and the waits left open for
         lack of a mapping (what would close each)."""
         gaps = []
@@ -176,7 +178,7 @@ class Graph:
                 "idle_in_tx_s": _xact_age(self.nodes[k]) if self.nodes[k].idle_in_transaction else None,
             } for k in sorted(used)},
             "edges": [e.record() for e in self.edges],
-            "mapping": self.mapping(),
+            "mapping": self.mapping_record(),
         }
 
 
