@@ -252,9 +252,14 @@ def test_watch_json_lines_carry_the_findings_of_the_processes_it_reads(server, w
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert all("findings" in line for line in seen)
-    assert set(found) == {"kind", "threads", "text"}
+    assert set(found) == {"kind", "threads", "text", "proof", "candidates", "holder", "waiters"}
+    assert found["waiters"] == 4 and found["holder"]["tid"] == info["threads"]["emitter"]["tid"]
+    assert found["proof"] == "proven" and found["candidates"] == []
     assert {t["pid"] for t in found["threads"]} == {info["pid"]}
-    assert set(found["threads"][0]) == {"pid", "tid", "function", "file", "line", "backend_pid"}
+    assert set(found["threads"][0]) == {"pid", "tid", "function", "file", "line", "backend_pid", "mapped_by",
+                                        "comment"}
+    assert found["threads"][0]["mapped_by"] == "application_name"
+    assert seen[-1]["mapping"]["application_name"] == 6
     assert found["threads"][0]["tid"] == info["threads"]["emitter"]["tid"]
 
 
@@ -271,6 +276,31 @@ def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
     assert "1. 4 threads with open transactions wait" in shown([finding])
     assert "findings: none" in shown([])
     assert "findings" not in shown(None)  # no py-spy target: nothing to say about Python waits
+    mapping = {"text": "3 backends of the dumped processes: 0 by application_name, 1 by socket, 1 by "
+                       "elimination, 1 not mapped",
+               "open": ["backend 7 waits for a lock held by backend 8 of pid 9, whose thread is not "
+                        "known: ..."],
+               "problems": ["pid 9: permission denied reading /proc/9/mem: run as root"]}
+    console = Console(file=io.StringIO(), width=300)
+    console.print(render(tick, [], findings=[], mapping=mapping))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "findings: none" in text and f"mapping: {mapping['text']}" in text
+    assert "open: backend 7 waits for a lock held by backend 8 of pid 9" in text
+    assert "socket evidence: pid 9: permission denied" in text
+    inferred = {"kind": "cross_layer_deadlock", "text": "Cross-layer deadlock", "proof": "inferred",
+                "threads": [{"backend_pid": 5, "mapped_by": "socket",
+                             "comment": {"controller": "JobViewSet"}}],
+                "candidates": [{"backend_pid": 6, "candidates": [{"tid": 11}, {"tid": 12}]}]}
+    assert "inferred: backend 6 is held by one of threads 11, 12" in shown([inferred])
+    assert "backend 5: mapped by socket; controller=JobViewSet" in shown([inferred])
+    backend = {"pid": 5, "state": "idle in transaction", "xact_age": 3.0, "state_age": 3.0, "app": "",
+               "query": "UPDATE t",
+               "comment": None, "blocked_by": [], "wait_event_type": None, "wait_event": None}
+    roots = {**tick, "roots": [{"pid": 5, "blocks": 1}]}
+    console = Console(file=io.StringIO(), width=300)
+    console.print(render(roots, [backend], findings=[], threads={5: {
+        "pid": 7, "tid": 12, "function": "save", "mapped_by": "socket", "candidates": []}}))
+    assert "thread 12 of pid 7 in `save` (socket)" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
 SERVER_SOURCE = (

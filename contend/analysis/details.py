@@ -26,6 +26,8 @@ class Blocker:
     max_xact_age_s: float | None
     states: tuple[str, ...]
     attribution: dict[str, Any] | None
+    code: str = ""
+    """Its sqlcommenter comment in words (``controller=… route=…``), when the statements carried one."""
 
 
 def blocked_seconds(run: VariantRun) -> float:
@@ -57,6 +59,7 @@ def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
         max_blocks=("blocks", "max"),
         max_age=("xact_age", "max"),
         query=("query", "first"),
+        code=("code", "first"),
     )
     table = table.sort_values("blocked_s", ascending=False).head(limit)
     by_fp: dict[str, dict[str, Any]] = {}
@@ -78,6 +81,7 @@ def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
                 max_xact_age_s=None if pd.isna(age) else float(age),
                 states=states,
                 attribution=by_fp.get(str(fp)),
+                code=str(row["code"]) if isinstance(row["code"], str) else "",
             )
         )
     return out

@@ -12,6 +12,7 @@ from contend.analysis.findings import comparison, variant_findings, variant_sent
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 from contend.analysis.waits import coverage, wait_metrics
 from contend.diagnosis import findings as graph_findings
+from contend.diagnosis import mapping as backend_mapping
 from contend.metrics import METRICS, PHASE_SPLIT
 from contend.stats import bootstrap_interval, is_timeout, quantile
 
@@ -376,6 +377,9 @@ def summarize(run: RunData) -> dict[str, Any]:
             entry["notes"] = notes
         measured = [r for r in reps if r.status != "failed"]
         entry["findings"] = variant_findings(measured[0]) if measured else []
+        mapped = backend_mapping.over_run(measured[0].waitgraph) if measured else None
+        if mapped is not None:
+            entry["mapping"] = mapped
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():

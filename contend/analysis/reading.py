@@ -21,6 +21,7 @@ import pandas as pd
 import psutil
 
 from contend.analysis.waits import Wait, waits_from_ticks
+from contend.diagnosis import sqlcomment
 from contend.errors import ConfigError
 from contend.jsonl import read_jsonl
 from contend.pglog import ServerLog, read_server_log
@@ -52,7 +53,7 @@ TICK_COLUMNS = (
     "late_ms",
     "blocking_calls",
 )
-ROOT_COLUMNS = ("t", "dt", "pid", "blocks", "state", "app", "xact_age", "fingerprint", "query")
+ROOT_COLUMNS = ("t", "dt", "pid", "blocks", "state", "app", "xact_age", "fingerprint", "query", "code")
 NATS_COLUMNS = (
     "t",
     "stream",
@@ -261,6 +262,7 @@ def _roots_frame(tick_rows: list[dict[str, Any]], ticks: pd.DataFrame) -> pd.Dat
                     "xact_age": root.get("xact_age"),
                     "fingerprint": root.get("fingerprint") or root.get("query") or "?",
                     "query": root.get("query"),
+                    "code": sqlcomment.words(root.get("comment")) or None,
                 }
             )
     return _frame(rows, ROOT_COLUMNS)

@@ -37,22 +37,38 @@ def of_graph(graph: Graph, timeouts: Mapping[str, float | None] | None = None) -
 
 
 def cycles(graph: Graph) -> list[list[Edge]]:
-    """Return one cycle of edges per Python edge that closes a cycle through a database edge."""
-    out_edges: dict[str, list[Edge]] = {}
-    for edge in graph.edges:
-        if edge.holder is not None:
-            out_edges.setdefault(edge.waiter, []).append(edge)
+    """Return one cycle of edges per Python edge that closes a cycle through a database edge: made of
+    proven edges where it can be, else through inferred ones (edges through candidate threads)."""
     found: dict[frozenset[str], list[Edge]] = {}
-    for start in graph.edges:
-        if start.layer != "python" or start.holder is None:
-            continue
-        path = _path(out_edges, start.holder, start.waiter)
-        if path is None:
-            continue
-        cycle = [start, *path]
-        if any(e.layer == "db" for e in cycle):
-            found.setdefault(frozenset(e.waiter for e in cycle), cycle)
+    for proven_only in (True, False):
+        usable = [e for e in graph.edges if e.holder is not None and (e.proof == "proven" or not proven_only)]
+        out_edges: dict[str, list[Edge]] = {}
+        for edge in usable:
+            out_edges.setdefault(edge.waiter, []).append(edge)
+        for start in usable:
+            if start.layer != "python":
+                continue
+            path = _path(out_edges, str(start.holder), start.waiter)
+            if path is None:
+                continue
+            cycle = [start, *path]
+            nodes = {e.waiter for e in cycle}
+            # the same cycle seen through a candidate thread and through its backend is one cycle
+            nodes |= {c for e in cycle for c in e.candidates} if not proven_only else set()
+            if any(e.layer == "db" for e in cycle) and not any(nodes >= k for k in found):
+                found.setdefault(frozenset(nodes), cycle)
     return list(found.values())
+
+
+def proof(graph: Graph, edges: Sequence[Edge]) -> dict[str, Any]:
+    """Return ``proof`` (``proven`` when every edge is) and, per backend mapped to several threads,
+    its candidates."""
+    through = {e.waiter for e in edges} | {str(e.holder) for e in edges}
+    candidates = [{"backend_pid": (graph.nodes[k].backend or {}).get("pid"),
+                   "candidates": [graph.nodes[c].site() for c in graph.nodes[k].candidates]}
+                  for k in sorted(through) if k in graph.nodes and graph.nodes[k].candidates]
+    return {"proof": "proven" if all(e.proof == "proven" for e in edges) else "inferred",
+            "candidates": candidates}
 
 
 def _path(out_edges: Mapping[str, list[Edge]], source: str, target: str) -> list[Edge] | None:
@@ -121,7 +137,7 @@ def deadlocks(graph: Graph, timeouts: Mapping[str, float | None]) -> list[dict[s
                 f"{breaker(graph, cycle, timeouts)}")
         key = "|".join(sorted(e.waiter for e in cycle))
         findings.append(_finding("cross_layer_deadlock", key, graph, [e.waiter for e in cycle], text,
-                                 edges=[e.record() for e in cycle]))
+                                 edges=[e.record() for e in cycle], **proof(graph, cycle)))
     return findings
 
 
@@ -132,9 +148,21 @@ def lock_waiters(graph: Graph) -> dict[str, list[Edge]]:
     """Return Python lock identity -> the edges of the threads waiting for it."""
     by_lock: dict[str, list[Edge]] = {}
     for edge in graph.edges:
-        if edge.layer == "python" and edge.kind in LOCK_KINDS and edge.lock:
+        # an edge through a backend's candidate threads repeats the waits of those threads
+        if edge.layer == "python" and edge.kind in LOCK_KINDS and edge.lock and not edge.candidates:
             by_lock.setdefault(edge.lock, []).append(edge)
     return by_lock
+
+
+def xact_age(graph: Graph, key: str) -> float:
+    """Return how long a thread's transaction is open; for a candidate thread of backends mapped to
+    several threads, the youngest of those backends' (what is sure)."""
+    node = graph.nodes[key]
+    if node.backend is not None:
+        return float(node.backend.get("xact_age") or 0.0)
+    ages = [float(n.backend.get("xact_age") or 0.0) for n in graph.nodes.values()
+            if key in n.candidates and n.backend]
+    return min(ages, default=0.0)
 
 
 def convoys(graph: Graph) -> list[dict[str, Any]]:
@@ -145,7 +173,7 @@ def convoys(graph: Graph) -> list[dict[str, Any]]:
             continue
         holders = {e.holder for e in edges}
         holder = holders.pop() if len(holders) == 1 else None
-        ages = [graph.nodes[e.waiter].backend["xact_age"] or 0.0 for e in in_tx]  # type: ignore[index]
+        ages = [xact_age(graph, e.waiter) for e in in_tx]
         if holder is None:
             who = f"an unknown holder ({edges[0].inferred})"
         else:
@@ -154,7 +182,8 @@ def convoys(graph: Graph) -> list[dict[str, Any]]:
                 f"{edges[0].what}, held by {who}.")
         threads = ([holder] if holder else []) + [e.waiter for e in in_tx]
         findings.append(_finding("python_lock_convoy", lock, graph, threads, text, waiters=len(in_tx),
-                                 holder=graph.nodes[holder].site() if holder else None))
+                                 holder=graph.nodes[holder].site() if holder else None,
+                                 **proof(graph, edges)))
     return findings
 
 
@@ -164,7 +193,16 @@ def convoys(graph: Graph) -> list[dict[str, Any]]:
 def blocked_in_app(graph: Graph, key: str) -> bool:
     """Tell whether a thread idle in transaction is held up in the application (not running)."""
     node = graph.nodes[key]
+    if node.idle_in_transaction and node.candidates:  # every candidate thread is held up
+        return all(c in graph.nodes and _held_up(graph, c) for c in node.candidates)
     if not node.idle_in_transaction or node.tid is None or not node.frames:
+        return False
+    return _held_up(graph, key)
+
+
+def _held_up(graph: Graph, key: str) -> bool:
+    node = graph.nodes[key]
+    if not node.frames:
         return False
     if any(e.layer == "python" for e in graph.out(key)):
         return True
@@ -187,7 +225,7 @@ def idle_waiting_on_app(graph: Graph) -> list[dict[str, Any]]:
                 f"{float(node.backend.get('xact_age') or 0):.1f} s: its {describe(graph, key)} is blocked "
                 f"{where}, and {activity(graph, key)}.")
         findings.append(_finding("idle_in_tx_waiting_on_app", f"{key}|{site['function']}", graph, [key], text,
-                                 blocks=len(blocked)))
+                                 blocks=len(blocked), **proof(graph, blocked)))
     return findings
 
 
@@ -229,6 +267,10 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             entry["last_seen"] = record["t"]
             entry["samples"] += 1
             if size >= entry["size_max"]:  # keep the words of the worst moment
-                entry.update(size_max=size, threads=found.get("threads"), text=found.get("text"))
+                entry.update(size_max=size, threads=found.get("threads"), text=found.get("text"),
+                             candidates=found.get("candidates") or [])
+            # proven once, proven: a moment whose mapping was weaker does not undo it
+            proven = entry.get("proof") == "proven" or found.get("proof", "proven") == "proven"
+            entry["proof"] = "proven" if proven else "inferred"
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(merged.values(), key=lambda f: (order.get(f["kind"], 99), -f["samples"], f["first_seen"]))

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from contend.diagnosis.waitgraph import Sources
+from contend.diagnosis.sources import Sources
 
 # How the threads of a role are named in a sentence ("7 of 8 result workers ...").
 ROLE_LABELS = {"worker": "result workers", "web": "web threads"}

@@ -149,6 +149,9 @@ def _graph_cost(records: list[dict[str, Any]]) -> str:
         cpu = sum(float(r.get("locals_cpu_s") or 0.0) for r in records)
         text += (f", {dumps:,} py-spy dumps with locals for them ({fmt(cpu)} s CPU, "
                  f"{fmt(cpu / dumps * 1000)} ms each)")
+    sockets_s = sum(float(r.get("sockets_s") or 0.0) for r in records)
+    if sockets_s:
+        text += f", {fmt(sockets_s)} s reading which threads wait on which socket for them"
     return text
 
 
@@ -171,6 +174,7 @@ def variant_context(
                 if len(b.fingerprint) <= FINGERPRINT_CHARS
                 else b.fingerprint[:FINGERPRINT_CHARS] + " …",
                 "example": b.query[:300] if b.query != b.fingerprint else "",
+                "code": b.code,
                 "states": b.states,
                 "attribution": att,
                 "blocked_s": fmt(b.blocked_s),
@@ -196,6 +200,7 @@ def variant_context(
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
         "findings": entry.get("findings_text", []),
+        "mapping": entry.get("mapping"),
         "notes": entry.get("notes", []),
     }
 

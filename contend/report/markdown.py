@@ -40,6 +40,8 @@ def render_markdown(
     lines += ["", "**Findings**", ""]
     for name, entry in summary["variants"].items():
         text = " ".join(entry.get("findings_text") or ["no findings recorded."])
+        if entry.get("mapping"):
+            text += f" Backends to threads: {entry['mapping']['text']}."
         lines.append(f"- `{_md(name)}`: {_md(text)}")
     lines.append("")
     varying = differing(summary)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,13 +46,18 @@ def py_spy_binary() -> str:
     return found
 
 
+CONNECTION_REPR = re.compile(r"<(?:[\w.]+\.)?(?:Connection|AsyncConnection|connection) ")
+
+
 def _frame(frame: dict[str, Any]) -> dict[str, Any]:
     out = {"name": frame.get("name"), "filename": frame.get("filename"), "line": frame.get("line")}
-    # dump --locals: addresses tell objects apart; only self's repr (its class) is kept
+    # dump --locals: addresses tell objects apart; only the repr (the class) of self and of a database
+    # connection is kept (a connection in a frame tells the thread may be in a transaction)
     if frame.get("locals") is not None:
         out["locals"] = [
             {"name": var.get("name"), "addr": var.get("addr")}
-            | ({"repr": str(var.get("repr") or "")[:80]} if var.get("name") == "self" else {})
+            | ({"repr": str(var.get("repr") or "")[:80]}
+               if var.get("name") == "self" or CONNECTION_REPR.match(str(var.get("repr") or "")) else {})
             for var in frame.get("locals") or ()
         ]
     return out

@@ -211,7 +211,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         cross.on_dumps(records)  # the graph is built whenever stacks are taken
 
     spy = pyspy.PySpySampler(
-        targets, dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
+        targets,
+        dumper=cross.reading_sockets(functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking)),
         on_warning=lambda message: log.warning("py-spy: %s", message), write=dumped,
         min_interval_s=config.pyspy_interval_s, max_per_s=config.pyspy_max_per_s,
         baseline_s=config.pyspy_baseline_s,
