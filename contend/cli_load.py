@@ -40,11 +40,12 @@ def _run_load_command(kind: str, params: dict[str, Any], url: str, allow_remote:
     from rich.console import Console
 
     from contend.load import LoadTarget, make_plan, run_load
-    from contend.load.config import workload_from
+    from contend.load.config import CommandLoad, workload_from
     from contend.load.launcher import read_token_for
     from contend.load.table import summary_table
 
     workload = workload_from({"kind": kind, **{k: v for k, v in params.items() if v is not None}})
+    assert not isinstance(workload, CommandLoad), "contend load sends contend's own workloads"
     target = LoadTarget(base_url=url, token_env=token_env, allow_remote=allow_remote, **target_extra)
     make_plan([workload], target)  # every input checked before a run folder exists
     read_token_for(target)

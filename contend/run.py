@@ -31,7 +31,8 @@ import yaml
 from contend import __version__
 from contend.errors import ContendError, Interrupted, StackError
 from contend.gate import gate_run
-from contend.load import LoadProgress, LoadTarget, run_load
+from contend.load import LoadProgress, LoadTarget
+from contend.load.command import run_workloads
 from contend.redact import redact_message
 from contend.run_targets import command_target, embedded_target, external_target
 from contend.runfolder import run_folder
@@ -183,6 +184,7 @@ def run_variant(
             load_target, sampler = external_target(scenario, target)
         phases.end("stack_up")
         watch = _Watch(stack, stop) if command is None else _Watch(command, stop, logs="target/")
+        load_failed: str | None = None
 
         def on_progress(progress: LoadProgress) -> None:
             watch.check()
@@ -199,8 +201,8 @@ def run_variant(
                 if observer:
                     observer.phase("load")
                 phases.begin("load")
-                run_load(variant.workloads, load_target, folder / "load", progress=on_progress,
-                         stop=watch.halt)
+                _, load_failed = run_workloads(variant.workloads, load_target, folder / "load",
+                                               progress=on_progress, stop=watch.halt)
                 phases.end("load")
             if not watch.halt.is_set():
                 _drain(scenario, stack, sampler, load_target, watch, observer, phases)
@@ -219,8 +221,8 @@ def run_variant(
         phases.begin("stack_down")
     if "stack_down" in phases.phases:
         phases.end("stack_down")
-    if watch.died:
-        return VariantOutcome(variant.name, folder, "failed", watch.died)
+    if watch.died or load_failed:
+        return VariantOutcome(variant.name, folder, "failed", watch.died or load_failed)
     return VariantOutcome(variant.name, folder)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from contend.errors import ChildExit, ConfigError, LoadError
-from contend.load.config import BatchedPost, Workload
+from contend.load.config import BatchedPost, Locustfile, LocustWorkload, PullWorkers
 from contend.load.plan import DEFAULT_TOKEN_VARS, TOKEN_ENV, Plan, PlannedWorkload, read_token
 from contend.load.records import LoadSummary, read_records
 from contend.stack.process import ManagedProcess, free_port
@@ -72,8 +72,26 @@ def read_token_for(target: LoadTarget) -> str:
     return token
 
 
+def optional_token(target: LoadTarget) -> str | None:
+    """Return the target's token when it has one (a locustfile or a command may do without)."""
+    try:
+        return read_token_for(target)
+    except ConfigError:
+        return None
+
+
+def target_environment(target: LoadTarget) -> dict[str, str]:
+    """Return what a user's own load learns of the target: CONTEND_BASE_URL, CONTEND_JOB_IDS and,
+    when the target has a token, CONTEND_TOKEN (in the environment only, never argv or files)."""
+    env = {"CONTEND_BASE_URL": target.base_url.rstrip("/"),
+           "CONTEND_JOB_IDS": ",".join(str(j) for j in target.job_ids)}
+    token = optional_token(target)
+    return env | ({"CONTEND_TOKEN": token} if token else {})
+
+
 def make_plan(
-    workloads: Sequence[Workload], target: LoadTarget, *, workers: int = 0, workers_timeout_s: float = 60.0
+    workloads: Sequence[LocustWorkload], target: LoadTarget, *, workers: int = 0,
+    workers_timeout_s: float = 60.0,
 ) -> Plan:
     """Check every input against the target (no traffic is sent) and return the plan to run."""
     check_target(target.base_url, target.allow_remote)
@@ -100,7 +118,14 @@ def make_plan(
                     )
             planned.append(PlannedWorkload(workload=w, job=job, pipeline_slug=target.pipeline_slug,
                                            image_ids=images))
-        else:
+        elif isinstance(w, Locustfile):
+            path = Path(w.path).resolve()
+            if not path.is_file():
+                raise ConfigError(f"locustfile {w.path}: no such file",
+                                  hint="the path is relative to the scenario file")
+            planned.append(PlannedWorkload(workload=w.model_copy(update={"path": str(path)}),
+                                           job_ids=tuple(target.job_ids)))
+        elif isinstance(w, PullWorkers):
             slug = w.pipeline_slug or target.pipeline_slug
             if not slug:
                 raise ConfigError("pull_workers needs a pipeline slug", hint="pass --pipeline SLUG")
@@ -118,7 +143,7 @@ class LoadRun:
 
     def __init__(
         self,
-        workloads: Sequence[Workload],
+        workloads: Sequence[LocustWorkload],
         target: LoadTarget,
         out_dir: Path,
         *,
@@ -131,7 +156,8 @@ class LoadRun:
             raise ConfigError("the number of remote workers must be >= 0")
         self.plan = make_plan(workloads, target, workers=load_workers + remote_workers,
                               workers_timeout_s=workers_timeout_s)
-        self.env = {**os.environ, TOKEN_ENV: read_token_for(target)}
+        token = read_token_for(target) if self.plan.needs_token else optional_token(target)
+        self.env = {**os.environ, **({TOKEN_ENV: token} if token else {})}
         self.out_dir = out_dir
         self.load_workers = load_workers
         self.master_bind = master_bind or f"127.0.0.1:{free_port()}"
@@ -236,7 +262,7 @@ class LoadRun:
 
 
 def run_load(
-    workloads: Sequence[Workload],
+    workloads: Sequence[LocustWorkload],
     target: LoadTarget,
     out_dir: Path,
     *,

@@ -32,7 +32,7 @@ from locust.exception import StopUser
 
 from contend.jsonl import dumps
 from contend.load import bodies
-from contend.load.config import BatchedPost, PullWorkers
+from contend.load.config import BatchedPost, Locustfile, PullWorkers
 from contend.load.plan import Plan, PlannedWorkload
 from contend.load.records import request_record
 
@@ -48,6 +48,9 @@ def users_of(planned: PlannedWorkload, workers: int) -> int:
     w = planned.workload
     if isinstance(w, PullWorkers):
         return w.pollers
+    if isinstance(w, Locustfile):
+        return w.users
+    assert isinstance(w, BatchedPost)
     if w.arrival_rate is not None:
         return max(1, workers)
     return w.concurrency
@@ -120,7 +123,7 @@ class Node:
             # Progress figures, so the hub need not parse lines: the live p95 is summary.json's
             # latency_p95_s so far (every result POST, a timed-out one with its timeout).
             "ok": len(ok),
-            "post_s": [r["t1"] - r["t0"] for r in records if r["kind"] == "result"],
+            "post_s": [r["t1"] - r["t0"] for r in records if r["kind"] in ("result", "request")],
             "results": sum(r["results"] for r in ok),
             "in_flight": self.in_flight,
             "final": final,
@@ -195,7 +198,7 @@ class Slot(User):
         try:
             if isinstance(planned.workload, BatchedPost):
                 BatchedPoster(node, node.plan, planned, self.slot, worker).run()
-            else:
+            elif isinstance(planned.workload, PullWorkers):
                 PullWorker(node, node.plan, planned, worker).run()
         finally:
             node.send("user_done", {"slot": self.slot})
