@@ -66,7 +66,7 @@ class Hub:
         self.files: dict[str, JsonlWriter] = {}
         self.in_flight: dict[str, int] = {}
         self.durations: list[float] = []
-        self.ok = self.failed = self.results = 0
+        self.ok = self.failed = self.results = self.iterations = 0
         self.started_at: float | None = None
         self.halted = False
 
@@ -95,6 +95,7 @@ class Hub:
         self.ok += data["ok"]
         self.failed += len(data["lines"]) - data["ok"]
         self.results += data["results"]
+        self.iterations += data.get("iterations", 0)
         if data["final"]:
             self.finals.add(worker)
 
@@ -112,6 +113,7 @@ class Hub:
             "in_flight": sum(self.in_flight.values()),
             "p95_s": quantile(self.durations, 0.95),  # result POSTs, failed ones included: latency_p95_s
             "results": self.results,
+            "iterations": self.iterations,
         }
         tmp = self.load_dir / "progress.json.tmp"
         tmp.write_text(json.dumps(progress))

@@ -56,6 +56,8 @@ class LoadProgress:
     in_flight: int
     p95_s: float | None
     results: int
+    iterations: int = 0
+    """Task runs of a locustfile's users so far."""
 
 
 def read_token_for(target: LoadTarget) -> str:
@@ -212,6 +214,7 @@ class LoadRun:
         return LoadProgress(
             state=p["state"], elapsed_s=max(0.0, p["t"] - started), requests_ok=p["ok"],
             requests_failed=p["failed"], in_flight=p["in_flight"], p95_s=p["p95_s"], results=p["results"],
+            iterations=p.get("iterations", 0),
         )
 
     def running(self) -> bool:

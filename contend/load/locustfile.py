@@ -24,6 +24,7 @@ from locust.user.task import TaskSet
 from locust.util.load_locustfile import load_locustfile
 
 from contend.errors import ConfigError
+from contend.load import users
 from contend.load.config import Locustfile
 from contend.load.plan import TOKEN_ENV, Plan, PlannedWorkload
 from contend.load.records import request_record
@@ -76,6 +77,8 @@ def _budgeted(task: Any, budget: Budget) -> Callable[[User], None]:
             task(user)
         user._contend_runs = getattr(user, "_contend_runs", 0) + 1  # type: ignore[attr-defined]
         budget.done_runs += 1
+        if users.NODE is not None:
+            users.NODE.iterations += 1
         if budget.spent(user):
             budget.stop(user)
 

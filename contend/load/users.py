@@ -83,6 +83,8 @@ class Node:
         self.halted = Event()
         self.records: list[dict[str, Any]] = []
         self.in_flight = 0
+        self.iterations = 0
+        """Task runs of a locustfile's users finished since the last shipment."""
         self.finished = False
         self.user_numbers = itertools.count()
         self.tasks_seen: set[tuple[int, str]] = set()
@@ -116,6 +118,7 @@ class Node:
             return
         records, self.records = self.records, []
         self.finished = final
+        iterations, self.iterations = self.iterations, 0
         ok = [r for r in records if r["error"] is None]
         self.send("records", {
             "worker": self.worker,
@@ -126,6 +129,7 @@ class Node:
             "post_s": [r["t1"] - r["t0"] for r in records if r["kind"] in ("result", "request")],
             "results": sum(r["results"] for r in ok),
             "in_flight": self.in_flight,
+            "iterations": iterations,
             "final": final,
         })
 

@@ -197,6 +197,8 @@ def variant_context(
         "cost": _cost(rep),
         "findings": entry.get("findings_text", []),
         "notes": entry.get("notes", []),
+        "by_name": [{k: v if k in ("name", "method") else fmt(v, k) for k, v in row.items()}
+                    for row in entry.get("requests_by_name") or []],
     }
 
 
