@@ -296,12 +296,13 @@ def run_remote_worker(master: str, log_dir: Path, *, allow_remote: bool = False,
     host, _, port = master.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--master must be HOST:PORT, got {master!r}")
-    token = read_token_for(LoadTarget(base_url="http://localhost", token_env=token_env))
+    # A locustfile may need no token: the worker checks when the plan comes (exit code NO_TOKEN).
+    token = optional_token(LoadTarget(base_url="http://localhost", token_env=token_env))
     argv = [sys.executable, "-m", "contend.load.child", "worker", "--master", master]
     if allow_remote:
         argv.append("--allow-remote")
     worker = ManagedProcess("load-worker", argv, log_dir / "worker.log", ready=lambda: True,
-                            env={**os.environ, TOKEN_ENV: token})
+                            env={**os.environ, **({TOKEN_ENV: token} if token else {})})
     with worker:
         assert worker.proc is not None
         code = worker.proc.wait()
