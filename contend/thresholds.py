@@ -97,6 +97,8 @@ def parse_threshold(text: str, tolerance: float | None = None, tolerance_abs: fl
     ref = cast(Ref | None, match["ref"])
     if match["label"] is not None:
         if metric not in NAMED:
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}{did_you_mean(metric, NAMED)}")
             raise ValueError(f"{metric!r} has no per-name figures; per name: {', '.join(NAMED)}")
         label = match["label"]
         metric = named_metric(metric, json.loads(label) if label.startswith('"') else label[1:-1])

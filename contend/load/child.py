@@ -168,6 +168,12 @@ def _user_done(slot: int) -> Callable[[], None]:
     return done
 
 
+def _load_failure(error: Exception) -> str:
+    if isinstance(error, ConfigError):
+        return error.message
+    return f"cannot load the locustfile: {type(error).__name__}: {error}"
+
+
 def _master_classes(plan: Plan) -> list[type[User]]:
     classes: list[type[User]] = []
     for i, planned in enumerate(plan.workloads):
@@ -204,8 +210,8 @@ def run_hub(plan: Plan, load_dir: Path, bind: str | None) -> int:
     """Run the standalone process (``bind`` None) or the master; return the exit code."""
     try:
         classes = _master_classes(plan)
-    except (ConfigError, ImportError, SyntaxError) as error:
-        log.error("cannot load the locustfile: %s", getattr(error, "message", error))
+    except Exception as error:  # the user's module code may raise anything while it loads
+        log.error("%s", _load_failure(error))
         return ChildExit.FAILED
     env = _environment(classes, plan.base_url)
     if bind is None:
@@ -272,7 +278,13 @@ def run_worker(master: str, allow_remote: bool) -> int:
             runner.quit()
             return
         _token(plan)
-        env.user_classes.extend(_own_classes(plan))  # before the master's spawn message, handled next
+        try:
+            env.user_classes.extend(_own_classes(plan))  # before the master's spawn message, handled next
+        except Exception as error:
+            log.error("%s", _load_failure(error))
+            refused.append(_load_failure(error))
+            runner.quit()
+            return
         node.handle("plan", msg.data)
 
     runner.register_message("plan", on_plan)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from contend.errors import ChildExit, ConfigError, LoadError
+from contend.errors import ChildExit, ConfigError, LoadError, StackError
 from contend.load.config import BatchedPost, Locustfile, LocustWorkload, PullWorkers
 from contend.load.plan import DEFAULT_TOKEN_VARS, TOKEN_ENV, Plan, PlannedWorkload, read_token
 from contend.load.records import LoadSummary, read_records
@@ -189,7 +189,11 @@ class LoadRun:
         self.hub = ManagedProcess("load-hub", argv, self.out_dir / "hub.log", ready=progress.exists,
                                   ready_timeout=60.0, env=self.env)
         try:
-            self.hub.start()
+            try:
+                self.hub.start()
+            except StackError as error:  # e.g. a locustfile that does not load
+                raise LoadError(f"the load process exited while starting{self._last_error()}",
+                                hint=error.hint) from None
             host, port = self.master_bind.rsplit(":", 1)
             connect = f"{'127.0.0.1' if host in ('0.0.0.0', '*', '') else host}:{port}"
             for i in range(self.load_workers):
@@ -255,9 +259,19 @@ class LoadRun:
                 hint=self.hub.log_tail(),
             )
         if code not in (ChildExit.OK, ChildExit.PARTIAL, None) and not (asked and self.stopped_early(code)):
-            raise LoadError(f"the load process exited with code {code}", hint=self.hub.log_tail())
+            raise LoadError(f"the load process exited with code {code}{self._last_error()}",
+                            hint=self.hub.log_tail())
         status = "ok" if code == ChildExit.OK else "partial"
         return LoadSummary.from_records(read_records(self.out_dir), status=status)
+
+    def _last_error(self) -> str:
+        """``": <message>"`` of the hub log's last ERROR line (a locustfile that does not load), or ""."""
+        try:
+            lines = (self.out_dir / "hub.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
+        return f": {errors[-1]}" if errors else ""
 
     def stopped_early(self, code: int | None) -> bool:
         # A negative code is a signal: ours when stop() ran before the hub exited by itself.
