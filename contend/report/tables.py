@@ -234,11 +234,15 @@ def headlines(summary: dict[str, Any]) -> list[str]:
             for k, label in HEADLINE
             if m.get(k) is not None or b.get(k) is not None
         ]
-        parts.insert(
-            3,
-            f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
-            f"{fmt(m.get('posts_ok'))}/{fmt(m.get('posts_total'))}",
-        )
+        if m.get("posts_total") or b.get("posts_total"):
+            parts.insert(
+                3,
+                f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
+                f"{fmt(m.get('posts_ok'))}/{fmt(m.get('posts_total'))}",
+            )
+        for request in request_names(summary)[:1]:  # your own load: its busiest request name
+            key = named_metric("latency_p95_s", request)
+            parts.append(f"{request} p95 (s) {fmt(b.get(key), key)} → {fmt(m.get(key), key)}")
         out.append(f"{name} vs {base_name}{status}: " + ", ".join(parts))
     return out
 
