@@ -21,6 +21,7 @@ from tests.test_run_external import server  # noqa: F401  the tiny server fixtur
 
 pytestmark = pytest.mark.integration  # starts the tiny server, the samplers and the program
 
+TOKEN = "own-command-token-3141"  # the program gets it as CONTEND_TOKEN and prints it
 PROGRAM = Path(__file__).parent / "data" / "load" / "command_load.py"
 SCENARIO = """\
 name: own-command
@@ -47,13 +48,15 @@ def _entry(result: RunResult) -> dict[str, Any]:
 
 def test_a_failing_command_fails_its_variant_with_its_last_lines(
         tmp_path: Path, stack: Stack, server: int, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setenv("ANTENNA_TOKEN", TOKEN)
     result = _run("fail", server, tmp_path, stack, monkeypatch)
     outcome = result.outcomes[0]
     assert outcome.status == "failed"
     assert "exited with code 3" in (outcome.reason or "")
     assert "giving up: the last words of the load" in (outcome.reason or "")
     log = result.run_dir / "variants" / "default" / "load" / "command-0.log"
-    assert "connecting to http://127.0.0.1" in log.read_text()
+    assert "connecting to http://127.0.0.1" in log.read_text() and "with ***" in log.read_text()
+    assert TOKEN not in log.read_text() and TOKEN not in (outcome.reason or "")
     assert _entry(result)["status"] == "failed"
 
 

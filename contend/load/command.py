@@ -10,6 +10,7 @@ the program's last lines. ``run_workloads`` runs the commands and the locust wor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from contend.load.config import AnyWorkload, CommandLoad, LocustWorkload
 from contend.load.launcher import LoadProgress, LoadTarget, run_load, target_environment
 from contend.load.records import LoadSummary, read_records
+from contend.stack.command import masked, tail
 from contend.stack.process import ManagedProcess
 
 RECORDS_ENV = "CONTEND_REQUEST_RECORDS"
@@ -34,7 +36,10 @@ class CommandRun:
         self.workload = workload
         self.log = out_dir / f"command-{index}.log"
         records = out_dir / f"requests-command-{index}.jsonl"
-        env = {**os.environ, **target_environment(target), **workload.env, RECORDS_ENV: str(records)}
+        given = target_environment(target)
+        env = {**os.environ, **given, **workload.env, RECORDS_ENV: str(records)}
+        self.secrets = [given["CONTEND_TOKEN"]] if "CONTEND_TOKEN" in given else []
+        """Masked in the program's log when it ends (a program may print what it was given)."""
         self.process = ManagedProcess(f"load-command-{index}", workload.run, self.log, ready=lambda: True,
                                       env=env, cwd=Path(workload.cwd) if workload.cwd else None)
         self.deadline = 0.0
@@ -52,6 +57,10 @@ class CommandRun:
 
     def stop(self) -> None:
         self.process.stop(timeout=10.0)
+        with contextlib.suppress(OSError):
+            text = self.log.read_text(errors="replace")
+            if any(secret in text for secret in self.secrets):
+                self.log.write_text(masked(text, self.secrets))
 
     def failure(self) -> str | None:
         """Why the command failed its variant (with its last lines), None when it exited with 0."""
@@ -64,7 +73,7 @@ class CommandRun:
             why = f"the load command {name} exited with code {code}"
         else:
             return None
-        return f"{why}; {self.process.log_tail(LAST_LINES)}"
+        return f"{why}; {tail(self.log, self.secrets, LAST_LINES)}"
 
 
 def run_workloads(

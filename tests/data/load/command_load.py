@@ -13,7 +13,7 @@ import urllib.request
 mode = sys.argv[1]
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 if mode == "fail":
-    print("connecting to", os.environ["CONTEND_BASE_URL"])
+    print("connecting to", os.environ["CONTEND_BASE_URL"], "with", os.environ.get("CONTEND_TOKEN"))
     print("giving up: the last words of the load", file=sys.stderr)
     sys.exit(3)
 with open(os.environ["CONTEND_REQUEST_RECORDS"] if mode == "records" else os.devnull, "a") as out:
