@@ -139,3 +139,12 @@ def test_a_locustfile_that_does_not_load_fails_the_load_saying_why(
     with pytest.raises(LoadError) as caught:
         run_load([workload], LoadTarget(base_url="http://127.0.0.1:9"), tmp_path / "load")
     assert said in caught.value.message
+
+
+def test_a_run_refuses_a_missing_locustfile_before_it_starts_anything(tmp_path: Path) -> None:
+    from contend.run import run_scenario
+
+    (tmp_path / "own.yaml").write_text(SCENARIO)
+    with pytest.raises(ConfigError, match=r"workloads\[0\].path: no locustfile .*load/locustfile.py"):
+        run_scenario(load_scenario(tmp_path / "own.yaml"), tmp_path / "reports")
+    assert not (tmp_path / "reports").exists()
