@@ -229,12 +229,13 @@ def headlines(summary: dict[str, Any]) -> list[str]:
         if all(v is None for v in m.values()):
             out.append(f"{name}{status}: no records")
             continue
+        posted = m.get("posts_total") or b.get("posts_total")
         parts = [
             f"{label} {fmt(b.get(k), k)} → {fmt(m.get(k), k)}"
             for k, label in HEADLINE
-            if m.get(k) is not None or b.get(k) is not None
+            if (m.get(k) is not None or b.get(k) is not None) and (posted or k not in POST_ROWS)
         ]
-        if m.get("posts_total") or b.get("posts_total"):
+        if posted:
             parts.insert(
                 3,
                 f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
