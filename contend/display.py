@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from contend.load import LoadProgress
-from contend.load.config import BatchedPost
+from contend.load.config import BatchedPost, Locustfile
 from contend.sample.nats import RESULTS_STREAM
 
 
@@ -33,17 +33,21 @@ class Planned:
     """POSTs of the workloads that run in rounds (rounds x concurrency); None when none does."""
     load_s: float | None
     """Seconds of the workloads that run for a duration (the longest); None when none does."""
+    iterations: int | None = None
+    """Task runs of a locustfile's users (users x iterations); None without one that counts them."""
 
 
 def planned(workloads: Iterable[Any]) -> Planned:
-    """Return the planned POSTs and load seconds of a variant's workloads."""
-    posts, seconds = 0, 0.0
+    """Return the planned POSTs, task runs and load seconds of a variant's workloads."""
+    posts, seconds, iterations = 0, 0.0, 0
     for w in workloads:
         if isinstance(w, BatchedPost) and w.rounds is not None:
             posts += w.rounds * w.concurrency
+        elif isinstance(w, Locustfile) and w.iterations is not None:
+            iterations += w.users * w.iterations
         elif (duration := getattr(w, "duration_s", None)) is not None:
             seconds = max(seconds, float(duration))
-    return Planned(posts or None, seconds or None)
+    return Planned(posts or None, seconds or None, iterations or None)
 
 
 def load_fraction(plan: Planned | None, progress: LoadProgress | None) -> float | None:
@@ -52,6 +56,8 @@ def load_fraction(plan: Planned | None, progress: LoadProgress | None) -> float 
         return None
     if plan.posts:
         return min(1.0, (progress.requests_ok + progress.requests_failed) / plan.posts)
+    if plan.iterations:
+        return min(1.0, progress.iterations / plan.iterations)
     if plan.load_s:
         return min(1.0, progress.elapsed_s / plan.load_s)
     return None
@@ -89,6 +95,8 @@ def progress_line(plan: Planned | None, progress: LoadProgress | None) -> str:
         return ""
     if plan.posts:
         done = f"POSTs {progress.requests_ok + progress.requests_failed} of {plan.posts}"
+    elif plan.iterations:
+        done = f"task runs {progress.iterations} of {plan.iterations}"
     else:
         done = f"load {progress.elapsed_s:.0f} s of {plan.load_s:.0f} s"
     return f"{done} {bar(fraction)} {fraction:4.0%}"

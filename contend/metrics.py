@@ -6,6 +6,8 @@ defines them. It imports nothing, so `contend validate` and `contend gate` need 
 
 from __future__ import annotations
 
+import json
+
 # Postgres and queue metrics cover the load and its drain ("whole": first request to the end of the
 # drain); each metric of PHASE_SPLIT also exists for the load alone and the drain alone.
 MEANINGS: dict[str, str] = {
@@ -72,6 +74,21 @@ for _metric in PHASE_SPLIT:
     MEANINGS[f"{_metric}_drain"] = f"{_metric}, drain only (last response to the workers idle)"
 
 METRICS: tuple[str, ...] = tuple(MEANINGS)
+
+NAMED: dict[str, str] = {
+    "requests_total": "requests of that name",
+    "requests_failed": "requests of that name with an error",
+    "latency_p50_s": "latency p50 of the requests of that name (s), failed ones included",
+    "latency_p95_s": "latency p95 of the requests of that name (s), failed ones included",
+    "latency_p99_s": "latency p99 of the requests of that name (s), failed ones included",
+    "latency_max_s": "latency max of the requests of that name (s)",
+}
+"""Metrics that also exist per request name of your own load: ``latency_p95_s{name="/api/orders"}``."""
+
+
+def named_metric(metric: str, name: str) -> str:
+    """Return the key of ``metric`` for the requests named ``name``: ``latency_p95_s{name="/x"}``."""
+    return f"{metric}{{name={json.dumps(name)}}}"
 
 # +1: a larger value is better; -1: a larger value is worse; 0: neither (for colouring deltas).
 BETTER: dict[str, int] = {m: -1 for m in METRICS} | {

@@ -29,9 +29,11 @@ from typing import Any, Protocol
 import yaml
 
 from contend import __version__
-from contend.errors import ContendError, Interrupted, StackError
+from contend.errors import ConfigError, ContendError, Interrupted, StackError
 from contend.gate import gate_run
-from contend.load import LoadProgress, LoadTarget, run_load
+from contend.load import LoadProgress, LoadTarget
+from contend.load.command import run_workloads
+from contend.load.config import CommandLoad, Locustfile
 from contend.redact import redact_message
 from contend.run_targets import command_target, embedded_target, external_target
 from contend.runfolder import run_folder
@@ -183,6 +185,7 @@ def run_variant(
             load_target, sampler = external_target(scenario, target)
         phases.end("stack_up")
         watch = _Watch(stack, stop) if command is None else _Watch(command, stop, logs="target/")
+        load_failed: str | None = None
 
         def on_progress(progress: LoadProgress) -> None:
             watch.check()
@@ -199,8 +202,8 @@ def run_variant(
                 if observer:
                     observer.phase("load")
                 phases.begin("load")
-                run_load(variant.workloads, load_target, folder / "load", progress=on_progress,
-                         stop=watch.halt)
+                _, load_failed = run_workloads(variant.workloads, load_target, folder / "load",
+                                               progress=on_progress, stop=watch.halt)
                 phases.end("load")
             if not watch.halt.is_set():
                 _drain(scenario, stack, sampler, load_target, watch, observer, phases)
@@ -219,8 +222,8 @@ def run_variant(
         phases.begin("stack_down")
     if "stack_down" in phases.phases:
         phases.end("stack_down")
-    if watch.died:
-        return VariantOutcome(variant.name, folder, "failed", watch.died)
+    if watch.died or load_failed:
+        return VariantOutcome(variant.name, folder, "failed", watch.died or load_failed)
     return VariantOutcome(variant.name, folder)
 
 
@@ -328,6 +331,7 @@ def run_scenario(
     keeps each variant's Postgres data directory and NATS store (else only their logs stay).
     """
     stop = stop or threading.Event()
+    _check_own_load(scenario)
     run_dir = run_folder(scenario.name, reports)
     (run_dir / "scenario.yaml").write_text(
         source if source is not None else yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
@@ -407,6 +411,17 @@ def run_scenario(
             meta["report_s"] = round(time.monotonic() - rendering, 3)
             _write_json(run_dir / "meta.json", meta)
     return result
+
+
+def _check_own_load(scenario: Scenario) -> None:
+    """Refuse, before anything starts, a locustfile or a command folder that is not there."""
+    for i, w in enumerate(scenario.workloads):
+        if isinstance(w, Locustfile) and not Path(w.path).is_file():
+            raise ConfigError(f"workloads[{i}].path: no locustfile {w.path}",
+                              hint="the path is relative to the scenario file")
+        if isinstance(w, CommandLoad) and w.cwd is not None and not Path(w.cwd).is_dir():
+            raise ConfigError(f"workloads[{i}].cwd: no folder {w.cwd}",
+                              hint="the folder is relative to the scenario file")
 
 
 def _save_variant_meta(folder: Path, vmeta: dict[str, Any], phases: Phases) -> None:

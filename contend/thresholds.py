@@ -7,6 +7,7 @@ A threshold reads as one line, ``<metric> <op> <limit>``:
     blocked_p95 <= 1x previous ±10%      relative to the same variant of an earlier run (--baseline)
     latency_p95_s <= 1.2x baseline at 95%   on the upper end of the 95 % bootstrap interval of the
                                          difference to the baseline (3+ repetitions of both)
+    latency_p95_s{name="/api/orders"} < 1   the requests of one name of your own load (NAMED metrics)
 
 The scenario validates its threshold entries with ``parse_threshold``; the gate evaluates them. Both
 import this module, neither imports the other for it.
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from contend.metrics import METRICS
+from contend.metrics import METRICS, NAMED, named_metric
 
 Op = Literal["<", "<=", ">", ">=", "=="]
 Ref = Literal["baseline", "previous"]
@@ -29,6 +31,7 @@ Ref = Literal["baseline", "previous"]
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _SYNTAX = re.compile(
     rf"""^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*
+    (?:\{{\s*name\s*=\s*(?P<label>"(?:[^"\\]|\\.)*"|'[^']*')\s*\}}\s*)?
     (?P<op><=|>=|==|<|>)\s*
     (?P<number>{_NUMBER})?\s*
     (?P<times>[x×*])?\s*
@@ -92,7 +95,14 @@ def parse_threshold(text: str, tolerance: float | None = None, tolerance_abs: fl
         raise ValueError(f"cannot read threshold {text!r}; expected {SYNTAX_HELP}")
     metric, number = match["metric"], match["number"]
     ref = cast(Ref | None, match["ref"])
-    if metric not in METRICS:
+    if match["label"] is not None:
+        if metric not in NAMED:
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}{did_you_mean(metric, NAMED)}")
+            raise ValueError(f"{metric!r} has no per-name figures; per name: {', '.join(NAMED)}")
+        label = match["label"]
+        metric = named_metric(metric, json.loads(label) if label.startswith('"') else label[1:-1])
+    elif metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}")
     if ref is None and (number is None or match["times"]):
         raise ValueError(f"threshold {text!r} needs a number, or '<factor>x baseline|previous'")

@@ -108,9 +108,10 @@ MISTAKES = [
      "s.yaml:3: workloads[0]: give exactly one of rounds or duration_s", None),
     ("name: x\nworkloads:\n  - kind: batched_pots\n",
      "s.yaml:3: workloads[0].kind: unknown kind 'batched_pots'; expected one of 'batched_post', "
-     "'pull_workers'", None),
+     "'pull_workers', 'locustfile', 'command'", None),
     ("name: x\nworkloads:\n  - batch: 5\n",
-     "s.yaml:3: workloads[0]: missing 'kind' (one of batched_post, pull_workers)", None),
+     "s.yaml:3: workloads[0]: missing 'kind' (one of batched_post, pull_workers, locustfile, command)",
+     None),
     ("name: x\nworkloads: []\n",
      "s.yaml:2: workloads: List should have at least 1 item after validation, not 0", None),
     ("workloads:\n  - kind: batched_post\n", "s.yaml:1: name: missing required key", None),

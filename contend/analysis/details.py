@@ -63,9 +63,15 @@ def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
     )
     table = table.sort_values("blocked_s", ascending=False).head(limit)
     by_fp: dict[str, dict[str, Any]] = {}
+
+    def rank(rec: dict[str, Any]) -> tuple[bool, float]:
+        # A record with its holder's stack first (a short-held row's holders are dumped only now
+        # and then, the per-process dump budget), then the one that stayed root longest.
+        return rec.get("stack") is not None, float(rec.get("root_for_s") or 0)
+
     for rec in run.attribution:
         fp = rec.get("fingerprint") or rec.get("query")
-        if fp and (fp not in by_fp or (rec.get("root_for_s") or 0) > (by_fp[fp].get("root_for_s") or 0)):
+        if fp and (fp not in by_fp or rank(rec) > rank(by_fp[fp])):
             by_fp[str(fp)] = rec
     out = []
     for fp, row in table.iterrows():

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from contend.analysis.findings import comparison, variant_findings, variant_sentences
+from contend.analysis.names import name_metrics, name_rows
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 from contend.analysis.waits import coverage, wait_metrics
 from contend.diagnosis import findings as graph_findings
@@ -179,6 +180,7 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         **phase_metrics(run),
         **graph_metrics(run),
         **image_metrics(req),
+        **name_metrics(run),
     }
     if req.empty:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
@@ -343,11 +345,13 @@ def summarize(run: RunData) -> dict[str, Any]:
     for name, reps in run.variants.items():
         # A variant that failed has no figures: none in a comparison, a finding or a threshold.
         per_rep = [dict.fromkeys(METRICS) if r.status == "failed" else variant_metrics(r) for r in reps]
+        # METRICS, then the per-name ones of your own load's requests (absent without them).
+        keys = [*METRICS, *sorted({k for m in per_rep for k in m if k not in METRICS})]
         samples[name] = {metric: [float(m[metric]) for m in per_rep if m.get(metric) is not None]  # type: ignore[arg-type]
-                         for metric in METRICS}
+                         for metric in keys}
         metrics: dict[str, Any] = {}
         spread: dict[str, list[float]] = {}
-        for metric in METRICS:
+        for metric in keys:
             value, rng = _combine([m.get(metric) for m in per_rep])
             metrics[metric] = _clean(value)
             if len(reps) > 1 and rng is not None:
@@ -380,6 +384,8 @@ def summarize(run: RunData) -> dict[str, Any]:
         mapped = backend_mapping.over_run(measured[0].waitgraph) if measured else None
         if mapped is not None:
             entry["mapping"] = mapped
+        if measured and (rows := name_rows(measured[0])):
+            entry["requests_by_name"] = [{k: _clean(v) for k, v in row.items()} for row in rows]
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():
@@ -410,6 +416,9 @@ def summarize(run: RunData) -> dict[str, Any]:
         elif base is not None and name != run.baseline:
             text.append(comparison(run.baseline, run.variants[run.baseline][0], base["findings"],
                                    name, first_rep, found))
+        if first_rep.load_commands and first_rep.requests.empty:
+            text.append("The load was a command that wrote no request records: request metrics "
+                        "(latency, failures, throughput) are absent; the Postgres figures cover its run.")
         entry["findings_text"] = text
     summary: dict[str, Any] = {
         "scenario": run.name,

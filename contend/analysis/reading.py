@@ -40,6 +40,8 @@ REQUEST_COLUMNS = (
     "dup_results",
     "worker",
     "job",
+    "name",
+    "method",
 )
 TICK_COLUMNS = (
     "t",
@@ -131,10 +133,17 @@ class VariantRun:
         return "interrupted" if status == "running" and self.interrupted else status
 
     @property
+    def load_commands(self) -> int:
+        """Command workloads of the load (``load/command-<k>.log``): a program of your own."""
+        return len(list((self.folder / "load").glob("command-*.log")))
+
+    @property
     def window(self) -> tuple[float, float] | None:
-        """The load window: first request start to last request end (None without requests)."""
+        """The load window: first request start to last request end (None without requests; the
+        load phase when the load was a command that wrote no records)."""
         if self.requests.empty:
-            return None
+            load = self.phase("load") if self.load_commands else None
+            return (float(load["start"]), float(load["end"])) if load is not None else None
         return float(self.requests["t0"].min()), float(self.requests["t1"].max())
 
     def phase(self, name: str) -> dict[str, Any] | None:

@@ -202,6 +202,8 @@ def variant_context(
         "findings": entry.get("findings_text", []),
         "mapping": entry.get("mapping"),
         "notes": entry.get("notes", []),
+        "by_name": [{k: v if k in ("name", "method") else fmt(v, k) for k, v in row.items()}
+                    for row in entry.get("requests_by_name") or []],
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from contend.analysis import Blocker
-from contend.report.tables import common_text, differing, flags_text, headlines, rows, verdict_rows
+from contend.report.tables import common_text, differing, flags_text, fmt, headlines, rows, verdict_rows
 
 
 def _md(text: str) -> str:
@@ -36,7 +36,14 @@ def render_markdown(
                 mark = " ✓" if cell.real else ""
                 text += f" ({cell.delta}{mark})"
             cells.append(_md(text))
-        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md(row.label)} | " + " | ".join(cells) + " |")
+    for name, entry in summary["variants"].items():
+        if by_name := entry.get("requests_by_name"):
+            lines += ["", f"**Requests by name: {_md(name)}**", "",
+                      "| name | requests | failed | p50 (s) | p95 (s) | p99 (s) |", "|---" * 6 + "|"]
+            lines += [f"| {_md(r['name'])} | {fmt(r['requests_total'])} | {fmt(r['requests_failed'])} | "
+                      f"{fmt(r['latency_p50_s'])} | {fmt(r['latency_p95_s'])} | {fmt(r['latency_p99_s'])} |"
+                      for r in by_name]
     lines += ["", "**Findings**", ""]
     for name, entry in summary["variants"].items():
         text = " ".join(entry.get("findings_text") or ["no findings recorded."])

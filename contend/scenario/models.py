@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import (
@@ -28,7 +29,7 @@ from pydantic import (
 )
 
 from contend.flags import FLAGS
-from contend.load.config import BatchedPost, PullWorkers, Workload
+from contend.load.config import BatchedPost, CommandLoad, Locustfile, PullWorkers, Workload
 from contend.scenario.variants import (
     KeyPath,
     Scalar,
@@ -312,7 +313,7 @@ class Scenario(_Model):
     target: Target = EmbeddedTarget()
     """The server under load: kind embedded (the default), external, or command (your own stack)."""
     workloads: Annotated[list[Workload], Field(min_length=1)]
-    """One or more workloads, run at the same time (kind: batched_post or pull_workers)."""
+    """One or more workloads, run at the same time (kind: batched_post, pull_workers, locustfile, command)."""
     warm_up_s: NonNegativeFloat = 5.0
     """Seconds of sampling before the load starts."""
     drain_timeout_s: NonNegativeFloat = 120.0
@@ -342,6 +343,25 @@ class Scenario(_Model):
         if isinstance(value, dict) and "kind" not in value:
             return {"kind": "embedded", **value}
         return value
+
+    @field_validator("workloads")
+    @classmethod
+    def _one_locustfile(cls, workloads: list[Workload]) -> list[Workload]:
+        if sum(isinstance(w, Locustfile) for w in workloads) > 1:
+            raise ValueError("at most one locustfile workload (list several user_classes of one file)")
+        return workloads
+
+    def resolved(self, folder: Path) -> Scenario:
+        """Return the scenario with its workloads' files and folders made absolute against ``folder``
+        (the scenario file's): a locustfile's path, a command's cwd."""
+        workloads: list[Workload] = []
+        for w in self.workloads:
+            if isinstance(w, Locustfile):
+                w = w.model_copy(update={"path": str(folder / w.path)})
+            elif isinstance(w, CommandLoad):
+                w = w.model_copy(update={"cwd": str(folder / (w.cwd or "."))})
+            workloads.append(w)
+        return self.model_copy(update={"workloads": workloads})
 
     @field_validator("variants")
     @classmethod

@@ -127,7 +127,8 @@ class Fixtures(BaseModel):
     pyspy_pids: dict[str, list[PositiveInt]] = {}
 
 
-def _masked(text: str, secrets: Sequence[str]) -> str:
+def masked(text: str, secrets: Sequence[str]) -> str:
+    """Return ``text`` with every value of ``secrets`` replaced by ``***``."""
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
@@ -141,7 +142,7 @@ def tail(path: Path, secrets: Sequence[str] = (), lines: int = LOG_LINES) -> str
         text = []
     if not text:
         return f"{path.name}: (no output)"
-    return f"last lines of {path.name}:\n" + "\n".join("    " + _masked(line, secrets) for line in text)
+    return f"last lines of {path.name}:\n" + "\n".join("    " + masked(line, secrets) for line in text)
 
 
 class CommandStack(Lifecycle):
@@ -325,7 +326,7 @@ class CommandStack(Lifecycle):
             with contextlib.suppress(OSError):
                 text = log.read_text(errors="replace")
                 if any(s in text for s in secrets):
-                    log.write_text(_masked(text, secrets))
+                    log.write_text(masked(text, secrets))
 
 
 def _last_json(text: str) -> str:
