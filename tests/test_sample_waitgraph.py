@@ -22,6 +22,7 @@ from rich.console import Console
 
 from contend.diagnosis import findings, waitgraph
 from contend.diagnosis.clients import Client
+from contend.report.waitpicture import finding_picture
 from contend.sample import crosslayer, pyspy
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
@@ -112,6 +113,19 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg
     assert "no timeout is set that would end it" in deadlock["text"]
     assert "LOCK" in deadlock["text"]
     assert findings.gauges(result["graph"])["idle_in_tx_blocked_in_app"] == 1
+    # The short words: what each thread holds and waits for, by function, and that nothing ends it.
+    first, second = (f"`{threads[info['threads'][name]['tid']]['function']}`"
+                     for name in ("row-first", "lock-first"))
+    lock, row = "`LOCK` (waitgraph_helper.py)", "a row of wg_rows"
+    end = " Nothing ends it: no Postgres timeout is set."
+    assert deadlock["short"] in (
+        f"{first} holds {row} and waits for {lock}; {second} holds that lock and waits for the row.{end}",
+        f"{second} holds {lock} and waits for {row}; {first} holds that row and waits for the lock.{end}")
+    assert deadlock["ends"] is None
+    assert {t["role"] for t in deadlock["threads"]} == {"web"}
+    assert all(t["xact_age_s"] is not None and t["waits_for"] for t in deadlock["threads"])
+    svg = finding_picture(deadlock)
+    assert svg is not None and "row_first" in svg and "update_row" in svg and "No Postgres timeout" in svg
 
 
 @pytest.mark.slow

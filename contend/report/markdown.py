@@ -9,8 +9,10 @@ from contend.report.tables import common_text, differing, flags_text, headlines,
 
 
 def _md(text: str) -> str:
-    """Keep text from the database from breaking a table cell or opening markup."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """Keep text from the database from breaking a table cell or opening markup, and readable as text:
+    ``|`` escaped, ``<`` backslash-escaped outside `code spans` (inside them markdown shows it as is)."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(part if i % 2 else part.replace("<", "\\<") for i, part in enumerate(parts))
 
 
 def render_markdown(
@@ -39,8 +41,8 @@ def render_markdown(
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += ["", "**Findings**", ""]
     for name, entry in summary["variants"].items():
-        text = " ".join(entry.get("findings_text") or ["no findings recorded."])
-        lines.append(f"- `{_md(name)}`: {_md(text)}")
+        lines.append(f"- `{_md(name)}`:")
+        lines += [f"  - {_md(text)}" for text in entry.get("findings_text") or ["no findings recorded."]]
     lines.append("")
     varying = differing(summary)
     for name in names:
