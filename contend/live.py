@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contend.diagnosis.findings import KINDS
+from contend.diagnosis.findings import KIND_WORDS, KINDS
 from contend.gate import evaluate
 from contend.sample.nats import RESULTS_STREAM
 from contend.stats import is_timeout
@@ -25,9 +25,6 @@ from contend.thresholds import Threshold, fmt_number
 
 _TICK_GAUGES = {"edges": "edges_max", "blocked": "blocked_max", "depth": "depth_max",
                 "idle_in_tx": "idle_in_tx_max"}
-KIND_WORDS = {"cross_layer_deadlock": "cross-layer deadlock", "python_lock_convoy": "Python lock convoy",
-              "idle_in_tx_waiting_on_app": "idle in transaction, blocked in the app",
-              "dominant_root_blocker": "dominant root blocker"}
 
 
 class Tail:

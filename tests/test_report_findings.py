@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,20 @@ def test_report_md_says_the_same_without_html_escapes(run_dir: Path) -> None:
     assert f"  - {on['findings_text'][1]}" in markdown.splitlines()
     assert "`job.<locals>.emit` holds a row of jobs_job" in markdown and "ends it. \\<b>" in markdown
     assert "&lt;" not in markdown
+
+
+def test_the_header_says_how_soon_each_kind_was_first_found(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    summary = summarize(run)
+    first = summary["variants"]["logs-on"]["first_finding_s"]
+    records = [json.loads(line) for line in (run_dir / "variants" / "logs-on" / "samples" /
+                                             "waitgraph.jsonl").read_text().splitlines()]
+    load_start = float(run.variants["logs-on"][0].requests["t0"].min())
+    deadlock_at = min(r["t"] for r in records
+                      if any(f["kind"] == "cross_layer_deadlock" for f in r["findings"]))
+    assert first["cross_layer_deadlock"] == pytest.approx(deadlock_at - load_start, abs=0.5)
+    page = render_html(run, summary, run_dir)
+    header = page[:page.index("<h2>Verdict</h2>")]
+    assert (f"Time to the first finding, from the load&#39;s start: logs-on: cross-layer deadlock "
+            f"{first['cross_layer_deadlock']:.1f} s, Python lock convoy {first['python_lock_convoy']:.1f} s."
+            ) in header

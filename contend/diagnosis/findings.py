@@ -23,6 +23,9 @@ from contend.diagnosis.clients import parse_app_name
 from contend.diagnosis.waitgraph import Edge, Graph, activity, describe, frame_state
 
 KINDS = ("cross_layer_deadlock", "python_lock_convoy", "idle_in_tx_waiting_on_app", "dominant_root_blocker")
+KIND_WORDS = {"cross_layer_deadlock": "cross-layer deadlock", "python_lock_convoy": "Python lock convoy",
+              "idle_in_tx_waiting_on_app": "idle in transaction, blocked in the app",
+              "dominant_root_blocker": "dominant root blocker"}
 LOCK_KINDS = ("lock", "handler lock")
 TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "transaction_timeout")
 

@@ -296,6 +296,7 @@ def _write_variant(
              "what": "a lock held by backend 1000", "lock": None, "inferred": "pg_blocking_pids",
              "thing": "a row of jobs_job"},
         ]
+        first: dict[str, float] = {}
         for s in range(0, int(duration_s), 2):
             waiters = int(8 * c * rng.random())
             found = []
@@ -340,6 +341,10 @@ def _write_variant(
                        "findings": found}
                   | ({"locals_dumps": 2, "locals_failed": 0, "locals_cpu_s": 0.04, "locals_wall_s": 0.05}
                      if s % 10 == 0 else {}))
+            for f in found:  # as the live figures record it: seconds from the load's start
+                first.setdefault(str(f["kind"]), float(s))
+    if first:
+        (folder / "meta.json").write_text(json.dumps(meta | {"first_finding_s": first}))
     with _writer(samples / "attribution.jsonl") as fh:
         if c > 0:
             for k in range(3):
