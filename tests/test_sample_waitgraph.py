@@ -26,7 +26,7 @@ from contend.report.waitpicture import finding_picture
 from contend.sample import crosslayer, pyspy
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
-from contend.sample.watch import render
+from contend.sample.watch import StackWatch, render
 from contend.stack import Stack
 from tests.conftest import CONTEND, wait_for
 
@@ -126,6 +126,39 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg
     assert all(t["xact_age_s"] is not None and t["waits_for"] for t in deadlock["threads"])
     svg = finding_picture(deadlock)
     assert svg is not None and "row_first" in svg and "update_row" in svg and "No Postgres timeout" in svg
+
+
+@pytest.mark.slow
+def test_a2_watch_shows_the_deadlock_seen_so_far_and_the_python_wait_in_the_tree(server, wg_dsn: str) -> None:
+    info = server("deadlock")
+    found(wg_dsn, info["pid"], "cross_layer_deadlock")
+    warnings: list[str] = []
+    stacks = StackWatch(wg_dsn, [info["pid"]], warnings.append)
+    conn = connect(wg_dsn)
+    try:
+        sampler = PgSampler(conn)
+        latest: dict[str, Any] = {}
+
+        def seen_twice() -> bool:
+            latest["tick"], latest["backends"] = sampler.tick()
+            stacks.update(latest["tick"], latest["backends"])
+            return any(f.seen >= 2 for f in stacks.seen.values() if f.kind == "cross_layer_deadlock")
+
+        wait_for(seen_twice, timeout=30, interval=0.2)
+    finally:
+        conn.close()
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    console.print(render(latest["tick"], latest["backends"], findings=stacks.findings, graph=stacks.graph))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    deadlock = next(f for f in stacks.seen.values() if f.kind == "cross_layer_deadlock")
+    assert f"cross-layer deadlock: row_first <-> update_row, seen {deadlock.seen}x: `row_first` holds" in text
+    # The forest: the row waiter's Postgres wait, and under the row holder its thread's Python wait.
+    row_first = info["threads"]["row-first"]
+    lines = text.splitlines()
+    holder = next(i for i, line in enumerate(lines) if f"pid {row_first['backend_pid']} " in line)
+    python = next(i for i, line in enumerate(lines) if "python: `row_first`" in line)
+    assert holder < python and "waits for `LOCK` (waitgraph_helper.py), held by `update_row`" in lines[python]
+    assert not warnings
 
 
 @pytest.mark.slow

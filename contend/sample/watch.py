@@ -4,7 +4,9 @@ Rendering is pure (``render`` turns one snapshot into rich renderables); ``watch
 loop around it. Read-only: the sampler's connection runs with ``default_transaction_read_only``.
 Given server processes (``pyspy_pids``, ``pyspy_pattern``), it also dumps their stacks whenever
 backends wait on a lock or sit idle in a transaction (at most once a second; with locals when the
-forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings.
+forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings, each
+with when it first appeared and how often it has been seen since, and the Python waits next to the
+Postgres ones in the forest.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from contend.errors import SamplerError
+from contend.live import LiveFinding
 from contend.sample.attribution import pids_matching
 from contend.sample.crosslayer import CrossLayer
 from contend.sample.pg import PgSampler, connect, session_timeouts
@@ -69,12 +72,42 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
     }
 
 
+def _thread_words(thread: Mapping[str, Any] | None) -> str:
+    if not thread:
+        return "an unknown holder"
+    backend = f", backend {thread['backend_pid']}" if thread.get("backend_pid") else ""
+    where = f"thread {thread.get('tid')} of pid {thread.get('pid')}{backend}"
+    return f"`{thread.get('function') or '?'}` ({where})"
+
+
+def python_waits(graph: Mapping[str, Any] | None) -> list[tuple[int | None, str]]:
+    """Return each Python edge of a wait-for graph record as (the waiter's backend pid, words):
+    ``python: `job_result` (thread ...) waits for the lock of logging handler JobLogHandler, held by
+    `_cachalot` (thread ...)``."""
+    if not graph:
+        return []
+    threads = graph.get("threads") or {}
+    out = []
+    for edge in graph.get("edges") or ():
+        if edge.get("layer") != "python":
+            continue
+        waiter = threads.get(edge["waiter"]) or {}
+        holder = threads.get(edge["holder"]) if edge.get("holder") else None
+        out.append((waiter.get("backend_pid"), f"python: {_thread_words(waiter)} waits for {edge['what']}, "
+                                              f"held by {_thread_words(holder)}"))
+    return out
+
+
 def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
            warnings: Sequence[str] = (),
-           findings: Sequence[Mapping[str, Any]] | None = None) -> RenderableType:
-    """Return the view of one snapshot: metrics line, findings, blocker forest, idle-in-transaction holders.
+           findings: Sequence[Mapping[str, Any]] | None = None,
+           graph: Mapping[str, Any] | None = None) -> RenderableType:
+    """Return the view of one snapshot: metrics line, findings, blocker forest with the Python waits
+    beside the Postgres ones, idle-in-transaction holders.
 
-    ``findings`` is None when no server process is watched with py-spy.
+    ``findings`` is None when no server process is watched with py-spy; a finding's ``line`` (when
+    set) says when it first appeared and how often it has been seen. ``graph`` is the wait-for graph
+    record of the latest stacks.
     """
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
@@ -92,14 +125,26 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     ))
     if findings:
         parts.append(Text("findings", style="bold"))
-        parts += [Text(f"  {i}. {f['text']}", style="red") for i, f in enumerate(findings, 1)]
+        for i, f in enumerate(findings, 1):
+            words = f.get("short") or f["text"]
+            text = f"  {i}. {f['line']}: {words}" if f.get("line") else f"  {i}. {words}"
+            parts.append(Text(text, style="red"))
     elif findings is not None:
         parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
                           style="dim"))
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
+    python: dict[int | None, list[str]] = {}
+    for backend_pid, words in python_waits(graph):
+        python.setdefault(backend_pid, []).append(words)
+    drawn: set[int] = set()
     for root in tick["roots"]:
         node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}"))
-        _add_waiters(node, root["pid"], children, by_pid, {root["pid"]})
+        _python(node, python.get(root["pid"]))
+        drawn.add(root["pid"])
+        _add_waiters(node, root["pid"], children, by_pid, {root["pid"]}, python, drawn)
+    for backend_pid, lines in python.items():  # Python waits of threads the forest does not show
+        if backend_pid not in drawn:
+            _python(forest, lines)
     parts.append(forest)
     if tick["locked_relations"]:
         parts.append(Text("root blockers hold locks on: " + ", ".join(tick["locked_relations"])))
@@ -116,15 +161,24 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     return Group(*parts)
 
 
+def _python(node: Tree, lines: Sequence[str] | None) -> None:
+    for line in lines or ():
+        node.add(Text(line, style="magenta"))
+
+
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
-                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int]) -> None:
+                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int],
+                 python: Mapping[int | None, list[str]], drawn: set[int]) -> None:
     for waiter in children.get(pid, ()):
         if waiter in seen:
             continue
         seen.add(waiter)
+        drawn.add(waiter)
         backend = by_pid.get(waiter)
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
-        _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
+        child = node.add(_label(backend, waiter, event))
+        _python(child, python.get(waiter))
+        _add_waiters(child, waiter, children, by_pid, seen, python, drawn)
 
 
 def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -147,6 +201,11 @@ class StackWatch:
         self.cross = CrossLayer(pids, timeouts, write=lambda records: None)
         self.warn = warn
         self.findings: list[dict[str, Any]] = []
+        self.graph: dict[str, Any] | None = None
+        """The wait-for graph record of the latest stacks (None while nothing waits)."""
+        self.seen: dict[tuple[str, str], LiveFinding] = {}
+        """Every finding since the watch began: when it first appeared, how often it has been seen."""
+        self.started = time.monotonic()
         self._last = float("-inf")
         self._warned = False
 
@@ -154,7 +213,7 @@ class StackWatch:
         """Take stacks when something waits (rate-limited); return the current findings."""
         self.cross.observe(tick, backends)
         if not (tick["blocked"] or tick["idle_in_tx"]) or not self.cross.pids:
-            self.findings = []
+            self.findings, self.graph = [], None
         elif time.monotonic() - self._last >= MIN_DUMP_INTERVAL_S:
             self._last = time.monotonic()
             with_locals = self.cross.locals_due() is not None
@@ -164,8 +223,20 @@ class StackWatch:
                 self.warn(f"py-spy could not read pids {self.cross.pids}: no findings (are they Python "
                           "processes? py-spy needs root or SYS_PTRACE)")
             record = self.cross.moment(records)
-            self.findings = record["findings"] if record else []
+            self.graph = record
+            self.findings = [self._seen(f) for f in (record["findings"] if record else [])]
         return self.findings
+
+    def _seen(self, found: dict[str, Any]) -> dict[str, Any]:
+        """Count the finding in the watch's history; return it with its ``line`` ("5.0 s ..., seen 3x")."""
+        ident = (str(found["kind"]), str(found["key"]))
+        entry = self.seen.get(ident)
+        if entry is None:
+            since = round(time.monotonic() - self.started, 1)
+            threads = list(found.get("threads") or ())
+            entry = self.seen[ident] = LiveFinding(ident[0], ident[1], since, 0, threads)
+        entry.seen += 1
+        return found | {"line": entry.line()}
 
 
 def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
@@ -198,7 +269,8 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             while True:
                 tick, backends = sampler.tick()
                 shown = stacks.update(tick, backends) if stacks else None
-                live.update(render(tick, backends, sampler.warnings, shown), refresh=True)
+                live.update(render(tick, backends, sampler.warnings, shown, stacks.graph if stacks else None),
+                            refresh=True)
                 time.sleep(interval)
     except KeyboardInterrupt:
         return
