@@ -235,7 +235,7 @@ class RunDisplay:
         """Keep every finding's line (seen so far) for the panel; print the new ones as they appear."""
         self.found = [f.line() for f in findings]
         for finding in new:
-            self.console.print(f"  finding: {finding.line()}", highlight=False, markup=False)
+            self.console.print(f"  finding: {finding.line()}", highlight=False, markup=False, soft_wrap=True)
         if new:
             self.live.refresh()
 
@@ -247,7 +247,7 @@ class RunDisplay:
         line += f", {self.finished_s[-1]:.0f} s"
         self.console.print(line, highlight=False, markup=False)
         for found in self.found:
-            self.console.print(f"    {found}", highlight=False, markup=False)
+            self.console.print(f"    {found}", highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:

@@ -62,7 +62,7 @@ def dominant_root_blocker(run: VariantRun) -> dict[str, Any] | None:
         statement = statement[:STATEMENT_CHARS] + " …"
     text = (f"The dominant root blocker, `{statement}` ({states}), caused {b.blocked_s / total:.0%} of "
             f"{total:.0f} blocked-seconds, up to {b.max_blocks} waiting")
-    text += f"; its holder was in {path}." if path else "; no stack of its holder was taken."
+    text += f"; its holder was in `{path}`." if path else "; no stack of its holder was taken."
     thread = {
         "pid": att.get("client_pid"), "tid": att.get("thread_id"), "backend_pid": att.get("backend_pid"),
         "function": inner.get("name"), "file": inner.get("filename"), "line": inner.get("line"), "path": path,

@@ -28,6 +28,10 @@ LOCK_STYLE = {"boxstyle": "round,pad=0.35", "facecolor": "#fff3bf", "edgecolor":
 ROW_STYLE = {"boxstyle": "round,pad=0.35", "facecolor": "#ffe8cc", "edgecolor": "#d9480f"}
 CYCLE, OTHER = "#c92a2a", "#495057"
 UNKNOWN = "unknown holder"
+SVG_DPI = 72
+"""The SVG backend's own: the boxes sized before the arrows are drawn keep their size when saved."""
+WAITERS_DRAWN = 4
+"""Threads waiting for one thing drawn each in its box; the rest are counted in one."""
 
 
 def _ms(ms: float) -> str:
@@ -53,40 +57,62 @@ def ends_text(ends: Mapping[str, Any] | None) -> str:
 
 
 def graph_of(finding: Mapping[str, Any]) -> nx.DiGraph[str]:
-    """The finding's threads and what they wait for, as a directed graph whose nodes and edges carry words."""
+    """The finding's threads and what they wait for, as a directed graph whose nodes and edges carry words.
+
+    Past ``WAITERS_DRAWN`` threads waiting for one thing, the rest are one box ("+5 more threads").
+    """
     graph: nx.DiGraph[str] = nx.DiGraph()
     cycle = finding.get("kind") == "cross_layer_deadlock"
     threads = {str(t.get("key") or f"{t.get('pid')}:{t.get('tid')}"): t for t in finding.get("threads") or ()}
-    for key, thread in threads.items():
-        graph.add_node(key, kind="thread", label=thread_label(thread), layer=0)
+
+    def thread(key: str) -> None:
+        if key not in graph:
+            label = key if key == UNKNOWN else f"thread {key}"
+            label = thread_label(threads[key]) if key in threads else label
+            graph.add_node(key, kind="thread", label=label, layer=0)
+
+    waiting: dict[str, int] = {}
     for edge in finding.get("edges") or ():
-        waiter, holder = str(edge["waiter"]), edge.get("holder")
-        holder = str(holder) if holder else UNKNOWN
+        waiter, holder = str(edge["waiter"]), str(edge.get("holder") or UNKNOWN)
         is_row = edge.get("layer") == "db"
         thing = str(edge.get("thing") or edge.get("what") or "?")
         resource = f"row held by {holder}" if is_row else f"lock {edge.get('lock') or thing} {holder}"
-        for key in (waiter, holder):
-            if key not in graph:
-                graph.add_node(key, kind="thread", label=key if key == UNKNOWN else f"thread {key}", layer=0)
+        waiting[resource] = waiting.get(resource, 0) + 1
+        if not cycle and waiting[resource] > WAITERS_DRAWN:
+            continue
+        thread(waiter)
+        thread(holder)
         graph.add_node(resource, kind="row" if is_row else "lock", label=thing, layer=1)
         graph.add_edge(waiter, resource, label="waits for", cycle=cycle)
         graph.add_edge(resource, holder, label="held by", cycle=cycle)
+    for resource, n in waiting.items():
+        if not cycle and n > WAITERS_DRAWN:
+            more = f"+{n - WAITERS_DRAWN} more {resource}"
+            graph.add_node(more, kind="thread", label=f"+{n - WAITERS_DRAWN} more threads", layer=0)
+            graph.add_edge(more, resource, label="wait for", cycle=False)
     for node in graph.nodes:  # columns for a finding without a cycle: waiters, things, holders
         if graph.nodes[node]["kind"] == "thread":
             graph.nodes[node]["layer"] = 2 if graph.in_degree(node) and not graph.out_degree(node) else 0
     return graph
 
 
-def layout(graph: nx.DiGraph[str], cycle: bool) -> dict[Any, Any]:
-    """A cycle on a circle, in the order its waits follow; otherwise columns left to right."""
+def layout(graph: nx.DiGraph[str], cycle: bool) -> dict[Any, tuple[float, float]]:
+    """A cycle on a circle, in the order its waits follow; otherwise columns left to right (waiters,
+    what they wait for, its holder), each column spread over the height."""
     if cycle:
         order = list(nx.find_cycle(graph)) if graph.number_of_edges() else []
         nodes = [u for u, _ in order] or list(graph.nodes)
         nodes += [n for n in graph.nodes if n not in nodes]
         ordered: nx.DiGraph[str] = nx.DiGraph()
         ordered.add_nodes_from(nodes)  # circular_layout places the nodes in this order
-        return dict(nx.circular_layout(ordered, scale=1.0))
-    return dict(nx.multipartite_layout(graph, subset_key="layer", align="vertical", scale=1.0))
+        return {n: (float(x), float(y)) for n, (x, y) in nx.circular_layout(ordered, scale=1.0).items()}
+    pos = nx.multipartite_layout(graph, subset_key="layer", align="vertical")
+    # multipartite_layout keeps the aspect of a tall column; the picture is wide: scale each axis.
+    xs, ys = [float(p[0]) for p in pos.values()], [float(p[1]) for p in pos.values()]
+    def fit(v: float, lo: float, hi: float, span: float) -> float:
+        return 0.0 if hi == lo else (2 * (v - lo) / (hi - lo) - 1) * span
+    return {n: (fit(float(x), min(xs), max(xs), 1.35), fit(float(y), min(ys), max(ys), 1.0))
+            for n, (x, y) in pos.items()}
 
 
 def picture(finding: Mapping[str, Any], title: str) -> str | None:
@@ -97,12 +123,12 @@ def picture(finding: Mapping[str, Any], title: str) -> str | None:
     cycle = finding.get("kind") == "cross_layer_deadlock"
     pos = layout(graph, cycle)
     rows = max(1, max(sum(1 for n in graph if graph.nodes[n]["layer"] == k) for k in (0, 1, 2)))
-    height = 5.6 if cycle else max(3.2, 1.25 * rows + 1.4)
-    fig = Figure(figsize=(WIDTH_IN, height))
+    height = 4.8 if cycle else max(2.6, 1.15 * rows + 1.2)
+    fig = Figure(figsize=(WIDTH_IN, height), dpi=SVG_DPI)
     ax = fig.add_axes((0.0, 0.08, 1.0, 0.84))
     ax.set_axis_off()
-    ax.set_xlim(-1.75, 1.75)
-    ax.set_ylim(-1.35, 1.35)
+    ax.set_xlim(-2.0, 2.0)
+    ax.set_ylim(-1.35, 1.35 if cycle else 1.45)
     boxes = {}
     for node, (x, y) in pos.items():
         data = graph.nodes[node]
@@ -110,7 +136,8 @@ def picture(finding: Mapping[str, Any], title: str) -> str | None:
         is_thread = data["kind"] == "thread"
         weight = "normal" if is_thread else "bold"
         boxes[node] = ax.text(x, y, data["label"], ha="center", va="center", bbox=style, zorder=3,
-                              fontsize=10.5 if is_thread else 11, fontweight=weight)
+                              fontsize=11.5 if is_thread else 12, fontweight=weight)
+    fig.draw_without_rendering()  # sizes the boxes, so that the arrows end at their borders
     for u, v, data in graph.edges(data=True):
         color = CYCLE if data["cycle"] else OTHER
         ax.annotate("", xy=pos[v], xytext=pos[u], zorder=2,
@@ -118,13 +145,17 @@ def picture(finding: Mapping[str, Any], title: str) -> str | None:
                                 "patchA": boxes[u].get_bbox_patch(), "patchB": boxes[v].get_bbox_patch(),
                                 "shrinkA": 4, "shrinkB": 4, "mutation_scale": 14,
                                 "connectionstyle": "arc3,rad=0.12" if cycle else "arc3,rad=0.0"})
-        (x0, y0), (x1, y1) = pos[u], pos[v]
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2, data["label"], ha="center", va="center", fontsize=9.5,
-                color=color, zorder=4, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
-                                             "edgecolor": "none", "alpha": 0.85})
-    fig.text(0.5, 0.965, title, ha="center", va="top", fontsize=11, fontweight="bold")
+        if cycle:  # in columns, the column heads say it once
+            (x0, y0), (x1, y1) = pos[u], pos[v]
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, data["label"], ha="center", va="center", fontsize=10.5,
+                    color=color, zorder=4, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                                                 "edgecolor": "none", "alpha": 0.85})
+    if not cycle:
+        for x, head in ((-1.35, "threads waiting"), (0.0, "wait for"), (1.35, "held by")):
+            ax.text(x, 1.3, head, ha="center", va="center", fontsize=10.5, color=OTHER, style="italic")
+    fig.text(0.5, 0.965, title, ha="center", va="top", fontsize=12.5, fontweight="bold")
     if cycle:
-        fig.text(0.5, 0.025, ends_text(finding.get("ends")), ha="center", va="bottom", fontsize=10,
+        fig.text(0.5, 0.025, ends_text(finding.get("ends")), ha="center", va="bottom", fontsize=11.5,
                  color=CYCLE)
     return to_svg(fig)
 
@@ -133,7 +164,7 @@ def to_svg(fig: Figure) -> str:
     """Return ``fig`` as an ``<svg>`` element to put in the page (text kept as text, no XML prologue)."""
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "contend"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        fig.savefig(buf, format="svg", dpi=SVG_DPI, metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # no reference outside
