@@ -28,7 +28,8 @@ broken flag's deadlock holds 4 edges, which "< 5" lets pass."""
 def _ci_smoke(tmp_path: Path, log_persist: bool) -> Path:
     data = yaml.safe_load(CI_SMOKE.read_text())
     data["target"]["flags"] = {"JOB_LOG_PERSIST_ENABLED": log_persist}
-    data["thresholds"] = [{"check": EDGES, "abort": True} if str(t).startswith("edges_max") else t
+    data["thresholds"] = [{"check": EDGES, "abort": True}
+                          if (t["check"] if isinstance(t, dict) else t).startswith("edges_max") else t
                           for t in data["thresholds"]]
     path = tmp_path / "ci-smoke.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
