@@ -10,7 +10,7 @@ import pytest
 from contend.analysis import load_run, summarize
 from contend.report.html import render_html
 from contend.report.markdown import render_markdown
-from contend.report.synthetic import make_run
+from contend.report.synthetic import SynthVariant, make_run
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,15 @@ def test_the_header_says_how_soon_each_kind_was_first_found(run_dir: Path) -> No
     assert (f"Time to the first finding, from the load&#39;s start: logs-on: cross-layer deadlock "
             f"{first['cross_layer_deadlock']:.1f} s, Python lock convoy {first['python_lock_convoy']:.1f} s."
             ) in header
+
+
+def test_a_stopped_variant_says_where_it_stopped(tmp_path: Path) -> None:
+    reason = "stopped at 2.5 s: edges_max 4 >= 3"
+    run_dir = make_run(tmp_path, (SynthVariant("logs-off", contention=0.05),
+                                  SynthVariant("logs-on", contention=0.9, status="stopped", reason=reason)),
+                       duration_s=20, backends=10, with_backends=False)
+    run = load_run(run_dir)
+    summary = summarize(run)
+    assert summary["variants"]["logs-on"]["status"] == "stopped"
+    assert f"<b>logs-on</b>: {reason.replace('>', '&gt;')}</div>" in render_html(run, summary, run_dir)
+    assert f"- **logs-on** {reason}" in render_markdown(summary, {}).splitlines()

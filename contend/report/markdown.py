@@ -22,7 +22,9 @@ def render_markdown(
     names = list(summary["variants"])
     lines = [f"## contend: {_md(title or summary['scenario'])} ({summary['status']})", ""]
     for name, entry in summary["variants"].items():
-        if entry["status"] != "ok":
+        if entry["status"] == "stopped" and entry["reason"]:
+            lines.append(f"- **{_md(name)}** {_md(entry['reason'])}")  # "stopped at 2.5 s: ..."
+        elif entry["status"] != "ok":
             lines.append(
                 f"- **{_md(name)}** {entry['status']}: {_md(entry['reason'] or 'no reason recorded')}"
             )
