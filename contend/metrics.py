@@ -90,6 +90,21 @@ def named_metric(metric: str, name: str) -> str:
     """Return the key of ``metric`` for the requests named ``name``: ``latency_p95_s{name="/x"}``."""
     return f"{metric}{{name={json.dumps(name)}}}"
 
+
+# Metrics whose value can only grow while a variant runs (maxima, counts, the longest wait), and which
+# ``contend.live`` follows as the records are written: a threshold ``<metric> < n`` on one of them is
+# lost for good the moment it fails, so ``abort: true`` may stop the variant there (docs/ci-gating.md).
+GROWING: tuple[str, ...] = (
+    "edges_max", "edges_max_load", "edges_max_drain",
+    "blocked_max", "blocked_max_load", "blocked_max_drain",
+    "depth_max", "depth_max_load", "depth_max_drain",
+    "idle_in_tx_max", "idle_in_tx_max_load", "idle_in_tx_max_drain",
+    "idle_in_tx_max_age_s", "lock_wait_max_s",
+    "queue_max", "queue_max_load", "queue_max_drain",
+    "timeouts", "requests_failed", "latency_max_s",
+    "cross_layer_deadlocks", "python_lock_waiters_max", "idle_in_tx_blocked_in_app_max",
+)
+
 # +1: a larger value is better; -1: a larger value is worse; 0: neither (for colouring deltas).
 BETTER: dict[str, int] = {m: -1 for m in METRICS} | {
     "posts_ok": 1,

@@ -22,10 +22,11 @@ from rich.console import Console
 
 from contend.diagnosis import findings, waitgraph
 from contend.diagnosis.clients import Client
+from contend.report.waitpicture import finding_picture
 from contend.sample import crosslayer, pyspy
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
-from contend.sample.watch import render
+from contend.sample.watch import StackWatch, render
 from contend.stack import Stack
 from tests.conftest import CONTEND, wait_for
 
@@ -112,6 +113,53 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg
     assert "no timeout is set that would end it" in deadlock["text"]
     assert "LOCK" in deadlock["text"]
     assert findings.gauges(result["graph"])["idle_in_tx_blocked_in_app"] == 1
+    # The short words: what each thread holds and waits for, by function, and that nothing ends it.
+    first, second = (f"`{threads[info['threads'][name]['tid']]['function']}`"
+                     for name in ("row-first", "lock-first"))
+    lock, row = "`LOCK` (waitgraph_helper.py)", "a row of wg_rows"
+    end = " Nothing ends it: no Postgres timeout is set."
+    assert deadlock["short"] in (
+        f"{first} holds {row} and waits for {lock}; {second} holds that lock and waits for the row.{end}",
+        f"{second} holds {lock} and waits for {row}; {first} holds that row and waits for the lock.{end}")
+    assert deadlock["ends"] is None
+    assert {t["role"] for t in deadlock["threads"]} == {"web"}
+    assert all(t["xact_age_s"] is not None and t["waits_for"] for t in deadlock["threads"])
+    svg = finding_picture(deadlock)
+    assert svg is not None and "row_first" in svg and "update_row" in svg and "No Postgres timeout" in svg
+
+
+@pytest.mark.slow
+def test_a2_watch_shows_the_deadlock_seen_so_far_and_the_python_wait_in_the_tree(server, wg_dsn: str) -> None:
+    info = server("deadlock")
+    found(wg_dsn, info["pid"], "cross_layer_deadlock")
+    warnings: list[str] = []
+    stacks = StackWatch(wg_dsn, [info["pid"]], warnings.append)
+    conn = connect(wg_dsn)
+    try:
+        sampler = PgSampler(conn)
+        latest: dict[str, Any] = {}
+
+        def seen_twice() -> bool:
+            latest["tick"], latest["backends"] = sampler.tick()
+            stacks.update(latest["tick"], latest["backends"])
+            return any(f.seen >= 2 for f in stacks.seen.values() if f.kind == "cross_layer_deadlock")
+
+        wait_for(seen_twice, timeout=30, interval=0.2)
+    finally:
+        stacks.close()
+        conn.close()
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    console.print(render(latest["tick"], latest["backends"], findings=stacks.findings, graph=stacks.graph))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    deadlock = next(f for f in stacks.seen.values() if f.kind == "cross_layer_deadlock")
+    assert f"cross-layer deadlock: row_first <-> update_row, seen {deadlock.seen}x: `row_first` holds" in text
+    # The forest: the row waiter's Postgres wait, and under the row holder its thread's Python wait.
+    row_first = info["threads"]["row-first"]
+    lines = text.splitlines()
+    holder = next(i for i, line in enumerate(lines) if f"pid {row_first['backend_pid']} " in line)
+    python = next(i for i, line in enumerate(lines) if "python: `row_first`" in line)
+    assert holder < python and "waits for `LOCK` (waitgraph_helper.py), held by `update_row`" in lines[python]
+    assert not warnings
 
 
 @pytest.mark.slow

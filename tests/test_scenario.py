@@ -174,7 +174,7 @@ MISTAKES = [
      "s.yaml:5: thresholds[0].variants: 'defualt' matches no variant (did you mean 'default'?)", None),
     (W + "thresholds:\n  - {chek: edges_max < 5}\n",
      "s.yaml:5: thresholds[0].chek: unknown key (did you mean 'check'?) (and 1 more)",
-     "valid keys here: check, tolerance, tolerance_abs, variants"),
+     "valid keys here: abort, check, tolerance, tolerance_abs, variants"),
     (W + "thresholds:\n  - {check: 'edges_max < 5 ±10%', tolerance: 0.2}\n",
      "s.yaml:5: thresholds[0]: threshold 'edges_max < 5 ±10%' gives a tolerance twice (in the text and "
      "as a key)", None),

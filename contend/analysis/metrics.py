@@ -282,6 +282,8 @@ def _status(runs: list[VariantRun]) -> str:
         return "ok"
     if statuses == {"failed"}:
         return "failed"
+    if statuses <= {"ok", "stopped"}:
+        return "stopped"  # an abort threshold stopped a repetition (contend.live)
     return "interrupted" if "interrupted" in statuses else "partial"
 
 
@@ -376,6 +378,13 @@ def summarize(run: RunData) -> dict[str, Any]:
             entry["phase_s"] = phase_s[0] if len(reps) == 1 else phase_s
         if spread:
             entry["spread"] = spread
+        stopped = [r.meta["stopped"] for r in reps if r.meta.get("stopped")]
+        if stopped:
+            entry["stopped"] = stopped[0]
+        firsts = [r.meta.get("first_finding_s") or {} for r in reps]
+        if any(firsts):
+            entry["first_finding_s"] = {kind: min(f[kind] for f in firsts if kind in f)
+                                        for kind in dict.fromkeys(k for f in firsts for k in f)}
         notes = [f"{r.folder.name}: {n}" for r in reps for n in r.notes]
         if notes:
             entry["notes"] = notes

@@ -9,8 +9,10 @@ from contend.report.tables import common_text, differing, flags_text, fmt, headl
 
 
 def _md(text: str) -> str:
-    """Keep text from the database from breaking a table cell or opening markup."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """Keep text from the database from breaking a table cell or opening markup, and readable as text:
+    ``|`` escaped, ``<`` backslash-escaped outside `code spans` (inside them markdown shows it as is)."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(part if i % 2 else part.replace("<", "\\<") for i, part in enumerate(parts))
 
 
 def render_markdown(
@@ -20,7 +22,9 @@ def render_markdown(
     names = list(summary["variants"])
     lines = [f"## contend: {_md(title or summary['scenario'])} ({summary['status']})", ""]
     for name, entry in summary["variants"].items():
-        if entry["status"] != "ok":
+        if entry["status"] == "stopped" and entry["reason"]:
+            lines.append(f"- **{_md(name)}** {_md(entry['reason'])}")  # "stopped at 2.5 s: ..."
+        elif entry["status"] != "ok":
             lines.append(
                 f"- **{_md(name)}** {entry['status']}: {_md(entry['reason'] or 'no reason recorded')}"
             )
@@ -46,10 +50,10 @@ def render_markdown(
                       for r in by_name]
     lines += ["", "**Findings**", ""]
     for name, entry in summary["variants"].items():
-        text = " ".join(entry.get("findings_text") or ["no findings recorded."])
+        lines.append(f"- `{_md(name)}`:")
+        lines += [f"  - {_md(text)}" for text in entry.get("findings_text") or ["no findings recorded."]]
         if entry.get("mapping"):
-            text += f" Backends to threads: {entry['mapping']['text']}."
-        lines.append(f"- `{_md(name)}`: {_md(text)}")
+            lines.append(f"  - {_md('Backends to threads: ' + entry['mapping']['text'] + '.')}")
     lines.append("")
     varying = differing(summary)
     for name in names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from contend.diagnosis.findings import KIND_WORDS, KINDS
 from contend.metrics import BETTER, MEANINGS, PHASE_SPLIT, named_metric
 
 # The verdict table, in the shape of the seed's before/after table (PR #1261's runbook). Postgres and
@@ -257,6 +258,19 @@ def headlines(summary: dict[str, Any]) -> list[str]:
             parts.append(f"{request} p95 (s) {fmt(b.get(key), key)} → {fmt(m.get(key), key)}")
         out.append(f"{name} vs {base_name}{status}: " + ", ".join(parts))
     return out
+
+
+def first_findings(summary: dict[str, Any]) -> str:
+    """``Time to the first finding, from the load's start: logs-on: cross-layer deadlock 5.0 s, ...``,
+    from each variant's ``first_finding_s`` (what the live display showed); empty when none has one."""
+    parts = []
+    for name, entry in summary["variants"].items():
+        first = entry.get("first_finding_s") or {}
+        if first:
+            order = sorted(first, key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
+            kinds = ", ".join(f"{KIND_WORDS.get(k, k)} {float(first[k]):.1f} s" for k in order)
+            parts.append(f"{name}: {kinds}")
+    return "Time to the first finding, from the load's start: " + "; ".join(parts) + "." if parts else ""
 
 
 def differing(summary: dict[str, Any]) -> set[str]:

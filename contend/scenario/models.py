@@ -247,10 +247,13 @@ class ThresholdCheck(_Model):
     """Noise allowance in the metric's unit; the larger of the two applies."""
     variants: list[str] = []
     """Variant names or patterns (fnmatch: "*=true,*") it applies to; empty: all."""
+    abort: bool = False
+    """Stop the variant (its load, no drain) the moment this threshold fails; only for a growing
+    metric under an absolute upper bound (docs/ci-gating.md, "Stopping a variant early")."""
 
     @model_validator(mode="after")
     def _parses(self) -> Self:
-        parse_threshold(self.check, self.tolerance, self.tolerance_abs, self.variants)
+        parse_threshold(self.check, self.tolerance, self.tolerance_abs, self.variants, self.abort)
         return self
 
 
@@ -268,7 +271,8 @@ def to_threshold(spec: str | ThresholdCheck, variants: Sequence[str] = ()) -> Th
     """Return the parsed Threshold of a scenario entry (``variants`` scopes a one-line entry)."""
     if isinstance(spec, str):
         return parse_threshold(spec, variants=variants)
-    return parse_threshold(spec.check, spec.tolerance, spec.tolerance_abs, spec.variants or variants)
+    return parse_threshold(spec.check, spec.tolerance, spec.tolerance_abs, spec.variants or variants,
+                           spec.abort)
 
 
 def _distinct(values: list[Scalar]) -> list[Scalar]:
