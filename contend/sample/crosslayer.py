@@ -18,6 +18,7 @@ from typing import Any
 from contend.errors import SamplerError
 from contend.sample import findings, pyspy, waitgraph
 from contend.sample.attribution import Client, resolve_client
+from contend.sample.namespaces import in_our_namespace
 
 Dumper = Callable[..., list[dict[str, Any]]]
 
@@ -102,9 +103,11 @@ class CrossLayer:
 
     def _client(self, backend: Mapping[str, Any]) -> Client | None:
         # The socket table is read once per connection, not at every moment (psutil walks /proc).
+        # A client in a container names its pid in the container's namespace: mapped to ours.
         key = (backend["pid"], backend.get("app"), backend.get("client_addr"), backend.get("client_port"))
         if key not in self._clients:
-            self._clients[key] = self.resolver(backend)
+            client = self.resolver(backend)
+            self._clients[key] = in_our_namespace(client, self.pids) if client is not None else None
         return self._clients[key]
 
     def involved(self) -> list[int]:

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
-from contend.sample import attribution, crosslayer, nats, pg, pyspy
+from contend.sample import attribution, crosslayer, namespaces, nats, pg, pyspy
 from contend.stack.postgres import redact_message
 from contend.stack.process import Lifecycle, ManagedProcess
 
@@ -218,7 +218,8 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         nonblocking=config.pyspy_nonblocking,
     )
     attributor = attribution.Attributor(config.attribution_threshold_s,
-                                        dumper=spy.dump_now_for("attribution"))
+                                        dumper=spy.dump_now_for("attribution"),
+                                        resolver=namespaces.resolver_in_our_namespace(cross.pids))
     todo: queue.Queue[tuple[dict[str, Any], list[dict[str, Any]]]] = queue.Queue()
     recorders = []
     threads = []

@@ -1,0 +1,75 @@
+"""Processes in containers, seen from the host: their pids as this process sees them.
+
+A server in a container names itself by its own pid namespace's numbers (``application_name``
+says ``pid=1``), while py-spy and ``/proc`` here use the host's. The kernel lists a process's pid
+in every namespace it belongs to, outermost first: ``NSpid`` in ``/proc/<pid>/status``, and the
+same for a thread under ``/proc/<pid>/task/<tid>/status``. ``in_our_namespace`` maps a client
+named by its container's pid (and thread id) to one of the given processes (the py-spy targets).
+Only the pid changes: py-spy reports a thread's ``os_thread_id`` as its process sees it (read from
+the thread's own memory), the container's number, which is the one ``application_name`` carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from contend.sample.attribution import Client, resolve_client
+
+PROC = Path("/proc")
+
+
+def ns_pids(pid: int, tid: int | None = None, proc: Path = PROC) -> list[int]:
+    """Return the ``NSpid`` of a process (or of one of its threads), outermost first; [] when gone."""
+    path = proc / str(pid) / ("status" if tid is None else f"task/{tid}/status")
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return [int(n) for n in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def thread_ids(pid: int, proc: Path = PROC) -> list[int]:
+    """Return the thread ids of a process as this process sees them; [] when it is gone."""
+    try:
+        return sorted(int(name) for name in os.listdir(proc / str(pid) / "task"))
+    except (OSError, ValueError):
+        return []
+
+
+def in_our_namespace(client: Client, candidates: Sequence[int], proc: Path = PROC) -> Client:
+    """Return ``client`` with the pid, as seen here, of the candidate process it names (the thread,
+    when named, tells two containers' pid 1 apart).
+
+    The client's own numbers are kept when it is a candidate of this namespace, when no candidate
+    in a deeper namespace carries its pid (and thread), or when two do (two containers).
+    """
+    if client.pid in candidates and len(ns_pids(client.pid, proc=proc)) == 1:
+        return client
+    found = [pid for pid in candidates if _names(client, pid, proc)]
+    return dataclasses.replace(client, pid=found[0]) if len(found) == 1 else client
+
+
+def _names(client: Client, pid: int, proc: Path) -> bool:
+    """Return whether ``client`` names process ``pid`` of a deeper namespace (and one of its threads)."""
+    levels = ns_pids(pid, proc=proc)
+    if len(levels) < 2 or levels[-1] != client.pid:
+        return False
+    return client.native_thread_id is None or any(
+        ns_pids(pid, tid, proc)[-1:] == [client.native_thread_id] for tid in thread_ids(pid, proc))
+
+
+def resolver_in_our_namespace(
+    candidates: Sequence[int],
+    resolve: Callable[[Mapping[str, Any]], Client | None] = resolve_client,
+) -> Callable[[Mapping[str, Any]], Client | None]:
+    """Return a resolver of backends to clients whose pids are this namespace's (``in_our_namespace``)."""
+    def resolver(backend: Mapping[str, Any]) -> Client | None:
+        client = resolve(backend)
+        return in_our_namespace(client, candidates) if client is not None else None
+    return resolver
