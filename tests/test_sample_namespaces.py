@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from contend.sample.attribution import Client
-from contend.sample.namespaces import in_our_namespace, ns_pids, resolver_in_our_namespace
+from contend.sample.namespaces import in_our_namespace, ns_pids, resolver_in_our_namespace, source_reader
 from tests.conftest import wait_for
 
 IN_NAMESPACE = """
@@ -100,3 +100,18 @@ def test_pid_1_of_a_new_pid_namespace_is_mapped_to_its_host_pid_and_thread():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_containers_sources_are_read_through_its_root(tmp_path: Path):
+    # /proc/<pid>/root of a container is a directory other than this process's /
+    fake_proc(tmp_path, 4100, [4100, 1], {})
+    root = tmp_path / "4100" / "root"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "views.py").write_text("with lock:\n    pass\n")
+    read = source_reader([4100], tmp_path)
+    assert read is not None
+    assert read("/app/views.py") == "with lock:\n    pass\n"
+    # a file the container does not have: this machine's
+    assert read(__file__) == Path(__file__).read_text()
+    # no candidate in a container: the default reader (which follows file changes)
+    assert source_reader([os.getpid()]) is None

@@ -156,6 +156,8 @@ def setup(args: argparse.Namespace) -> None:
     from contend.refserver import startup
 
     args.out.unlink(missing_ok=True)  # a file of an earlier start must not let web and workers in
+    if not os.environ.get("CONTEND_REF_TOKEN"):
+        startup.fail(startup.StartupError("no CONTEND_REF_TOKEN: export a throw-away 40-hex key before up"))
     try:
         startup.wait_for_services(args.wait_s)
     except startup.StartupError as error:

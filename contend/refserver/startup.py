@@ -94,7 +94,7 @@ def write_setup(path: Path | None, made: dict[str, Any]) -> dict[str, Any]:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(json.dumps(record) + "\n")  # a line: podman-compose exec appends its own
         tmp.replace(path)
     return record
 

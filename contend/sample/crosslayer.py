@@ -18,7 +18,7 @@ from typing import Any
 from contend.errors import SamplerError
 from contend.sample import findings, pyspy, waitgraph
 from contend.sample.attribution import Client, resolve_client
-from contend.sample.namespaces import in_our_namespace
+from contend.sample.namespaces import in_our_namespace, source_reader
 
 Dumper = Callable[..., list[dict[str, Any]]]
 
@@ -63,7 +63,7 @@ class CrossLayer:
         self.locals_interval_s = locals_interval_s
         self.budget = budget
         """Asked for a round's dumps before it is taken (the py-spy sampler's ``spend``)."""
-        self.sources = sources or waitgraph.Sources()
+        self.sources = sources or waitgraph.Sources(source_reader(self.pids))
         self.disabled = False
         self._lock = threading.Lock()
         self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None

@@ -7,6 +7,9 @@ same for a thread under ``/proc/<pid>/task/<tid>/status``. ``in_our_namespace`` 
 named by its container's pid (and thread id) to one of the given processes (the py-spy targets).
 Only the pid changes: py-spy reports a thread's ``os_thread_id`` as its process sees it (read from
 the thread's own memory), the container's number, which is the one ``application_name`` carries.
+
+The file names of a container's stack frames are the container's too: ``source_reader`` reads them
+through ``/proc/<pid>/root`` (the lock sites of the wait-for graph come from those sources).
 """
 
 from __future__ import annotations
@@ -73,3 +76,30 @@ def resolver_in_our_namespace(
         client = resolve(backend)
         return in_our_namespace(client, candidates) if client is not None else None
     return resolver
+
+
+def source_reader(candidates: Sequence[int], proc: Path = PROC) -> Callable[[str], str] | None:
+    """Return a reader of a frame's source file from the root of the first candidate in a container
+    (a root of its own) that has that file, else from this process's file system; None when no
+    candidate is in a container."""
+    here = _root_id(Path("/"))
+    roots = [root for pid in candidates if _root_id(root := proc / str(pid) / "root") not in (None, here)]
+    if not roots:
+        return None
+
+    def read(filename: str) -> str:
+        for root in roots:
+            try:
+                return (root / filename.lstrip("/")).read_text(encoding="utf-8")
+            except OSError:
+                continue
+        return Path(filename).read_text(encoding="utf-8")
+    return read
+
+
+def _root_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
