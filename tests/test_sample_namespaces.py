@@ -18,7 +18,13 @@ import psutil
 import pytest
 
 from contend.sample.attribution import Client
-from contend.sample.namespaces import in_our_namespace, ns_pids, resolver_in_our_namespace, source_reader
+from contend.sample.namespaces import (
+    in_our_namespace,
+    ns_pids,
+    resolver_in_our_namespace,
+    source_reader,
+    with_thread_states,
+)
 from tests.conftest import wait_for
 
 IN_NAMESPACE = """
@@ -115,3 +121,20 @@ def test_a_containers_sources_are_read_through_its_root(tmp_path: Path):
     assert read(__file__) == Path(__file__).read_text()
     # no candidate in a container: the default reader (which follows file changes)
     assert source_reader([os.getpid()]) is None
+
+
+def test_a_containers_thread_states_are_read_here(tmp_path: Path):
+    # py-spy on the host looks the state up under the container's thread number and calls every
+    # thread active; the host's /proc says which one runs
+    fake_proc(tmp_path, 4100, [4100, 1], {4100: [4100, 1], 4107: [4107, 7]})
+    (tmp_path / "4100" / "task" / "4100" / "stat").write_text("4100 (python (web)) S 1 4100 ...\n")
+    (tmp_path / "4100" / "task" / "4107" / "stat").write_text("4107 (python) R 1 4100 ...\n")
+    threads = [{"os_thread_id": 1, "active": True, "idle": False},
+               {"os_thread_id": 7, "active": True, "idle": False},
+               {"os_thread_id": 9, "active": True, "idle": False}]  # gone since the dump
+    assert with_thread_states(4100, threads, tmp_path) == [
+        {"os_thread_id": 1, "active": False, "idle": True},
+        {"os_thread_id": 7, "active": True, "idle": False},
+        {"os_thread_id": 9, "active": True, "idle": False}]
+    # a process of this namespace: py-spy's own view stands
+    assert with_thread_states(os.getpid(), threads) == threads

@@ -9,7 +9,9 @@ Only the pid changes: py-spy reports a thread's ``os_thread_id`` as its process 
 the thread's own memory), the container's number, which is the one ``application_name`` carries.
 
 The file names of a container's stack frames are the container's too: ``source_reader`` reads them
-through ``/proc/<pid>/root`` (the lock sites of the wait-for graph come from those sources).
+through ``/proc/<pid>/root`` (the lock sites of the wait-for graph come from those sources). And
+py-spy on the host looks a thread's state up under its container number, so it calls every thread
+of a container active: ``with_thread_states`` sets it from the host's view of each thread.
 """
 
 from __future__ import annotations
@@ -65,6 +67,24 @@ def _names(client: Client, pid: int, proc: Path) -> bool:
         return False
     return client.native_thread_id is None or any(
         ns_pids(pid, tid, proc)[-1:] == [client.native_thread_id] for tid in thread_ids(pid, proc))
+
+
+def with_thread_states(pid: int, threads: list[dict[str, Any]], proc: Path = PROC) -> list[dict[str, Any]]:
+    """Return py-spy's ``threads`` of ``pid`` with ``active`` (and ``idle``) from the threads' states as
+    seen here (running: active), when ``pid`` is in a deeper pid namespace; else unchanged."""
+    if len(ns_pids(pid, proc=proc)) < 2:
+        return threads
+    running = {}
+    for tid in thread_ids(pid, proc):
+        inner = ns_pids(pid, tid, proc)[-1:]
+        try:
+            stat = (proc / str(pid) / "task" / str(tid) / "stat").read_text()
+        except OSError:
+            continue
+        if inner:
+            running[inner[0]] = stat[stat.rindex(")") + 2:].startswith("R")  # after "pid (comm) "
+    return [t | {"active": running[t["os_thread_id"]], "idle": not running[t["os_thread_id"]]}
+            if t.get("os_thread_id") in running else t for t in threads]
 
 
 def resolver_in_our_namespace(

@@ -30,6 +30,7 @@ import psutil
 
 from contend.errors import SamplerError
 from contend.sample.attribution import parse_app_name
+from contend.sample.namespaces import with_thread_states
 from contend.sample.stacks import (  # re-exported: the thread classification lived here before
     ROLE_LABELS as ROLE_LABELS,
 )
@@ -115,7 +116,7 @@ def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False, with_loc
         if any(word in stderr for word in ("Permission denied", "Operation not permitted")):
             raise SamplerError(f"py-spy cannot read pid {pid}: {first}", hint=PERMISSION_HINT)
         raise SamplerError(f"py-spy dump of pid {pid} failed: {first}")
-    return parse_dump(stdout)
+    return with_thread_states(pid, parse_dump(stdout))  # a container's threads: their state as seen here
 
 
 def _run(argv: list[str], timeout: float) -> tuple[int | None, str, str, float]:
