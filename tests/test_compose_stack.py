@@ -50,9 +50,15 @@ def engine() -> tuple[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a free loopback port below the ephemeral range (where a client's port could take it)."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def leftovers(cli: str, project: str) -> dict[str, list[str]]:

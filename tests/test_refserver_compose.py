@@ -45,7 +45,7 @@ def test_compose_parses_and_has_every_part():
     assert "-js" in services["nats"]["command"]
     # published on the loopback only, each port overridable
     assert services["web"]["ports"] == ["127.0.0.1:${CONTEND_WEB_PORT:-8000}:8000"]
-    assert services["postgres"]["ports"] == ["127.0.0.1:${CONTEND_PG_PORT:-55432}:5432"]
+    assert services["postgres"]["ports"] == ["127.0.0.1:${CONTEND_PG_PORT:-15432}:5432"]
     for name in ("web", "worker"):
         assert "SYS_PTRACE" in services[name]["cap_add"]
 

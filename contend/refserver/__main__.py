@@ -203,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="the fixtures JSON web and workers wait for")
     s.add_argument("--jobs", type=int, default=1)
     s.add_argument("--images", type=int, default=100)
-    for p in (w, k, s):
-        p.add_argument("--wait-s", type=float, default=120.0,
-                       help="seconds to wait for Postgres and NATS (setup) or for --after's file")
+    s.add_argument("--wait-s", type=float, default=120.0, help="seconds to wait for Postgres and NATS")
     for p in (w, k):
         p.add_argument("--after", type=Path, help="containers: start once setup has written this file")
+        # longer than setup's own wait, which comes first, and then its migrations
+        p.add_argument("--wait-s", type=float, default=300.0, help="seconds to wait for --after's file")
     sub.add_parser("manage", help="django-admin commands: migrate, contend_fixtures, ...")
     return parser
 
