@@ -21,6 +21,7 @@ from contend.sample.attribution import Client
 from contend.sample.namespaces import (
     in_our_namespace,
     ns_pids,
+    pid_of_socket_in,
     resolver_in_our_namespace,
     source_reader,
     with_thread_states,
@@ -138,3 +139,25 @@ def test_a_containers_thread_states_are_read_here(tmp_path: Path):
         {"os_thread_id": 9, "active": True, "idle": False}]
     # a process of this namespace: py-spy's own view stands
     assert with_thread_states(os.getpid(), threads) == threads
+
+
+def test_a_containers_socket_is_found_in_its_own_network_namespace(tmp_path: Path):
+    (tmp_path / "self" / "ns").mkdir(parents=True)
+    os.symlink("net:[4026531833]", tmp_path / "self" / "ns" / "net")
+    fake_proc(tmp_path, 4100, [4100, 1], {})
+    (tmp_path / "4100" / "ns").mkdir()
+    os.symlink("net:[4026532999]", tmp_path / "4100" / "ns" / "net")
+    (tmp_path / "4100" / "net").mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout "
+    header += "inode\n"
+    # 10.89.0.5:41122 -> 10.89.0.2:5432, as the kernel prints it (little-endian words, hex port)
+    (tmp_path / "4100" / "net" / "tcp").write_text(
+        header + "   0: 0500590A:A0A2 0200590A:1538 01 00000000:00000000 00:00000000 00000000     0        0 "
+        "777 1 0000000000000000 20 4 30 10 -1\n")
+    (tmp_path / "4100" / "fd").mkdir()
+    os.symlink("socket:[777]", tmp_path / "4100" / "fd" / "7")
+    assert pid_of_socket_in([4100], "10.89.0.5", 41122, tmp_path) == 4100
+    assert pid_of_socket_in([4100], "10.89.0.5", 41123, tmp_path) is None
+    assert pid_of_socket_in([4100], None, None, tmp_path) is None
+    # a process of this network namespace: psutil's socket table answers for it
+    assert pid_of_socket_in([os.getpid()], "127.0.0.1", 1) is None

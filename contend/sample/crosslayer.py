@@ -18,7 +18,7 @@ from typing import Any
 from contend.errors import SamplerError
 from contend.sample import findings, pyspy, waitgraph
 from contend.sample.attribution import Client, resolve_client
-from contend.sample.namespaces import in_our_namespace, source_reader
+from contend.sample.namespaces import resolver_in_our_namespace, source_reader
 
 Dumper = Callable[..., list[dict[str, Any]]]
 
@@ -106,8 +106,7 @@ class CrossLayer:
         # A client in a container names its pid in the container's namespace: mapped to ours.
         key = (backend["pid"], backend.get("app"), backend.get("client_addr"), backend.get("client_port"))
         if key not in self._clients:
-            client = self.resolver(backend)
-            self._clients[key] = in_our_namespace(client, self.pids) if client is not None else None
+            self._clients[key] = resolver_in_our_namespace(self.pids, self.resolver)(backend)
         return self._clients[key]
 
     def involved(self) -> list[int]:

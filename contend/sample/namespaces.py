@@ -12,11 +12,14 @@ The file names of a container's stack frames are the container's too: ``source_r
 through ``/proc/<pid>/root`` (the lock sites of the wait-for graph come from those sources). And
 py-spy on the host looks a thread's state up under its container number, so it calls every thread
 of a container active: ``with_thread_states`` sets it from the host's view of each thread.
+A container's sockets are in its own network namespace, out of this one's socket table:
+``pid_of_socket_in`` looks a client's address and port up in the candidates' tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -87,14 +90,67 @@ def with_thread_states(pid: int, threads: list[dict[str, Any]], proc: Path = PRO
             if t.get("os_thread_id") in running else t for t in threads]
 
 
+def pid_of_socket_in(candidates: Sequence[int], client_addr: str | None, client_port: int | None,
+                     proc: Path = PROC) -> int | None:
+    """Return the candidate in another network namespace that holds the TCP socket whose local end is
+    (client_addr, client_port), else None."""
+    if not client_addr or client_port is None or client_port < 0:
+        return None
+    ours = _link(proc / "self" / "ns" / "net")
+    for pid in candidates:
+        if _link(proc / str(pid) / "ns" / "net") in (None, ours):
+            continue
+        inode = _socket_inode(proc / str(pid) / "net", client_addr, client_port)
+        if inode is not None and _holds(pid, inode, proc):
+            return pid
+    return None
+
+
+def _socket_inode(net: Path, addr: str, port: int) -> str | None:
+    """Return the inode of the socket bound locally to (addr, port) in a /proc/<pid>/net table."""
+    ip = ipaddress.ip_address(addr)
+    raw = ip.packed
+    # the kernel prints the address as 32-bit words in host order (little-endian here)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    wanted = f"{words.hex().upper()}:{port:04X}"
+    try:
+        lines = (net / ("tcp" if ip.version == 4 else "tcp6")).read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 9 and fields[1] == wanted:
+            return fields[9]
+    return None
+
+
+def _holds(pid: int, inode: str, proc: Path) -> bool:
+    try:
+        fds = os.listdir(proc / str(pid) / "fd")
+    except OSError:
+        return False
+    return any(_link(proc / str(pid) / "fd" / fd) == f"socket:[{inode}]" for fd in fds)
+
+
+def _link(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def resolver_in_our_namespace(
     candidates: Sequence[int],
     resolve: Callable[[Mapping[str, Any]], Client | None] = resolve_client,
 ) -> Callable[[Mapping[str, Any]], Client | None]:
-    """Return a resolver of backends to clients whose pids are this namespace's (``in_our_namespace``)."""
+    """Return a resolver of backends to clients whose pids are this namespace's (``in_our_namespace``),
+    also through the socket tables of the candidates in containers (``pid_of_socket_in``)."""
     def resolver(backend: Mapping[str, Any]) -> Client | None:
         client = resolve(backend)
-        return in_our_namespace(client, candidates) if client is not None else None
+        if client is not None:
+            return in_our_namespace(client, candidates)
+        pid = pid_of_socket_in(candidates, backend.get("client_addr"), backend.get("client_port"))
+        return Client(pid=pid, via="socket") if pid is not None else None
     return resolver
 
 
