@@ -59,6 +59,7 @@ class CrossLayer:
         self.write = write
         self.dumper = dumper
         self.resolver = resolver
+        self._resolve = resolver_in_our_namespace(self.pids, resolver)  # containers: their pids as ours
         self.waiter_age_s = waiter_age_s
         self.locals_interval_s = locals_interval_s
         self.budget = budget
@@ -103,10 +104,9 @@ class CrossLayer:
 
     def _client(self, backend: Mapping[str, Any]) -> Client | None:
         # The socket table is read once per connection, not at every moment (psutil walks /proc).
-        # A client in a container names its pid in the container's namespace: mapped to ours.
         key = (backend["pid"], backend.get("app"), backend.get("client_addr"), backend.get("client_port"))
         if key not in self._clients:
-            self._clients[key] = resolver_in_our_namespace(self.pids, self.resolver)(backend)
+            self._clients[key] = self._resolve(backend)
         return self._clients[key]
 
     def involved(self) -> list[int]:
