@@ -22,6 +22,7 @@ from contend.diagnosis.clients import Client
 from contend.errors import SamplerError
 from contend.sample import pyspy, sockets
 from contend.sample.attribution import resolve_client
+from contend.sample.namespaces import resolver_in_our_namespace, source_reader
 
 Dumper = Callable[..., list[dict[str, Any]]]
 SocketReader = Callable[[Sequence[int]], tuple[list[sockets.SocketWait], list[str]]]
@@ -75,13 +76,14 @@ class CrossLayer:
         self.write = write
         self.dumper = dumper
         self.resolver = resolver
+        self._resolve = resolver_in_our_namespace(self.pids, resolver)  # containers: their pids as ours
         self.waiter_age_s = waiter_age_s
         self.locals_interval_s = locals_interval_s
         self.budget = budget
         self.socket_reader = socket_reader
         """Reads which threads of the dumped processes are blocked on which socket (``/proc``)."""
         """Asked for a round's dumps before it is taken (the py-spy sampler's ``spend``)."""
-        self.sources = sources or waitgraph.Sources()
+        self.sources = sources or waitgraph.Sources(source_reader(self.pids))
         self.disabled = False
         self._lock = threading.Lock()
         self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
@@ -193,7 +195,7 @@ class CrossLayer:
         # The socket table is read once per connection, not at every moment (psutil walks /proc).
         key = (backend["pid"], backend.get("app"), backend.get("client_addr"), backend.get("client_port"))
         if key not in self._clients:
-            self._clients[key] = self.resolver(backend)
+            self._clients[key] = self._resolve(backend)
         return self._clients[key]
 
     def involved(self) -> list[int]:

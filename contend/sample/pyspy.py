@@ -31,6 +31,7 @@ import psutil
 
 from contend.diagnosis.clients import parse_app_name
 from contend.errors import SamplerError
+from contend.sample.namespaces import with_thread_states
 from contend.stack.process import ManagedProcess
 
 PERMISSION_HINT = "py-spy needs root or the SYS_PTRACE capability (docker run --cap-add SYS_PTRACE)"
@@ -103,7 +104,7 @@ def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False, with_loc
         if any(word in stderr for word in ("Permission denied", "Operation not permitted")):
             raise SamplerError(f"py-spy cannot read pid {pid}: {first}", hint=PERMISSION_HINT)
         raise SamplerError(f"py-spy dump of pid {pid} failed: {first}")
-    return parse_dump(stdout)
+    return with_thread_states(pid, parse_dump(stdout))  # a container's threads: their state as seen here
 
 
 def _run(argv: list[str], timeout: float) -> tuple[int | None, str, str, float]:

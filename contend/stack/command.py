@@ -292,10 +292,12 @@ class CommandStack(Lifecycle):
     # --- stop ----------------------------------------------------------------------------------
 
     def dead(self) -> str | None:
-        """Return 'up' when up ran in the foreground at ready time and has exited since."""
-        if self._up_ran_at_ready and self.up is not None and not self.up.alive():
-            return "up"
-        return None
+        """Return 'up' when up ran in the foreground at ready time and has failed since (an exit code
+        other than 0, or a signal). An up that exits with 0 after ready was a detached start that
+        finished late (``podman-compose up -d`` still starting the last container while the first
+        already answered)."""
+        code = self.up.proc.poll() if self._up_ran_at_ready and self.up and self.up.proc else None
+        return "up" if code not in (None, 0) else None
 
     def stop(self) -> None:
         """Run down (with its timeout), then stop what is left of up's process group; never raises
