@@ -114,7 +114,7 @@ def test_the_server_requirements_are_pyproject_dependencies_and_cover_its_import
     dependencies = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     assert set(requirement_lines()) <= dependencies
     assert sum("py-spy" in line for line in requirement_lines()) == 1
-    provided = {"django", "psycopg", "nats", "pydantic", "contend"}
+    provided = {"django", "psycopg", "nats", "pydantic", "PIL", "contend"}  # PIL: pillow, the images
     modules = [*(ROOT / "contend" / "refserver").rglob("*.py"), ROOT / "contend" / "flags.py",
                ROOT / "contend" / "errors.py"]
     imported = set()
