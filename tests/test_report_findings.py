@@ -174,3 +174,28 @@ def test_a_stopped_variant_says_where_it_stopped(tmp_path: Path) -> None:
     assert summary["variants"]["logs-on"]["status"] == "stopped"
     assert f"<b>logs-on</b>: {reason.replace('>', '&gt;')}</div>" in render_html(run, summary, run_dir)
     assert f"- **logs-on** {reason}" in render_markdown(summary, {}).splitlines()
+
+
+def test_a_timeout_no_session_can_read_is_told_by_the_waits_it_ends() -> None:
+    # Antenna sets statement_timeout on its own sessions: invisible to the sampler, but every lock
+    # wait it cancels ends after the same time, and Postgres logs each one.
+    from types import SimpleNamespace
+
+    from contend.analysis.findings import timeout_evidence
+    from contend.analysis.waits import Wait
+    from contend.pglog import ServerEvent, ServerLog
+
+    def wait(pid: int, start: float, length: float) -> Wait:
+        return Wait(pid, 1e9 + start, start, start + length, start + length + 0.1)
+
+    waits = [wait(1, 0.0, 29.9), wait(2, 1.0, 30.0), wait(3, 2.0, 29.95), wait(4, 3.0, 0.2),
+             wait(5, 4.0, 3.0)]
+    cancel = "canceling statement due to statement timeout"
+    log = ServerLog(waits=[], events=[ServerEvent(30.0, 1, "statement_timeout", cancel),
+                                      ServerEvent(31.0, 2, "statement_timeout", cancel)])
+    run = SimpleNamespace(waits=waits, server_log=log)
+    assert timeout_evidence(run) == ("3 of its 4 longer lock waits ended after 29.9-30.0 s, consistent with "
+                                     "a statement_timeout or lock_timeout of about 30 s; Postgres logged 2 "
+                                     "statement timeouts.")
+    scattered = SimpleNamespace(waits=[wait(1, 0, 2.0), wait(2, 0, 9.0), wait(3, 0, 17.0)], server_log=None)
+    assert timeout_evidence(scattered) is None

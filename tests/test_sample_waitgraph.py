@@ -109,15 +109,17 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg
     layers = sorted(e["layer"] for e in deadlock["edges"])
     assert layers == ["db", "python"]
     assert "Cross-layer deadlock of 2 threads" in deadlock["text"]
-    # The test database sets no timeout, so nothing ends it; the sentence says so.
-    assert "no timeout is set that would end it" in deadlock["text"]
+    # The test database sets no timeout; the sentence says none is known, never that none is set (the
+    # application may set its own on its sessions, which no other session can read).
+    assert "no known timeout would end it" in deadlock["text"]
+    assert "not visible to another session (declare it: app_timeouts" in deadlock["text"]
     assert "LOCK" in deadlock["text"]
     assert findings.gauges(result["graph"])["idle_in_tx_blocked_in_app"] == 1
     # The short words: what each thread holds and waits for, by function, and that nothing ends it.
     first, second = (f"`{threads[info['threads'][name]['tid']]['function']}`"
                      for name in ("row-first", "lock-first"))
     lock, row = "`LOCK` (waitgraph_helper.py)", "a row of wg_rows"
-    end = " Nothing ends it: no Postgres timeout is set."
+    end = " No known timeout ends it (the server's defaults set none; your app may set its own)."
     assert deadlock["short"] in (
         f"{first} holds {row} and waits for {lock}; {second} holds that lock and waits for the row.{end}",
         f"{second} holds {lock} and waits for {row}; {first} holds that row and waits for the lock.{end}")
@@ -125,7 +127,8 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg
     assert {t["role"] for t in deadlock["threads"]} == {"web"}
     assert all(t["xact_age_s"] is not None and t["waits_for"] for t in deadlock["threads"])
     svg = finding_picture(deadlock)
-    assert svg is not None and "row_first" in svg and "update_row" in svg and "No Postgres timeout" in svg
+    assert svg is not None and "row_first" in svg and "update_row" in svg
+    assert "No known Postgres timeout" in svg
 
 
 @pytest.mark.slow
@@ -384,7 +387,8 @@ def deadlock_moment(timeouts: dict[str, float]) -> list[dict[str, Any]]:
 def test_the_timeout_that_ends_a_cross_layer_deadlock_is_the_smallest_that_applies() -> None:
     none = deadlock_moment({"lock_timeout": 0, "statement_timeout": 0})
     assert [f["kind"] for f in none] == ["cross_layer_deadlock", "idle_in_tx_waiting_on_app"]
-    assert "no timeout is set that would end it (lock_timeout = 0, statement_timeout = 0)" in none[0]["text"]
+    assert ("no known timeout would end it (the server's defaults for a new session: lock_timeout = 0, "
+            "statement_timeout = 0)") in none[0]["text"]
     # backend 102 waits on a lock: statement_timeout cancels it; 101 is idle: its timeout ends the session
     idle = "idle_in_transaction_session_timeout"
     text = deadlock_moment({"statement_timeout": 30000, idle: 60000})[0]["text"]

@@ -10,6 +10,7 @@ speaks of (its threads: the report's table; its worst moment: the report's pictu
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,6 +122,8 @@ def variant_items(run: VariantRun, found: Sequence[Mapping[str, Any]], limit: in
             episodes = sum(int(f["episodes"]) for f in group)
             cycles = f" ({len(group)} cycles)" if len(group) > 1 else ""
             text = f"Cross-layer deadlock{cycles}, seen {_times(episodes)}{since}: {_own_words(worst)}"
+            if worst.get("ends") is None and (hint := timeout_evidence(run)):
+                text += f" {hint}"
         elif kind == "python_lock_convoy":
             text = f"Python lock convoy in {samples} of {graphs} wait-for graphs{since}: {_own_words(worst)}"
         elif kind == "idle_in_tx_waiting_on_app":
@@ -141,6 +144,32 @@ def variant_items(run: VariantRun, found: Sequence[Mapping[str, Any]], limit: in
     if note:
         items.insert(0, {"text": note, "finding": None})
     return items[:limit]
+
+
+CLUSTER_MIN_S = 1.0
+"""Lock waits shorter than this say nothing about a timeout (a statement finishing ends them)."""
+
+
+def timeout_evidence(run: VariantRun) -> str | None:
+    """Say what the records tell of a timeout that no session can read: lock waits that ended at one
+    length (within a tick), and the statement timeouts Postgres logged; None when they tell nothing.
+
+    An application's own ``SET statement_timeout`` is invisible to another session, but its effect is
+    not: every wait it cancels ends after the same time."""
+    ended = sorted(w.duration for w in run.waits if w.next_tick is not None and w.duration >= CLUSTER_MIN_S)
+    words = []
+    if len(ended) >= 3:
+        mode = max(ended, key=lambda d: sum(1 for e in ended if abs(e - d) <= 0.25))
+        near = [d for d in ended if abs(d - mode) <= 0.25]
+        if len(near) >= 3 and len(near) * 2 >= len(ended):
+            words.append(f"{len(near)} of its {len(ended)} longer lock waits ended after "
+                         f"{min(near):.1f}-{max(near):.1f} s, consistent with a statement_timeout or "
+                         f"lock_timeout of about {round(statistics.median(near)):.0f} s")
+    logged = sum(1 for e in run.server_log.events if e.kind == "statement_timeout") if run.server_log else 0
+    if logged:
+        words.append(f"Postgres logged {logged} statement timeout{'s' if logged > 1 else ''}")
+    text = "; ".join(words)
+    return text[:1].upper() + text[1:] + "." if words else None
 
 
 def comparison(base_name: str, base: VariantRun, base_found: Sequence[Mapping[str, Any]],

@@ -188,10 +188,16 @@ def ender(graph: Graph, cycle: Sequence[Edge], timeouts: Mapping[str, float | No
 
 
 def ender_words(end: Mapping[str, Any] | None, timeouts_known: bool) -> str:
-    """``Only statement_timeout (30 s) ends it.``, or that nothing will."""
+    """``Only statement_timeout (30 s) ends it.``, or what is known when no timeout that would is.
+
+    Postgres shows no session's settings to another: the known timeouts are the server's defaults for
+    a new session and what the application declares (``app_timeouts``), so the absence of a timeout
+    is never asserted, only that none is known."""
     if end is not None:
         return f"Only {end['name']} ({_ms(float(end['ms']))}) ends it."
-    return "Nothing ends it: no Postgres timeout is set." if timeouts_known else "Its timeouts were not read."
+    if timeouts_known:
+        return "No known timeout ends it (the server's defaults set none; your app may set its own)."
+    return "Its timeouts were not read."
 
 
 def breaker(graph: Graph, cycle: Sequence[Edge], timeouts: Mapping[str, float | None]) -> str:
@@ -201,8 +207,11 @@ def breaker(graph: Graph, cycle: Sequence[Edge], timeouts: Mapping[str, float | 
         known = [n for n in TIMEOUTS if n in timeouts]
         if not known:
             return "Postgres cannot see it (one wait is in Python) and its timeouts were not read."
-        return ("Postgres cannot see it (one wait is in Python) and no timeout is set that would end it ("
-                + ", ".join(f"{n} = 0" for n in known) + "): it lasts until a process is stopped.")
+        return ("Postgres cannot see it (one wait is in Python) and no known timeout would end it (the "
+                "server's defaults for a new session: " + ", ".join(f"{n} = 0" for n in known)
+                + "); a timeout the application sets on its own sessions is not visible to another "
+                "session (declare it: app_timeouts, or contend watch --app-timeout), else it lasts until a "
+                "process is stopped.")
     value, name, bpid = min(options)
     action = "terminates the session of" if name == "idle_in_transaction_session_timeout" else "cancels"
     return (f"Postgres cannot see it (one wait is in Python); {name} ({_ms(value)}) {action} "

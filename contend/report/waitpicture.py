@@ -51,7 +51,7 @@ def thread_label(thread: Mapping[str, Any]) -> str:
 def ends_text(ends: Mapping[str, Any] | None) -> str:
     """The caption: which timeout ends the cycle (Postgres cannot see a wait in Python)."""
     if not ends:
-        return "No Postgres timeout ends it: it lasts until a process is stopped."
+        return "No known Postgres timeout ends it (your app may set its own)."
     return (f"Only {ends['name']} ({_ms(float(ends['ms']))}) ends it, "
             f"on backend {ends['backend_pid']}.")
 
