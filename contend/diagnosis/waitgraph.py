@@ -41,6 +41,7 @@ from contend.diagnosis.clients import Client
 from contend.diagnosis.sources import LockSites
 from contend.diagnosis.sources import Sources as Sources
 from contend.diagnosis.sources import parse_lock_sites as parse_lock_sites
+from contend.diagnosis.threads import short_path
 
 LIBRARY_MARKS = ("site-packages", "dist-packages", "/lib/python3", "<")
 _PSYCOPG = ("/psycopg/", "/psycopg_binary/", "/psycopg_c/", "/psycopg2/")
@@ -357,7 +358,7 @@ def _lock_words(frame: Frame, expr: str) -> tuple[str, str]:
         shown = _local_repr(frame, "self") or ""
         cls = shown[1:].split(" ", 1)[0] if shown.startswith("<") else ""
         return "handler lock", f"the lock of logging handler {cls}" if cls else "a logging handler's lock"
-    return "lock", f"`{expr}` ({os.path.basename(filename)})"
+    return "lock", f"`{expr}` ({short_path(filename)})"
 
 
 _NOTIFY_WAITS = (
@@ -494,4 +495,4 @@ def describe(graph: Graph, key: str) -> str:
 
 
 def _short(filename: Any) -> str:
-    return os.path.basename(str(filename or "?"))
+    return short_path(filename)

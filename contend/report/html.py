@@ -15,7 +15,7 @@ import numpy as np
 from contend import __version__
 from contend.analysis import RunData, VariantRun, iter_reps, stack_summary, top_blockers
 from contend.analysis.findings import variant_items
-from contend.diagnosis.threads import dump_basis
+from contend.diagnosis.threads import dump_basis, short_path
 from contend.report import figures
 from contend.report.tables import (
     OTHER_ROWS,
@@ -174,7 +174,7 @@ THREAD_COLUMNS = ("role", "function", "where", "backend", "transaction", "waits 
 def _thread_row(thread: dict[str, Any]) -> list[str]:
     age = thread.get("xact_age_s")
     return [str(thread.get("role") or "-"), str(thread.get("function") or "?"),
-            f"{os.path.basename(str(thread.get('file') or '?'))}:{thread.get('line') or '?'}",
+            f"{short_path(thread.get('file'))}:{thread.get('line') or '?'}",
             str(thread.get("backend_pid") or "-"), "-" if age is None else f"{float(age):.1f} s",
             str(thread.get("waits_for") or "-")]
 

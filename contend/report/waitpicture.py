@@ -12,7 +12,6 @@ scaled with the page), and the SVG has no script and no external reference.
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import matplotlib
 import networkx as nx
 from matplotlib.figure import Figure
+
+from contend.diagnosis.threads import short_path
 
 WIDTH_IN = 7.2
 """The picture's width: about half the report's, so the finding's words fit beside it."""
@@ -41,7 +42,7 @@ def _ms(ms: float) -> str:
 def thread_label(thread: Mapping[str, Any]) -> str:
     """``web · job_result`` / ``views.py:299`` / ``backend 6012 · tx 5.2 s``."""
     head = " · ".join(str(x) for x in (thread.get("role"), thread.get("function") or "?") if x)
-    where = f"{os.path.basename(str(thread.get('file') or '?'))}:{thread.get('line') or '?'}"
+    where = f"{short_path(thread.get('file'))}:{thread.get('line') or '?'}"
     tail = [f"backend {thread['backend_pid']}" if thread.get("backend_pid") else "no backend"]
     if thread.get("xact_age_s") is not None:
         tail.append(f"tx {float(thread['xact_age_s']):.1f} s")
