@@ -396,3 +396,25 @@ def test_the_timeout_that_ends_a_cross_layer_deadlock_is_the_smallest_that_appli
     text = deadlock_moment({"statement_timeout": 30000, idle: 5000})[0]["text"]
     assert text.endswith("idle_in_transaction_session_timeout (5 s) terminates the session of backend 101 "
                          "and ends it.")
+
+
+def test_a_thread_of_a_process_not_dumped_says_why() -> None:
+    # Backend 102's client (pid 8, named by application_name) was not dumped at this moment: the words
+    # say whether pid 8 is watched at all, and how to watch it.
+    threads = [{"thread_id": 1, "os_thread_id": 11, "active": False,
+                "frames": [{"name": "row_first", "filename": "/srv/app.py", "line": 3}]}]
+    backends = [
+        {"pid": 101, "state": "idle in transaction", "xact_age": 5.0, "blocked_by": []},
+        {"pid": 102, "state": "active", "xact_age": 4.0, "wait_event_type": "Lock", "blocked_by": [101]},
+    ]
+    clients = {101: Client(pid=7, native_thread_id=11), 102: Client(pid=8, native_thread_id=21)}
+    sources = waitgraph.Sources(read=lambda filename: SERVER_SOURCE)
+
+    def words(targets: list[int]) -> str:
+        graph = waitgraph.build(1.0, [{"pid": 7, "threads": threads}], backends, clients, sources,
+                                targets=targets)
+        return waitgraph.describe(graph, "8:21")
+
+    assert words([7, 8]) == ("thread 21 of pid 8 (its process is a py-spy target, not dumped in this round), "
+                             "backend 102")
+    assert "not a py-spy target: add it with --pyspy-pid" in words([7])

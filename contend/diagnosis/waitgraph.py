@@ -487,7 +487,9 @@ def describe(graph: Graph, key: str) -> str:
             known += f", all in `{functions.pop()}`"
         return f"backend {site['backend_pid']}{owner} (its thread is {known})"
     if not node.frames:
-        text = f"thread {node.tid} of pid {node.pid} (its process was not dumped at this moment)"
+        why = ("its process is a py-spy target, not dumped in this round" if node.pid in graph.targets
+               else "its process is not a py-spy target: add it with --pyspy-pid or pyspy_pids")
+        text = f"thread {node.tid} of pid {node.pid} ({why})"
         return text + (f", backend {site['backend_pid']}" if site["backend_pid"] else "")
     where = f"`{site['function']}` ({_short(site['file'])}:{site['line']})"
     text = f"thread {node.tid} of pid {node.pid} in {where}"
