@@ -20,6 +20,10 @@ Commands (run with contend's Python; CONTEND_ANTENNA_DIR names the checkout):
     antenna_local.py setup WORK      a venv for the checkout's requirements, reused while they stay
     antenna_local.py up WORK         start everything, write WORK/run/stack.json and stack.env, then
                                      wait; Ctrl-C or SIGTERM stops everything it started
+    antenna_local.py reproduce WORK  against a running `up`: Antenna's own load test (50 results x 10
+                                     concurrent POSTs, one round) while `contend watch --json` reads
+                                     Postgres and py-spy stacks; writes WORK/run/watch.jsonl, load.out
+                                     and summary.json, and prints the summary
     antenna_local.py stop WORK       stop a running `up` of WORK and wait until it is gone
 
 stack.env (mode 0600) holds ANTENNA_TOKEN and CONTEND_DSN for `source`; the token never appears in
@@ -32,6 +36,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -52,6 +58,10 @@ EXTRA_PACKAGES = ["django-stubs-ext", "mypy_boto3_s3", "boto3-stubs"]
 """Imported at run time by Antenna but listed only among its type-checking tools."""
 
 FIXTURE = Path(__file__).with_name("antenna_fixture.py")
+
+LOAD_SCRIPT = "scripts/load_test_result_endpoint.py"
+PR_1261 = "ae14c7b05261055909c90bc4d83cc52a1fac0ee5"
+"""The commit that added Antenna's load test; older trees take the script from it (git show)."""
 
 DEBIAN_PG15 = Path("/usr/lib/postgresql/15/bin")
 """Debian's PostgreSQL 15: its contrib modules include pg_trgm, which Antenna's migrations create
@@ -236,6 +246,73 @@ def up(tree: Path, work: Path, images: int, redis_db: int) -> None:
         (run / "up.pid").unlink(missing_ok=True)
 
 
+def load_script(tree: Path, run: Path) -> Path:
+    """Return Antenna's load test: the checkout's own, else the one PR #1261 added."""
+    if (tree / LOAD_SCRIPT).exists():
+        return tree / LOAD_SCRIPT
+    out = subprocess.run(["git", "-C", str(tree), "show", f"{PR_1261}:{LOAD_SCRIPT}"],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"{tree} has no {LOAD_SCRIPT} and its git history no commit {PR_1261[:8]} to take it from")
+    path = run / "load_test_result_endpoint.py"
+    path.write_text(out.stdout)
+    return path
+
+
+def _first_tick(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
+def summarize(watch_lines: list[dict[str, Any]], load_output: str) -> dict[str, Any]:
+    """Return the figures of one reproduction: POSTs done, peaks of the watch, its findings."""
+    ok = re.findall(r"ok=(\d+)/(\d+)", load_output)
+    findings: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in watch_lines:
+        for finding in line.get("findings", []):
+            findings.setdefault((finding["kind"], finding["key"]), finding)
+    return {
+        "posts_ok": sum(int(a) for a, _ in ok), "posts": sum(int(b) for _, b in ok),
+        "snapshots": len(watch_lines),
+        **{f"{k}_max": max((line[k] for line in watch_lines), default=0)
+           for k in ("blocked", "edges", "depth", "idle_in_tx")},
+        "idle_in_tx_oldest_s": round(max((line["idle_in_tx_max_age"] for line in watch_lines), default=0), 1),
+        "finding_kinds": sorted({kind for kind, _ in findings}),
+        "findings": list(findings.values()),
+    }
+
+
+def reproduce(tree: Path, work: Path, batch: int, concurrency: int) -> None:
+    """Run Antenna's load test against the running stack of ``work`` under ``contend watch``."""
+    run = work / "run"
+    if not (run / "stack.json").exists():
+        sys.exit(f"no stack runs for {work}: start one with `antenna_local.py up {work}`")
+    info = json.loads((run / "stack.json").read_text())
+    script = load_script(tree, run)
+    token = Path(info["token_file"]).read_text().strip()
+    watch_out = run / "watch.jsonl"
+    watch_out.unlink(missing_ok=True)
+    watch = ManagedProcess(
+        "contend-watch", [sys.executable, "-m", "contend", "watch", "--json", "--interval", "0.5",
+                          "--pyspy-pattern", info["pyspy_pattern"]],
+        run / "watch.log", ready=lambda: _first_tick(watch_out), ready_timeout=60,
+        env={**os.environ, "CONTEND_DSN": info["dsn"]}, stop_signal=signal.SIGINT, stdout_path=watch_out,
+    )
+    with watch:
+        load = subprocess.run(
+            [sys.executable, str(script), str(info["job_id"]), "--batch", str(batch), "--concurrency",
+             str(concurrency), "--rounds", "1", "--host", info["base_url"]],
+            env={**os.environ, "ANTENNA_TOKEN": token}, capture_output=True, text=True, check=False,
+        )
+    (run / "load.out").write_text(load.stdout + load.stderr)
+    lines = [json.loads(x) for x in watch_out.read_text().splitlines() if x.strip()]
+    summary = summarize(lines, load.stdout)
+    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(load.stdout.strip())
+    print(json.dumps({k: v for k, v in summary.items() if k != "findings"}))
+    for finding in summary["findings"]:
+        print(f"{finding['kind']}: {finding['text']}")
+
+
 def stop(work: Path) -> None:
     """Stop the `up` of ``work`` (it stops its own children) and wait until it has exited."""
     pid_file = work / "run" / "up.pid"
@@ -257,9 +334,11 @@ def stop(work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["setup", "up", "stop"])
+    parser.add_argument("command", choices=["setup", "up", "reproduce", "stop"])
     parser.add_argument("work", type=Path, help="work folder: venvs, data and logs")
     parser.add_argument("--images", type=int, default=100, help="images of the fixture job (100)")
+    parser.add_argument("--batch", type=int, default=50, help="results per POST (reproduce; 50)")
+    parser.add_argument("--concurrency", type=int, default=10, help="concurrent POSTs (reproduce; 10)")
     parser.add_argument("--redis-db", type=int, default=0,
                         help="first of the three Redis database numbers (cache, results, broker)")
     args = parser.parse_args()
@@ -269,6 +348,8 @@ def main() -> None:
         stop(work)
     elif args.command == "setup":
         setup(checkout(), work)
+    elif args.command == "reproduce":
+        reproduce(checkout(), work, args.batch, args.concurrency)
     else:
         up(checkout(), work, args.images, args.redis_db)
 
