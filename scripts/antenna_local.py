@@ -281,8 +281,9 @@ def summarize(watch_lines: list[dict[str, Any]], load_output: str) -> dict[str, 
     }
 
 
-def reproduce(tree: Path, work: Path, batch: int, concurrency: int) -> None:
-    """Run Antenna's load test against the running stack of ``work`` under ``contend watch``."""
+def reproduce(tree: Path, work: Path, batch: int, concurrency: int, after: float, pyspy: bool) -> None:
+    """Run Antenna's load test against the running stack of ``work`` under ``contend watch``, which
+    goes on for ``after`` seconds once the load has ended (the workers drain what it queued)."""
     run = work / "run"
     if not (run / "stack.json").exists():
         sys.exit(f"no stack runs for {work}: start one with `antenna_local.py up {work}`")
@@ -293,7 +294,7 @@ def reproduce(tree: Path, work: Path, batch: int, concurrency: int) -> None:
     watch_out.unlink(missing_ok=True)
     watch = ManagedProcess(
         "contend-watch", [sys.executable, "-m", "contend", "watch", "--json", "--interval", "0.5",
-                          "--pyspy-pattern", info["pyspy_pattern"]],
+                          *(["--pyspy-pattern", info["pyspy_pattern"]] if pyspy else [])],
         run / "watch.log", ready=lambda: _first_tick(watch_out), ready_timeout=60,
         env={**os.environ, "CONTEND_DSN": info["dsn"]}, stop_signal=signal.SIGINT, stdout_path=watch_out,
     )
@@ -303,6 +304,7 @@ def reproduce(tree: Path, work: Path, batch: int, concurrency: int) -> None:
              str(concurrency), "--rounds", "1", "--host", info["base_url"]],
             env={**os.environ, "ANTENNA_TOKEN": token}, capture_output=True, text=True, check=False,
         )
+        time.sleep(after)
     (run / "load.out").write_text(load.stdout + load.stderr)
     lines = [json.loads(x) for x in watch_out.read_text().splitlines() if x.strip()]
     summary = summarize(lines, load.stdout)
@@ -339,6 +341,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100, help="images of the fixture job (100)")
     parser.add_argument("--batch", type=int, default=50, help="results per POST (reproduce; 50)")
     parser.add_argument("--concurrency", type=int, default=10, help="concurrent POSTs (reproduce; 10)")
+    parser.add_argument("--after", type=float, default=15.0,
+                        help="seconds the watch goes on after the load (reproduce; 15)")
+    parser.add_argument("--no-pyspy", action="store_true",
+                        help="watch Postgres only, without py-spy stacks (reproduce)")
     parser.add_argument("--redis-db", type=int, default=0,
                         help="first of the three Redis database numbers (cache, results, broker)")
     args = parser.parse_args()
@@ -349,7 +355,7 @@ def main() -> None:
     elif args.command == "setup":
         setup(checkout(), work)
     elif args.command == "reproduce":
-        reproduce(checkout(), work, args.batch, args.concurrency)
+        reproduce(checkout(), work, args.batch, args.concurrency, args.after, not args.no_pyspy)
     else:
         up(checkout(), work, args.images, args.redis_db)
 
