@@ -52,7 +52,7 @@ import psycopg
 
 from contend.stack.nats import NatsServer
 from contend.stack.postgres import EmbeddedPostgres
-from contend.stack.process import ManagedProcess, free_port, kill_group
+from contend.stack.process import ManagedProcess, free_port, kill_group, reap_orphans
 
 EXTRA_PACKAGES = ["django-stubs-ext", "mypy_boto3_s3", "boto3-stubs"]
 """Imported at run time by Antenna but listed only among its type-checking tools."""
@@ -205,6 +205,20 @@ class AntennaStack:
         self.postgres.stop()
 
 
+def _forget(run: Path) -> None:
+    """Remove what says a stack runs, and its token (which dies with the database anyway)."""
+    for name in ("stack.json", "stack.env", "token", "up.pid"):
+        (run / name).unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -215,7 +229,8 @@ def up(tree: Path, work: Path, images: int, redis_db: int) -> None:
     """Start the stack, say where it is, and stop it on Ctrl-C or SIGTERM."""
     venv = setup(tree, work)
     run = work / "run"
-    if (run / "up.pid").exists():
+    reap_orphans()  # what a killed `up` left behind
+    if (run / "up.pid").exists() and _running(int((run / "up.pid").read_text())):
         sys.exit(f"a stack of {work} may still run: `antenna_local.py stop {work}` first")
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -224,7 +239,9 @@ def up(tree: Path, work: Path, images: int, redis_db: int) -> None:
     def stop_on(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, stop_on)
+    signal.signal(signal.SIGINT, stop_on)
     (run / "up.pid").write_text(f"{os.getpid()}\n")
     started = time.monotonic()
     try:
@@ -242,8 +259,7 @@ def up(tree: Path, work: Path, images: int, redis_db: int) -> None:
         pass
     finally:
         stack.stop()
-        (run / "stack.json").unlink(missing_ok=True)
-        (run / "up.pid").unlink(missing_ok=True)
+        _forget(run)
 
 
 def load_script(tree: Path, run: Path) -> Path:
@@ -325,7 +341,11 @@ def stop(work: Path) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        pid_file.unlink(missing_ok=True)
+        # A killed `up`: the parent-death signal ended its children, but not always theirs (a
+        # gunicorn worker); contend's process registry knows their groups.
+        for name in reap_orphans():
+            print(f"stopped {name}, left by a killed up")
+        _forget(work / "run")
         return
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and pid_file.exists():

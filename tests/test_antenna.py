@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from contend.stack.process import reap_orphans
 from tests.conftest import alive, wait_for
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "antenna_local.py"
@@ -58,6 +59,7 @@ def antenna(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            reap_orphans()  # a child's children the parent-death signal does not reach
         log.close()
 
 
