@@ -47,7 +47,7 @@ def antenna(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "up", str(work)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # A first run installs Antenna's requirements (about 4 min) before the stack starts (1 min).
+        # A first run installs Antenna's requirements (minutes) before the stack starts (about 1 min).
         wait_for(lambda: (work / "run" / "stack.json").exists() or not alive(proc.pid),
                  timeout=1500, interval=1)
         assert (work / "run" / "stack.json").exists(), (work / "up.out").read_text()[-3000:]
