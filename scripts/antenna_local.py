@@ -1,7 +1,8 @@
 """Run Antenna's own code, unmodified and without Docker, for contend to observe.
 
 Antenna (github.com/RolnickLab/antenna) is the ML platform contend's reference server models. This
-script starts a checkout of it the way its production compose file does, on loopback only:
+script starts a checkout of it in the shape of its production compose file (one web process, eight
+Celery processes) with its local settings, on loopback only:
 
     Postgres 15      contend's embedded server; Antenna's role gets statement_timeout = 30 s, as
                      config.settings.local sets on each connection anyway
