@@ -204,3 +204,24 @@ def test_a_blocker_whose_client_is_not_known_is_said_so() -> None:
     assert gap.startswith("backend 201 waits for a lock held by backend 299, whose thread is not known: its "
                           "client process is not known")
     assert "run contend on the client's host" in gap
+
+
+def test_a_view_made_atomic_by_atomic_requests_under_asgi_is_inside_a_transaction() -> None:
+    # Antenna under gunicorn + uvicorn: Django runs the sync view in a thread through asgiref, and
+    # ATOMIC_REQUESTS wraps it in atomic's ContextDecorator, so the wrapper's caller is asgiref's.
+    from contend.diagnosis.waitgraph import Sources, ThreadNode, thread_facts
+
+    site = "/srv/venv/lib/python3.11/site-packages"
+    frames = [
+        {"name": "Handler.acquire", "filename": "/usr/lib/python3.11/logging/__init__.py", "line": 917},
+        {"name": "JobViewSet.result", "filename": "/srv/app/ami/jobs/views.py", "line": 392},
+        {"name": "APIView.dispatch", "filename": f"{site}/rest_framework/views.py", "line": 506},
+        {"name": "inner", "filename": "/usr/lib/python3.11/contextlib.py", "line": 81},
+        {"name": "SyncToAsync.thread_handler", "filename": f"{site}/asgiref/sync.py", "line": 635},
+        {"name": "_WorkItem.run", "filename": "/usr/lib/python3.11/concurrent/futures/thread.py", "line": 58},
+    ]
+    sources = Sources(read=lambda filename: "")
+    node = ThreadNode("9:1", 9, 1, frames=frames)
+    assert thread_facts(node, sources).in_transaction
+    plain = ThreadNode("9:2", 9, 2, frames=[f for f in frames if f["name"] != "inner"])
+    assert not thread_facts(plain, sources).in_transaction

@@ -279,6 +279,14 @@ def thread_facts(node: ThreadNode, sources: Sources) -> mapping.ThreadFacts:
     return mapping.ThreadFacts(node.key, node.pid, in_tx, frame_state(node.frames) == "postgres", waits)
 
 
+ATOMIC_REQUESTS_CALLERS = (
+    (os.path.join("django", "core", "handlers", "base.py"), "_get_response"),  # WSGI
+    # ASGI: Django runs a sync view in a thread through asgiref (Antenna under gunicorn + uvicorn)
+    (os.path.join("asgiref", "sync.py"), "thread_handler"),
+)
+"""Who calls the ``ContextDecorator`` wrapper with which ATOMIC_REQUESTS makes a view atomic."""
+
+
 def _in_atomic(frame: Frame, caller: Frame, sources: Sources) -> bool:
     """Tell whether a frame runs inside Django's ``atomic``: its own frames, the ``ContextDecorator``
     wrapper of ``@atomic`` (its ``self`` an Atomic, when locals were taken) or of ATOMIC_REQUESTS
@@ -288,9 +296,9 @@ def _in_atomic(frame: Frame, caller: Frame, sources: Sources) -> bool:
     if filename.endswith(os.path.join("django", "db", "transaction.py")):
         return True
     if filename.endswith("contextlib.py") and name.endswith("inner"):
-        return "Atomic" in (_local_repr(frame, "self") or "") or (
-            _endswith(caller, os.path.join("django", "core", "handlers", "base.py"))
-            and str(caller.get("name") or "").endswith("_get_response"))
+        return "Atomic" in (_local_repr(frame, "self") or "") or any(
+            _endswith(caller, path) and str(caller.get("name") or "").endswith(function)
+            for path, function in ATOMIC_REQUESTS_CALLERS)
     if not filename or frame.get("line") is None or is_library(filename):
         return False
     return int(frame["line"]) in sources.sites(filename).atomic
