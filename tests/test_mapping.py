@@ -217,6 +217,8 @@ def test_a_view_made_atomic_by_atomic_requests_under_asgi_is_inside_a_transactio
         {"name": "JobViewSet.result", "filename": "/srv/app/ami/jobs/views.py", "line": 392},
         {"name": "APIView.dispatch", "filename": f"{site}/rest_framework/views.py", "line": 506},
         {"name": "inner", "filename": "/usr/lib/python3.11/contextlib.py", "line": 81},
+        {"name": "SyncToAsync.__call__.<locals>.func.<locals>.run_child",
+         "filename": f"{site}/asgiref/sync.py", "line": 490},
         {"name": "SyncToAsync.thread_handler", "filename": f"{site}/asgiref/sync.py", "line": 635},
         {"name": "_WorkItem.run", "filename": "/usr/lib/python3.11/concurrent/futures/thread.py", "line": 58},
     ]

@@ -281,8 +281,9 @@ def thread_facts(node: ThreadNode, sources: Sources) -> mapping.ThreadFacts:
 
 ATOMIC_REQUESTS_CALLERS = (
     (os.path.join("django", "core", "handlers", "base.py"), "_get_response"),  # WSGI
-    # ASGI: Django runs a sync view in a thread through asgiref (Antenna under gunicorn + uvicorn)
-    (os.path.join("asgiref", "sync.py"), "thread_handler"),
+    # ASGI: Django runs a sync view in a thread through asgiref (Antenna under gunicorn + uvicorn),
+    # called from SyncToAsync.thread_handler or, in asgiref 3.8, its run_child closure
+    (os.path.join("asgiref", "sync.py"), ""),
 )
 """Who calls the ``ContextDecorator`` wrapper with which ATOMIC_REQUESTS makes a view atomic."""
 
