@@ -120,3 +120,21 @@ def test_sampler_reconnects_when_its_backend_is_terminated(sample_dsn: str, tmp_
         cut = time.time()
         wait_for(lambda: [t for t in lines(samples / "pg_ticks.jsonl") if t["t"] > cut + 0.5], timeout=20)
     assert "connection lost" in (samples / "sampler.log").read_text()
+
+
+@pytest.mark.integration
+def test_a_tiny_cpu_budget_lowers_the_rate_and_the_report_says_so(sample_dsn: str, tmp_path: Path) -> None:
+    from contend.analysis.reading import load_variant
+
+    config = SamplerConfig(dsn=sample_dsn, pg_interval_s=0.1, cpu_budget_pct=0.01)
+    ticks = tmp_path / "samples" / "pg_ticks.jsonl"
+    with SamplerSet(config, tmp_path):
+        # The first window's ticks cost far more than 0.01 % of a core: 1 Hz from then on.
+        wait_for(lambda: [t for t in lines(ticks) if t["interval_s"] == 1.0], timeout=30)
+        wait_for(lambda: len([t for t in lines(ticks) if t["interval_s"] == 1.0]) >= 2, timeout=30)
+    recorded = lines(ticks)
+    assert recorded[0]["interval_s"] == 0.1
+    slow = [t for t in recorded if t["interval_s"] == 1.0]
+    assert slow[-1]["t"] - slow[-2]["t"] > 0.5
+    notes = load_variant(tmp_path).notes
+    assert any("over its CPU budget" in n and "10 Hz lowered to 1 Hz from" in n for n in notes), notes

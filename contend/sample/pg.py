@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from contend.diagnosis.forest import build_forest
 from contend.errors import SamplerError
 from contend.redact import redact_message
+from contend.sample.ticker import Ticker as Ticker  # where the sampler loops import it from
 
 log = logging.getLogger(__name__)
 
@@ -150,31 +151,6 @@ def fingerprint(query: str | None) -> str | None:
     return text.strip()
 
 
-class Ticker:
-    """A fixed-rate schedule: tick ``k`` is due at start + k x interval, whatever a tick cost.
-
-    ``late_ms`` is how far behind its due time the current tick began; a loop that fell behind
-    records the lateness and does not replay the ticks it missed.
-    """
-
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.next_at = clock()
-
-    def late_ms(self) -> float:
-        """Return how late the tick beginning now is, in milliseconds."""
-        return max(0.0, self.clock() - self.next_at) * 1000.0
-
-    def wait_s(self) -> float:
-        """Schedule the next tick; return the seconds to wait for it (0 when already behind)."""
-        self.next_at += self.interval_s
-        now = self.clock()
-        if self.next_at < now:
-            self.next_at = now
-        return self.next_at - now
-
-
 class PgSampler:
     """Samples one Postgres database through a connection it owns; ``tick()`` takes one snapshot."""
 
@@ -231,8 +207,12 @@ class PgSampler:
         self._locked_cache = (roots, time.monotonic(), relations)
         return relations
 
-    def tick(self, late_ms: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Take one snapshot; return the tick record and one record per backend (docs/records.md)."""
+    def tick(self, late_ms: float = 0.0,
+             interval_s: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Take one snapshot; return the tick record and one record per backend (docs/records.md).
+
+        ``interval_s`` is the interval the caller ticks at (recorded: a CPU budget may stretch it).
+        """
         t = self.clock()
         started = time.perf_counter()
         try:
@@ -270,6 +250,7 @@ class PgSampler:
             "idle_hidden": hidden_clients,
             "cost_ms": round(cost_ms, 3),
             "late_ms": round(late_ms, 3),
+            "interval_s": None if interval_s is None else round(interval_s, 4),
             "blocking_calls": blocking_calls,
             # Each lock wait's exact start (server clock, the wait's identity) and its age at this
             # tick, so its start on the samplers' clock is t - age (docs/metrics.md, "Lock waits").

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
 from contend.redact import redact_message
-from contend.sample import attribution, crosslayer, nats, pg, pyspy
+from contend.sample import attribution, cost, crosslayer, nats, pg, pyspy
 from contend.stack.process import Lifecycle, ManagedProcess
 
 log = logging.getLogger("contend.sample")
@@ -60,6 +60,9 @@ class SamplerConfig(BaseModel):
     dsn_env: str = "CONTEND_DSN"
     """Else the environment variable that holds the DSN (read by the child)."""
     pg_interval_s: float = Field(default=0.1, gt=0)
+    cpu_budget_pct: float | None = Field(default=3.0, gt=0)
+    """Share of one core the Postgres sampler may use (its thread and its backend); over it, the
+    interval stretches (never below 1 Hz) until the cost falls (contend.sample.ticker). None: no budget."""
     pyspy_interval_s: float = Field(default=5.0, gt=0)
     """Least seconds between two requested dumps of one process (waiters, idle holders)."""
     pyspy_max_per_s: float = Field(default=0.5, gt=0)
@@ -253,15 +256,17 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         for thread in threads:
             thread.start()
         (samples / READY_FILE).touch()
-        ticker = pg.Ticker(config.pg_interval_s)
+        ticker = pg.Ticker(config.pg_interval_s, cpu_budget_pct=config.cpu_budget_pct)
+        tick_cpu = cost.TickCpu(sampler.conn.info.backend_pid)
         while not stop.is_set():
             try:
-                tick, backends = sampler.tick(late_ms=ticker.late_ms())
+                tick, backends = sampler.tick(late_ms=ticker.late_ms(), interval_s=ticker.interval_s)
             except SamplerError as exc:
                 log.warning("postgres: %s", exc.message)
             except psycopg.OperationalError as exc:
                 log.warning("postgres: connection lost (%s); reconnecting", redact_message(exc))
                 sampler = _reconnect(sampler, dsn, stop)
+                tick_cpu = cost.TickCpu(sampler.conn.info.backend_pid)
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(backends)
@@ -272,6 +277,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 # Every tick, rootless ones too: the attributor ends a root's episode when it
                 # sees a tick without it.
                 todo.put((tick, backends if tick["roots"] else []))
+                ticker.spend(tick_cpu())  # the thread's whole tick: reading, writing, triggers
             stop.wait(ticker.wait_s())
     finally:
         stop.set()

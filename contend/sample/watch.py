@@ -25,6 +25,7 @@ from rich.tree import Tree
 from contend.errors import SamplerError
 from contend.sample import pyspy
 from contend.sample.attribution import pids_matching
+from contend.sample.cost import TickCpu
 from contend.sample.crosslayer import CrossLayer, Dumper
 from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
 
@@ -195,15 +196,43 @@ class StackWatch:
         self._thread.join(timeout=15.0)
 
 
+class Budget:
+    """The watch's sampler on its CPU budget: the CPU of each tick (reading only, not drawing) goes
+    to the Ticker, and ``lowered`` says since when and how far the rate is lowered."""
+
+    def __init__(self, ticker: Ticker, cpu: TickCpu) -> None:
+        self.ticker = ticker
+        self.cpu = cpu
+        self.since: float | None = None
+
+    def tick(self, sampler: PgSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        self.cpu()
+        found = sampler.tick(late_ms=self.ticker.late_ms(), interval_s=self.ticker.interval_s)
+        self.ticker.spend(self.cpu())
+        return found
+
+    def lowered(self, tick: Mapping[str, Any]) -> list[str]:
+        """A line while the rate is lowered (none otherwise)."""
+        if self.ticker.interval_s <= self.ticker.asked_s:
+            self.since = None
+            return []
+        self.since = self.since or tick["t"]
+        return [f"sampler {1 / self.ticker.asked_s:.3g} Hz lowered to {1 / self.ticker.interval_s:.2g} Hz "
+                f"since {time.strftime('%H:%M:%S', time.localtime(self.since))} to keep within its CPU "
+                f"budget ({self.ticker.cpu_budget_pct:g} % of a core): {tick['backends']:,} backends"]
+
+
 def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
           pyspy_pids: Sequence[int] = (), pyspy_pattern: str | None = None,
-          dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
+          dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None,
+          cpu_budget_pct: float | None = 3.0) -> None:
     """Sample ``dsn`` every ``interval`` seconds until Ctrl-C; a live view, or tick records as JSON lines.
 
     With ``pyspy_pids`` or ``pyspy_pattern`` (a regular expression on command lines), py-spy reads
     those server processes and each snapshot carries the wait-for graph's findings (of the latest
     py-spy round: the dumps run beside the Postgres loop, which keeps its rate; ``late_ms`` of each
-    tick says how far behind its due time it began).
+    tick says how far behind its due time it began). Over ``cpu_budget_pct`` of a core the sampler
+    ticks slower (``interval_s`` of each tick, and a line of the view, say so).
     Returns normally on Ctrl-C (watching ends only that way, so it is not an error).
     """
     out = out or sys.stdout
@@ -216,12 +245,13 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             stacks = StackWatch(dsn, pids, sampler.warnings.append, dumper=dumper, app_timeouts=app_timeouts)
         if pyspy_pattern and not pids:
             sampler.warnings.append(f"no process matches {pyspy_pattern!r}: no stacks are taken")
-        ticker = Ticker(interval)
+        ticker = Ticker(interval, cpu_budget_pct=cpu_budget_pct)
+        budget = Budget(ticker, TickCpu(conn.info.backend_pid))
         if as_json:
             for warning in sampler.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
             while True:
-                tick, backends = sampler.tick(late_ms=ticker.late_ms())
+                tick, backends = budget.tick(sampler)
                 found = stacks.update(tick, backends) if stacks else []
                 out.write(json.dumps(tick | {"findings": json_findings(found)}, default=str) + "\n")
                 out.flush()
@@ -229,9 +259,10 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
         console = Console(file=out)
         with Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
-                tick, backends = sampler.tick(late_ms=ticker.late_ms())
+                tick, backends = budget.tick(sampler)
                 shown = stacks.update(tick, backends) if stacks else None
-                live.update(render(tick, backends, sampler.warnings, shown), refresh=True)
+                warnings = [*sampler.warnings, *budget.lowered(tick)]
+                live.update(render(tick, backends, warnings, shown), refresh=True)
                 time.sleep(ticker.wait_s())
     except KeyboardInterrupt:
         return
