@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from contend.diagnosis.forest import build_forest
+from contend.diagnosis.locks import Lock, blockers_from_locks
 from contend.errors import SamplerError
 from contend.redact import redact_message
 from contend.sample.ticker import Ticker as Ticker  # where the sampler loops import it from
@@ -57,13 +58,13 @@ SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_po
        EXTRACT(EPOCH FROM now() - state_change)::float8 AS state_age,
        backend_xid IS NOT NULL AS has_xid,
        left(query, %(chars)s) AS query,
-       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
+       CASE WHEN wait_event_type = 'Lock' THEN {blocked_by} END AS blocked_by,
        CASE WHEN wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
-       EXTRACT(EPOCH FROM now())::float8 AS server_now
+       EXTRACT(EPOCH FROM now())::float8 AS server_now{act_extra}
   FROM pg_stat_activity a
  WHERE datname = current_database() AND pid <> pg_backend_pid()
 ), blockers AS MATERIALIZED (
-  SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL
+  {blockers}
 ), shown AS (
   SELECT * FROM act
    WHERE state IS DISTINCT FROM 'idle' OR wait_event_type = 'Lock' OR pid IN (SELECT pid FROM blockers)
@@ -75,13 +76,42 @@ SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_po
                    WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown)
                    GROUP BY 1) e) AS hidden_events
 )
-SELECT hidden.hidden_clients, hidden.hidden_events, shown.*
-  FROM hidden LEFT JOIN shown ON true
+SELECT hidden.hidden_clients, hidden.hidden_events, shown.*{select_extra}
+  FROM hidden LEFT JOIN shown ON true{join_extra}
 """
+_BLOCKING_PIDS = {
+    "blocked_by": "pg_blocking_pids(pid)", "act_extra": "", "select_extra": "", "join_extra": "",
+    "blockers": "SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL",
+}
 ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
-    waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)")
+    waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)", **_BLOCKING_PIDS)
 # Before Postgres 14 pg_locks has no waitstart: waits are then not timed.
-ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8")
+ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8", **_BLOCKING_PIDS)
+
+# Many waiters (Postgres 14+): no pg_blocking_pids() call; ONE read of pg_locks, kept for the targets
+# someone waits on, returned with each shown backend (its group's leader, target, mode, granted,
+# waitstart); contend.diagnosis.locks turns them into edges (docs/metrics.md, "Lock waits from
+# pg_locks"). Every holder of a lock on such a target is shown, idle or not.
+LOCKS_CTE = """
+WITH locks AS MATERIALIZED (
+  SELECT pid, ROW(locktype, database, relation, page, tuple, virtualxid, transactionid, classid, objid,
+                  objsubid)::text AS target,
+         mode, granted, EXTRACT(EPOCH FROM waitstart)::float8 AS waitstart
+    FROM pg_locks WHERE pid IS NOT NULL
+), contended AS MATERIALIZED (
+  SELECT * FROM locks WHERE target IN (SELECT target FROM locks WHERE NOT granted)
+),"""
+ACTIVITY_SQL_LOCKS = LOCKS_CTE + ACTIVITY_SELECT.format(
+    blocked_by="NULL::int[]", waitstart="NULL::float8", act_extra=", leader_pid",
+    blockers="SELECT DISTINCT pid FROM contended WHERE granted",
+    select_extra=", held.locks",
+    join_extra="""
+  LEFT JOIN (SELECT c.pid, json_agg(json_build_array(coalesce(g.leader_pid, c.pid), c.target, c.mode,
+                                                     c.granted, c.waitstart)) AS locks
+               FROM contended c LEFT JOIN act g ON g.pid = c.pid GROUP BY c.pid) held
+    ON held.pid = shown.pid""")
+LOCKS_PATH_WAITERS = 20
+"""Above this many Lock waiters (at the previous tick), edges come from pg_locks, not pg_blocking_pids()."""
 
 # Relations (tables) the root blockers hold granted locks on; read only when there are roots.
 LOCKED_RELATIONS_SQL = """
@@ -154,7 +184,10 @@ def fingerprint(query: str | None) -> str | None:
 class PgSampler:
     """Samples one Postgres database through a connection it owns; ``tick()`` takes one snapshot."""
 
-    def __init__(self, conn: psycopg.Connection[Any], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], clock: Callable[[], float] = time.time,
+                 locks_above: int | None = LOCKS_PATH_WAITERS) -> None:
+        """``locks_above``: above this many Lock waiters at the previous tick the edges come from one
+        read of pg_locks (0: always; None: never; Postgres 14+ only)."""
         self.conn = conn
         self.clock = clock
         if not conn.autocommit:
@@ -174,6 +207,8 @@ class PgSampler:
         if not self.can_see_all:
             self._warn(NO_MONITOR_WARNING.format(role=role))
         self.activity_sql = ACTIVITY_SQL if conn.info.server_version >= 140000 else ACTIVITY_SQL_PRE14
+        self.locks_above = locks_above if conn.info.server_version >= 140000 else None
+        self._waiters = 0
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -215,9 +250,12 @@ class PgSampler:
         """
         t = self.clock()
         started = time.perf_counter()
+        above = self.locks_above
+        from_locks = above is not None and (above == 0 or self._waiters > above)
         try:
             with self.conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(self.activity_sql, {"chars": QUERY_CHARS}).fetchall()
+                sql = ACTIVITY_SQL_LOCKS if from_locks else self.activity_sql
+                rows = cur.execute(sql, {"chars": QUERY_CHARS}).fetchall()
         except psycopg.errors.QueryCanceled:
             raise SamplerError(
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
@@ -226,13 +264,16 @@ class PgSampler:
         hidden_clients = int(rows[0]["hidden_clients"]) if rows else 0
         hidden_events: dict[str, int] = dict(rows[0]["hidden_events"] or {}) if rows else {}
         rows = [row for row in rows if row["pid"] is not None]
-        blocking_calls = sum(1 for row in rows if row["wait_event_type"] == "Lock")
+        if from_locks:
+            _blockers_from_locks(rows)
+        blocking_calls = 0 if from_locks else sum(1 for row in rows if row["wait_event_type"] == "Lock")
         backends = [_backend_record(t, row) for row in rows]
         forest = build_forest(backends)
         by_pid = {b["pid"]: b for b in backends}
         locked = self._locked_relations(frozenset(forest.roots))
         cost_ms = (time.perf_counter() - started) * 1000.0
         idle = [b for b in backends if b["state"] == "idle in transaction"]
+        self._waiters = forest.blocked
         tick = {
             "t": t,
             "backends": sum(1 for b in backends if b["backend_type"] == "client backend")
@@ -252,6 +293,7 @@ class PgSampler:
             "late_ms": round(late_ms, 3),
             "interval_s": None if interval_s is None else round(interval_s, 4),
             "blocking_calls": blocking_calls,
+            "wait_graph": "pg_locks" if from_locks else "pg_blocking_pids",
             # Each lock wait's exact start (server clock, the wait's identity) and its age at this
             # tick, so its start on the samplers' clock is t - age (docs/metrics.md, "Lock waits").
             "waits": [
@@ -261,6 +303,21 @@ class PgSampler:
             ],
         }
         return tick, backends
+
+
+def _blockers_from_locks(rows: list[dict[str, Any]]) -> None:
+    """Set ``blocked_by`` and ``waitstart`` of the Lock waiters among ``rows`` from their lock rows."""
+    locks = [Lock(row["pid"], group, target, mode, granted, waitstart)
+             for row in rows for group, target, mode, granted, waitstart in row["locks"] or ()]
+    blocked_by = blockers_from_locks(locks)
+    waitstart: dict[int, float] = {}
+    for lock in locks:
+        if not lock.granted and lock.waitstart is not None:
+            waitstart[lock.pid] = min(lock.waitstart, waitstart.get(lock.pid, lock.waitstart))
+    for row in rows:
+        if row["wait_event_type"] == "Lock":
+            row["blocked_by"] = blocked_by.get(row["pid"], [])
+            row["waitstart"] = waitstart.get(row["pid"])
 
 
 def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
