@@ -160,3 +160,23 @@ def test_a_slow_py_spy_never_delays_the_postgres_snapshots(sample_dsn: str) -> N
             release.set()
             stacks.close()
     assert not stacks._thread.is_alive()
+
+
+@pytest.mark.integration
+def test_the_forest_is_cut_to_the_terminal_and_says_how_many_more_wait(sample_dsn: str) -> None:
+    with Contention(sample_dsn, waiters=8) as c, connect(sample_dsn) as conn:
+        tick, backends = PgSampler(conn).tick()
+        h, waiters = c.holder_pid, c.waiter_pids
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render(tick, backends, max_lines=24))
+    cut = console.file.getvalue()
+    # 24 lines: the header, the relations line and the idle table leave room for 6 nodes of two
+    # lines: the root and 5 waiters of its chain, then the count of the 3 others.
+    drawn = [p for p in waiters if f"pid {p} " in cut]
+    assert f"pid {h} " in cut and drawn == waiters[:5]
+    assert "… and 3 more waiters" in cut
+    assert len(cut.splitlines()) <= 24
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render(tick, backends))
+    assert all(f"pid {p} " in console.file.getvalue() for p in waiters) and "more waiters" not in \
+        console.file.getvalue()

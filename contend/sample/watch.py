@@ -31,6 +31,8 @@ from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
 
 QUERY_WIDTH = 100
 MIN_DUMP_INTERVAL_S = 1.0
+REDRAW_S = 1.0
+"""The live view is drawn when what it shows changed, else once this often (the clock and ages)."""
 THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid")
 
 
@@ -74,10 +76,12 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
 
 def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
            warnings: Sequence[str] = (),
-           findings: Sequence[Mapping[str, Any]] | None = None) -> RenderableType:
+           findings: Sequence[Mapping[str, Any]] | None = None,
+           max_lines: int | None = None) -> RenderableType:
     """Return the view of one snapshot: metrics line, findings, blocker forest, idle-in-transaction holders.
 
-    ``findings`` is None when no server process is watched with py-spy.
+    ``findings`` is None when no server process is watched with py-spy. With ``max_lines`` (the
+    terminal's height) the forest draws only the nodes that fit, then how many more wait.
     """
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
@@ -100,9 +104,18 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
         parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
                           style="dim"))
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
+    drawn = _Budget(None if max_lines is None else _forest_lines(max_lines, parts, backends, tick))
     for root in tick["roots"]:
+        if drawn.full():
+            break
+        drawn.add(root=True)
         node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}"))
-        _add_waiters(node, root["pid"], children, by_pid, {root["pid"]})
+        _add_waiters(node, root["pid"], children, by_pid, {root["pid"]}, drawn)
+    more_waiters, more_roots = len(drawn_under) - drawn.waiters, len(tick["roots"]) - drawn.roots
+    if more_waiters > 0 or more_roots > 0:
+        forest.add(Text(f"… and {more_waiters:,} more waiters"
+                        + (f" under {more_roots:,} more roots" if more_roots else "")
+                        + " (the terminal is full; --json has them all)", style="dim"))
     parts.append(forest)
     if tick["locked_relations"]:
         parts.append(Text("root blockers hold locks on: " + ", ".join(tick["locked_relations"])))
@@ -119,15 +132,43 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     return Group(*parts)
 
 
+class _Budget:
+    """How many forest nodes may still be drawn (None: all), and how many were."""
+
+    def __init__(self, nodes: int | None) -> None:
+        self.nodes = nodes
+        self.roots = 0
+        self.waiters = 0
+
+    def full(self) -> bool:
+        return self.nodes is not None and self.roots + self.waiters >= self.nodes
+
+    def add(self, root: bool = False) -> None:
+        if root:
+            self.roots += 1
+        else:
+            self.waiters += 1
+
+
+def _forest_lines(max_lines: int, before: Sequence[RenderableType], backends: Sequence[Mapping[str, Any]],
+                  tick: Mapping[str, Any]) -> int:
+    """Forest nodes that fit in ``max_lines``: two lines a node, after the lines above the forest and
+    those below it (the locked relations, the idle-in-transaction table)."""
+    idle = sum(1 for b in backends if b["state"] == "idle in transaction")
+    below = (1 if tick["locked_relations"] else 0) + (idle + 5 if idle else 0)  # title, borders, header
+    return max(2, (max_lines - len(before) - below - 3) // 2)
+
+
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
-                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int]) -> None:
+                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int], drawn: _Budget) -> None:
     for waiter in children.get(pid, ()):
-        if waiter in seen:
+        if waiter in seen or drawn.full():
             continue
         seen.add(waiter)
+        drawn.add()
         backend = by_pid.get(waiter)
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
-        _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
+        _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen, drawn)
 
 
 def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -196,6 +237,15 @@ class StackWatch:
         self._thread.join(timeout=15.0)
 
 
+def _view_key(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    """What the view of a snapshot shows, but its clock and ages: equal keys draw the same view."""
+    counts = tuple(tick[k] for k in ("backends", "blocked", "edges", "depth", "idle_in_tx"))
+    roots = tuple((r["pid"], r["blocks"]) for r in tick["roots"])
+    rows = tuple((b["pid"], b["state"], b["wait_event"], b["query"], tuple(b["blocked_by"]))
+                 for b in backends)
+    return counts, tuple(tick["locked_relations"]), roots, rows
+
+
 class Budget:
     """The watch's sampler on its CPU budget: the CPU of each tick (reading only, not drawing) goes
     to the Ticker, and ``lowered`` says since when and how far the rate is lowered."""
@@ -258,11 +308,18 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
                 time.sleep(ticker.wait_s())
         console = Console(file=out)
         with Live(console=console, auto_refresh=False, screen=False) as live:
+            drawn: tuple[Any, ...] | None = None
+            drawn_at = 0.0
             while True:
                 tick, backends = budget.tick(sampler)
                 shown = stacks.update(tick, backends) if stacks else None
                 warnings = [*sampler.warnings, *budget.lowered(tick)]
-                live.update(render(tick, backends, warnings, shown), refresh=True)
+                # Drawn when what it shows changed, and every second (the clock and the ages move).
+                now, height = time.monotonic(), console.size.height
+                view = (_view_key(tick, backends), tuple(warnings), repr(shown), height)
+                if view != drawn or now - drawn_at >= REDRAW_S:
+                    live.update(render(tick, backends, warnings, shown, max_lines=height), refresh=True)
+                    drawn, drawn_at = view, now
                 time.sleep(ticker.wait_s())
     except KeyboardInterrupt:
         return
