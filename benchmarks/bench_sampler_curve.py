@@ -57,10 +57,11 @@ def pgbench_binary() -> str:
 
 
 class Held:
-    """N client backends: N/2 waiters in queues of up to QUEUE behind one holder each, the rest idle."""
+    """N client backends: ``waiters`` (default N/2) in queues of up to QUEUE behind one holder each,
+    the rest idle."""
 
-    def __init__(self, dsn: str, n: int) -> None:
-        self.waiters = n // 2
+    def __init__(self, dsn: str, n: int, waiters: int | None = None) -> None:
+        self.waiters = n // 2 if waiters is None else waiters
         self.queues = max(1, -(-self.waiters // QUEUE))
         self.conns: list[psycopg.Connection[Any]] = []
         self.holders: list[psycopg.Connection[Any]] = []

@@ -43,7 +43,7 @@ LOCKED_RELATIONS_MAX_AGE_S = 1.0
 # Cost follows what happens, not how many backends exist: a backend that is idle (not in a
 # transaction), waits on no lock and blocks no one is counted in SQL (per wait event) and not
 # returned row by row; a server with a thousand pooled connections returns the few that matter. The
-# one-row summary is joined to the rows so that a snapshot with nothing to show still returns it.
+# summary (pid null) comes first, once, so that a snapshot with nothing to show still returns it.
 WAITS_CTE = """
 WITH waits AS MATERIALIZED (
   SELECT pid, EXTRACT(EPOCH FROM min(waitstart))::float8 AS waitstart
@@ -51,36 +51,42 @@ WITH waits AS MATERIALIZED (
 ),"""
 ACTIVITY_SELECT = """
 act AS MATERIALIZED (
-SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_port, backend_type,
-       state, wait_event_type, wait_event,
-       EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_age,
-       EXTRACT(EPOCH FROM now() - query_start)::float8 AS query_age,
-       EXTRACT(EPOCH FROM now() - state_change)::float8 AS state_age,
-       backend_xid IS NOT NULL AS has_xid,
-       left(query, %(chars)s) AS query,
-       CASE WHEN wait_event_type = 'Lock' THEN {blocked_by} END AS blocked_by,
-       CASE WHEN wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
-       EXTRACT(EPOCH FROM now())::float8 AS server_now{act_extra}
-  FROM pg_stat_activity a
- WHERE datname = current_database() AND pid <> pg_backend_pid()
+SELECT pid, backend_type, state, wait_event_type, wait_event,
+       CASE WHEN wait_event_type = 'Lock' THEN {blocked_by} END AS blocked_by
+  FROM pg_stat_get_activity(NULL)
+ WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND pid <> pg_backend_pid()
 ), blockers AS MATERIALIZED (
   {blockers}
-), shown AS (
-  SELECT * FROM act
+), shown_pids AS MATERIALIZED (
+  SELECT pid, blocked_by FROM act
    WHERE state IS DISTINCT FROM 'idle' OR wait_event_type = 'Lock' OR pid IN (SELECT pid FROM blockers)
+), shown AS MATERIALIZED (
+SELECT a.pid, a.application_name AS app, host(a.client_addr) AS client_addr, a.client_port, a.backend_type,
+       a.state, a.wait_event_type, a.wait_event,
+       EXTRACT(EPOCH FROM now() - a.xact_start)::float8 AS xact_age,
+       EXTRACT(EPOCH FROM now() - a.query_start)::float8 AS query_age,
+       EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS state_age,
+       a.backend_xid IS NOT NULL AS has_xid,
+       left(a.query, %(chars)s) AS query,
+       p.blocked_by,
+       CASE WHEN a.wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
+       EXTRACT(EPOCH FROM now())::float8 AS server_now{act_extra}
+  FROM shown_pids p, LATERAL pg_stat_get_activity(p.pid) a
 ), hidden AS (
   SELECT (SELECT count(*) FROM act WHERE backend_type = 'client backend'
-             AND pid NOT IN (SELECT pid FROM shown)) AS hidden_clients,
+             AND pid NOT IN (SELECT pid FROM shown_pids)) AS hidden_clients,
          (SELECT coalesce(jsonb_object_agg(event, n), '{{}}')
             FROM (SELECT wait_event_type || ':' || wait_event AS event, count(*) AS n FROM act
-                   WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown)
-                   GROUP BY 1) e) AS hidden_events
+                   WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown_pids)
+                   GROUP BY 1) e) AS hidden_events{summary_extra}
 )
-SELECT hidden.hidden_clients, hidden.hidden_events, shown.*{select_extra}
-  FROM hidden LEFT JOIN shown ON true{join_extra}
+SELECT hidden.*, shown.* FROM hidden LEFT JOIN shown ON false
+UNION ALL
+SELECT {summary_nulls}, shown.* FROM shown
 """
 _BLOCKING_PIDS = {
-    "blocked_by": "pg_blocking_pids(pid)", "act_extra": "", "select_extra": "", "join_extra": "",
+    "blocked_by": "pg_blocking_pids(pid)", "act_extra": "", "summary_extra": "",
+    "summary_nulls": "NULL, NULL",
     "blockers": "SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL",
 }
 ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
@@ -89,7 +95,7 @@ ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
 ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8", **_BLOCKING_PIDS)
 
 # Many waiters (Postgres 14+): no pg_blocking_pids() call; ONE read of pg_locks, kept for the targets
-# someone waits on, returned with each shown backend (its group's leader, target, mode, granted,
+# someone waits on, returned once in the summary (pid, its group's leader, target, mode, granted,
 # waitstart); contend.diagnosis.locks turns them into edges (docs/metrics.md, "Lock waits from
 # pg_locks"). Every holder of a lock on such a target is shown, idle or not.
 LOCKS_CTE = """
@@ -102,14 +108,12 @@ WITH locks AS MATERIALIZED (
   SELECT * FROM locks WHERE target IN (SELECT target FROM locks WHERE NOT granted)
 ),"""
 ACTIVITY_SQL_LOCKS = LOCKS_CTE + ACTIVITY_SELECT.format(
-    blocked_by="NULL::int[]", waitstart="NULL::float8", act_extra=", leader_pid",
-    blockers="SELECT DISTINCT pid FROM contended WHERE granted",
-    select_extra=", held.locks",
-    join_extra="""
-  LEFT JOIN (SELECT c.pid, json_agg(json_build_array(coalesce(g.leader_pid, c.pid), c.target, c.mode,
-                                                     c.granted, c.waitstart)) AS locks
-               FROM contended c LEFT JOIN act g ON g.pid = c.pid GROUP BY c.pid) held
-    ON held.pid = shown.pid""")
+    blocked_by="NULL::int[]", waitstart="NULL::float8", act_extra=", a.leader_pid",
+    blockers="SELECT DISTINCT pid FROM contended WHERE granted", summary_nulls="NULL, NULL, NULL",
+    summary_extra=""",
+         (SELECT json_agg(json_build_array(c.pid, coalesce(g.leader_pid, c.pid), c.target, c.mode,
+                                           c.granted, c.waitstart))
+            FROM contended c LEFT JOIN shown g ON g.pid = c.pid) AS locks""")
 LOCKS_PATH_WAITERS = 20
 """Above this many Lock waiters (at the previous tick), edges come from pg_locks, not pg_blocking_pids()."""
 
@@ -261,11 +265,12 @@ class PgSampler:
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
                 hint="the server is overloaded; raise the sampling interval",
             ) from None
-        hidden_clients = int(rows[0]["hidden_clients"]) if rows else 0
-        hidden_events: dict[str, int] = dict(rows[0]["hidden_events"] or {}) if rows else {}
+        summary = next(row for row in rows if row["pid"] is None)
+        hidden_clients = int(summary["hidden_clients"])
+        hidden_events: dict[str, int] = dict(summary["hidden_events"] or {})
         rows = [row for row in rows if row["pid"] is not None]
         if from_locks:
-            _blockers_from_locks(rows)
+            _blockers_from_locks(rows, summary["locks"] or [])
         blocking_calls = 0 if from_locks else sum(1 for row in rows if row["wait_event_type"] == "Lock")
         backends = [_backend_record(t, row) for row in rows]
         forest = build_forest(backends)
@@ -305,10 +310,9 @@ class PgSampler:
         return tick, backends
 
 
-def _blockers_from_locks(rows: list[dict[str, Any]]) -> None:
-    """Set ``blocked_by`` and ``waitstart`` of the Lock waiters among ``rows`` from their lock rows."""
-    locks = [Lock(row["pid"], group, target, mode, granted, waitstart)
-             for row in rows for group, target, mode, granted, waitstart in row["locks"] or ()]
+def _blockers_from_locks(rows: list[dict[str, Any]], lock_rows: list[list[Any]]) -> None:
+    """Set ``blocked_by`` and ``waitstart`` of the Lock waiters among ``rows`` from the lock rows."""
+    locks = [Lock(*lock) for lock in lock_rows]
     blocked_by = blockers_from_locks(locks)
     waitstart: dict[int, float] = {}
     for lock in locks:
