@@ -24,6 +24,7 @@ from contend.diagnosis.forest import build_forest
 from contend.diagnosis.locks import Lock, blockers_from_locks
 from contend.errors import SamplerError
 from contend.redact import redact_message
+from contend.sample.backends import age
 from contend.sample.ticker import Ticker as Ticker  # where the sampler loops import it from
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,9 @@ SELECT pid, backend_type, state, wait_event_type, wait_event,
 ), shown AS MATERIALIZED (
 SELECT a.pid, a.application_name AS app, host(a.client_addr) AS client_addr, a.client_port, a.backend_type,
        a.state, a.wait_event_type, a.wait_event,
-       EXTRACT(EPOCH FROM now() - a.xact_start)::float8 AS xact_age,
-       EXTRACT(EPOCH FROM now() - a.query_start)::float8 AS query_age,
-       EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS state_age,
+       EXTRACT(EPOCH FROM a.xact_start)::float8 AS xact_start,
+       EXTRACT(EPOCH FROM a.query_start)::float8 AS query_start,
+       EXTRACT(EPOCH FROM a.state_change)::float8 AS state_change,
        a.backend_xid IS NOT NULL AS has_xid,
        left(a.query, %(chars)s) AS query,
        p.blocked_by,
@@ -268,7 +269,7 @@ class PgSampler:
         summary = next(row for row in rows if row["pid"] is None)
         hidden_clients = int(summary["hidden_clients"])
         hidden_events: dict[str, int] = dict(summary["hidden_events"] or {})
-        rows = [row for row in rows if row["pid"] is not None]
+        rows = sorted((row for row in rows if row["pid"] is not None), key=lambda row: row["pid"])
         if from_locks:
             _blockers_from_locks(rows, summary["locks"] or [])
         blocking_calls = 0 if from_locks else sum(1 for row in rows if row["wait_event_type"] == "Lock")
@@ -297,6 +298,7 @@ class PgSampler:
             "cost_ms": round(cost_ms, 3),
             "late_ms": round(late_ms, 3),
             "interval_s": None if interval_s is None else round(interval_s, 4),
+            "server_now": rows[0]["server_now"] if rows else None,
             "blocking_calls": blocking_calls,
             "wait_graph": "pg_locks" if from_locks else "pg_blocking_pids",
             # Each lock wait's exact start (server clock, the wait's identity) and its age at this
@@ -336,9 +338,13 @@ def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
         "state": row["state"],
         "wait_event_type": row["wait_event_type"],
         "wait_event": row["wait_event"],
-        "xact_age": row["xact_age"],
-        "query_age": row["query_age"],
-        "state_age": row["state_age"],
+        # Ages from the starts (server clock), so that a record by change keeps the starts only.
+        "xact_age": age(row["server_now"], row["xact_start"]),
+        "query_age": age(row["server_now"], row["query_start"]),
+        "state_age": age(row["server_now"], row["state_change"]),
+        "xact_start": row["xact_start"],
+        "query_start": row["query_start"],
+        "state_change": row["state_change"],
         "has_xid": row["has_xid"],
         "query": row["query"],
         "fingerprint": fingerprint(row["query"]),

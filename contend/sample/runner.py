@@ -39,6 +39,7 @@ from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
 from contend.redact import redact_message
 from contend.sample import attribution, cost, crosslayer, nats, pg, pyspy
+from contend.sample.backends import ChangeLog
 from contend.stack.process import Lifecycle, ManagedProcess
 
 log = logging.getLogger("contend.sample")
@@ -258,6 +259,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         (samples / READY_FILE).touch()
         ticker = pg.Ticker(config.pg_interval_s, cpu_budget_pct=config.cpu_budget_pct)
         tick_cpu = cost.TickCpu(sampler.conn.info.backend_pid)
+        changes = ChangeLog()  # pg_backends.jsonl by change, a full snapshot every few seconds
         while not stop.is_set():
             try:
                 tick, backends = sampler.tick(late_ms=ticker.late_ms(), interval_s=ticker.interval_s)
@@ -269,7 +271,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 tick_cpu = cost.TickCpu(sampler.conn.info.backend_pid)
             else:
                 writers["pg_ticks"].write([tick])
-                writers["pg_backends"].write(backends)
+                writers["pg_backends"].write(changes.lines(tick["t"], tick["server_now"], backends))
                 cross.observe(tick, backends)
                 for reason, clients in pyspy.stack_triggers(
                         tick, backends, wait_s=config.pyspy_wait_s, idle_in_tx_s=config.pyspy_idle_in_tx_s):
