@@ -428,8 +428,8 @@ def _app_timeouts(ctx: click.Context, param: click.Parameter, values: tuple[str,
                    "only know the server's defaults.")
 @click.option("--cpu-budget", "cpu_budget_pct", type=click.FloatRange(min=0, min_open=True), default=3.0,
               show_default=True, metavar="PCT",
-              help="Share of one core (%) the Postgres sampler may use, its backend's included; over it "
-                   "the interval stretches (never below 1 Hz) and the view says so.")
+              help="Share of one core (%) the Postgres sampler may use; over it the interval stretches "
+                   "(never below 1 Hz) and the view says so.")
 def watch(dsn: str, interval: float, as_json: bool, pyspy_pids: tuple[int, ...],
           pyspy_pattern: str | None, app_timeouts: dict[str, float], cpu_budget_pct: float) -> None:
     """Watch the blocker forest of a Postgres database live, read-only, until Ctrl-C.

@@ -9,7 +9,6 @@ of its backend (``pg_backend_pid()``), when the server runs on this machine.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import psutil
@@ -46,36 +45,3 @@ def tree_cpu(pids: Iterable[int], exclude: Iterable[int] = ()) -> float:
             total += process_cpu(proc.pid)
     return total
 
-
-class TickCpu:
-    """CPU seconds a sampler's tick costs: its thread's (``time.thread_time``) plus its Postgres
-    backend's, when that backend is a process of this machine (a remote server's is not counted).
-
-    Each call returns the CPU spent since the previous call.
-    """
-
-    def __init__(self, backend_pid: int | None = None) -> None:
-        self.backend: psutil.Process | None = None
-        if backend_pid is not None:
-            try:
-                proc = psutil.Process(backend_pid)
-                if "postgres" in proc.name() or "postgres" in " ".join(proc.cmdline()[:1]):
-                    self.backend = proc
-            except psutil.Error:
-                pass
-        self._last = self._now()
-
-    def _now(self) -> float:
-        total = time.thread_time()
-        if self.backend is not None:
-            try:
-                t = self.backend.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                self.backend = None
-        return total
-
-    def __call__(self) -> float:
-        now = self._now()
-        spent, self._last = now - self._last, now
-        return max(0.0, spent)

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
 from contend.redact import redact_message
-from contend.sample import attribution, cost, crosslayer, nats, pg, pyspy
+from contend.sample import attribution, crosslayer, nats, pg, pyspy
 from contend.sample.backends import ChangeLog
 from contend.stack.process import Lifecycle, ManagedProcess
 
@@ -62,7 +62,7 @@ class SamplerConfig(BaseModel):
     """Else the environment variable that holds the DSN (read by the child)."""
     pg_interval_s: float = Field(default=0.1, gt=0)
     cpu_budget_pct: float | None = Field(default=3.0, gt=0)
-    """Share of one core the Postgres sampler may use (its thread and its backend); over it, the
+    """Share of one core the Postgres sampler's thread may use; over it, the
     interval stretches (never below 1 Hz) until the cost falls (contend.sample.ticker). None: no budget."""
     pyspy_interval_s: float = Field(default=5.0, gt=0)
     """Least seconds between two requested dumps of one process (waiters, idle holders)."""
@@ -258,7 +258,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             thread.start()
         (samples / READY_FILE).touch()
         ticker = pg.Ticker(config.pg_interval_s, cpu_budget_pct=config.cpu_budget_pct)
-        tick_cpu = cost.TickCpu(sampler.conn.info.backend_pid)
+        cpu_at = time.thread_time()
         changes = ChangeLog()  # pg_backends.jsonl by change, a full snapshot every few seconds
         while not stop.is_set():
             try:
@@ -268,7 +268,6 @@ def run_child(samples: Path, stop: threading.Event) -> None:
             except psycopg.OperationalError as exc:
                 log.warning("postgres: connection lost (%s); reconnecting", redact_message(exc))
                 sampler = _reconnect(sampler, dsn, stop)
-                tick_cpu = cost.TickCpu(sampler.conn.info.backend_pid)
             else:
                 writers["pg_ticks"].write([tick])
                 writers["pg_backends"].write(changes.lines(tick["t"], tick["server_now"], backends))
@@ -279,7 +278,9 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 # Every tick, rootless ones too: the attributor ends a root's episode when it
                 # sees a tick without it.
                 todo.put((tick, backends if tick["roots"] else []))
-                ticker.spend(tick_cpu())  # the thread's whole tick: reading, writing, triggers
+                # The thread's whole tick: reading, building and writing the records, the triggers.
+                ticker.spend(time.thread_time() - cpu_at)
+            cpu_at = time.thread_time()
             stop.wait(ticker.wait_s())
     finally:
         stop.set()

@@ -1,12 +1,13 @@
 """When the Postgres sampler ticks: a fixed-rate schedule that stretches to keep within a CPU budget.
 
-A tick's CPU (its thread's, ``time.thread_time`` around the tick, plus the sampler's backend's when
-it can be read) is handed to ``Ticker.spend``; each second the Ticker compares the window's CPU with
-its budget (``cpu_budget_pct`` of one core). Over it, the interval stretches to what the ticks cost
-divided by the budget (never slower than 1 Hz, nor slower than the interval asked for when that is
-already slower); when the cost falls, the interval comes back, down to the one asked for. Each tick
-record carries the interval it ran at (``interval_s``), so ``lowered_episodes`` finds when and how
-far the rate was lowered, for the report and ``contend watch``.
+A tick's CPU (its thread's, ``time.thread_time`` around the tick; its Postgres backend's is the
+server's, measured apart by benchmarks/bench_sampler_curve.py) is handed to ``Ticker.spend``; each
+second the Ticker compares the window's CPU with its budget (``cpu_budget_pct`` of one core). Over
+it, the interval stretches to what the ticks cost divided by the budget (never slower than 1 Hz,
+nor slower than the interval asked for when that is already slower); when the cost falls, the
+interval comes back, down to the one asked for. Each tick record carries the interval it ran at
+(``interval_s``), so ``lowered_episodes`` finds when and how far the rate was lowered, for the
+report and ``contend watch``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from rich.tree import Tree
 from contend.errors import SamplerError
 from contend.sample import pyspy
 from contend.sample.attribution import pids_matching
-from contend.sample.cost import TickCpu
 from contend.sample.crosslayer import CrossLayer, Dumper
 from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
 
@@ -250,15 +249,14 @@ class Budget:
     """The watch's sampler on its CPU budget: the CPU of each tick (reading only, not drawing) goes
     to the Ticker, and ``lowered`` says since when and how far the rate is lowered."""
 
-    def __init__(self, ticker: Ticker, cpu: TickCpu) -> None:
+    def __init__(self, ticker: Ticker) -> None:
         self.ticker = ticker
-        self.cpu = cpu
         self.since: float | None = None
 
     def tick(self, sampler: PgSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        self.cpu()
+        cpu_at = time.thread_time()
         found = sampler.tick(late_ms=self.ticker.late_ms(), interval_s=self.ticker.interval_s)
-        self.ticker.spend(self.cpu())
+        self.ticker.spend(time.thread_time() - cpu_at)
         return found
 
     def lowered(self, tick: Mapping[str, Any]) -> list[str]:
@@ -296,7 +294,7 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
         if pyspy_pattern and not pids:
             sampler.warnings.append(f"no process matches {pyspy_pattern!r}: no stacks are taken")
         ticker = Ticker(interval, cpu_budget_pct=cpu_budget_pct)
-        budget = Budget(ticker, TickCpu(conn.info.backend_pid))
+        budget = Budget(ticker)
         if as_json:
             for warning in sampler.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
