@@ -60,13 +60,14 @@ def blockers_from_locks(locks: Iterable[Lock]) -> dict[int, list[int]]:
         queues.setdefault(lock.target, []).append(lock)
     found: dict[int, set[int]] = {}
     for queue in queues.values():
-        held = [lock for lock in queue if lock.granted]
-        waiting = sorted((lock for lock in queue if not lock.granted), key=_queued_at)
-        for i, waiter in enumerate(waiting):
-            ahead = [lock for lock in waiting[:i] if _queued_at(lock) < _queued_at(waiter)]
-            pids = {lock.group for lock in (*held, *ahead)
-                    if lock.group != waiter.group and conflicts(lock.mode, waiter.mode)}
-            found.setdefault(waiter.pid, set()).update(pids)
+        held = [(lock.group, lock.mode) for lock in queue if lock.granted]
+        waiting = sorted(((_queued_at(lock), lock.group, lock.mode, lock.pid) for lock in queue
+                          if not lock.granted), key=lambda w: w[0])
+        for i, (at, group, mode, pid) in enumerate(waiting):
+            against = CONFLICTS.get(mode, frozenset())
+            pids = found.setdefault(pid, set())
+            pids.update(g for g, m in held if m in against and g != group)
+            pids.update(g for a, g, m, _ in waiting[:i] if a < at and m in against and g != group)
     return {pid: sorted(pids) for pid, pids in found.items() if pids}
 
 
