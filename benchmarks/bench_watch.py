@@ -12,9 +12,9 @@ a pseudo-terminal of 50 x 200 characters, as a user would see it:
   the tool's own process and of its Postgres backend (found by application_name), read from /proc
   over a window of ``--window-s`` seconds that starts 3 s after the tool's backend appeared, divided
   by the refreshes the window holds (window / 1 s). The same method for both tools.
-- ``contend watch --interval 0.1``: the ticks it reached per second over the window (counted by a
-  wrapper of its sampler's tick, in its own process), and its CPU and its backend's as a share of
-  one core.
+- ``contend watch --interval 0.1`` (``--fast-budgets``: its ``--cpu-budget``, 3 % by default): the
+  ticks it reached per second over the window (counted by a wrapper of its sampler's tick, in its
+  own process), and its CPU and its backend's as a share of one core.
 
 Prints one JSON line per measurement and a table; every figure carries the core count and the load
 average, because the machine may be shared.
@@ -61,7 +61,7 @@ def counted(self, *args, **kwargs):
     return tick(self, *args, **kwargs)
 watch.PgSampler.tick = counted
 try:
-    watch.watch(os.environ["CONTEND_DSN"], interval=float(sys.argv[1]))
+    watch.watch(os.environ["CONTEND_DSN"], interval=float(sys.argv[1]), cpu_budget_pct=float(sys.argv[2]))
 finally:
     print(json.dumps(ticks), file=sys.stderr)
 """
@@ -113,14 +113,15 @@ def backend_of(dsn: str, app: str, timeout: float = 60.0) -> int:
     raise SystemExit(f"no backend named {app!r} appeared")
 
 
-def measure(tool: str, pg: EmbeddedPostgres, interval: float, window_s: float) -> dict[str, Any]:
+def measure(tool: str, pg: EmbeddedPostgres, interval: float, window_s: float,
+            budget: float = 3.0) -> dict[str, Any]:
     env = {**os.environ, "CONTEND_DSN": pg.dsn, "PGPASSWORD": ""}
     if tool == "pg_activity":
         argv = [str(Path(sys.executable).parent / "pg_activity"), "-h", "127.0.0.1", "-p", str(pg.port),
                 "-U", "postgres", "-d", pg.database, "--refresh", f"{interval:g}"]
         app = "pg_activity"
     else:
-        argv = [sys.executable, "-c", DRIVER, str(interval)]
+        argv = [sys.executable, "-c", DRIVER, str(interval), str(budget)]
         app = "contend-sampler"
     term = Terminal(argv, env)
     try:
@@ -135,6 +136,7 @@ def measure(tool: str, pg: EmbeddedPostgres, interval: float, window_s: float) -
     wall = t1 - t0
     row: dict[str, Any] = {
         "tool": tool, "interval_s": interval, "window_s": round(wall, 2),
+        "cpu_budget_pct": budget if tool == "contend" else None,
         "own_ms_per_refresh": round(1000 * (cpu1 - cpu0) / (wall / interval), 2),
         "backend_ms_per_refresh": round(1000 * (backend1 - backend0) / (wall / interval), 2),
         "own_share": round((cpu1 - cpu0) / wall, 4), "backend_share": round((backend1 - backend0) / wall, 4),
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--backends", type=int, default=400)
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--fast-interval", type=float, default=0.1)
+    parser.add_argument("--fast-budgets", type=float, nargs="+", default=[3.0],
+                        help="CPU budgets (%% of a core) of the fast runs (contend watch --cpu-budget)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-pg-activity", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -164,7 +168,8 @@ def main() -> None:
         try:
             shape = wait_shape(pg.dsn, held)
             print(json.dumps(shape), flush=True)
-            rows.append(measure("contend", pg, args.fast_interval, args.window_s))
+            for budget in args.fast_budgets:
+                rows.append(measure("contend", pg, args.fast_interval, args.window_s, budget))
             for _ in range(args.rounds):
                 rows.append(measure("contend", pg, 1.0, args.window_s))
                 if not args.skip_pg_activity:

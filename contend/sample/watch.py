@@ -121,10 +121,13 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     idle = sorted((b for b in backends if b["state"] == "idle in transaction"),
                   key=lambda b: -(b["xact_age"] or 0.0))
     if idle:
-        table = Table(title="idle in transaction", title_justify="left")
+        shown_idle = idle if max_lines is None else idle[:_idle_rows(max_lines, len(idle))]
+        more = len(idle) - len(shown_idle)
+        table = Table(title="idle in transaction", title_justify="left",
+                      caption=f"… and {more:,} more" if more else None, caption_justify="left")
         for column in ("pid", "xact age", "idle for", "application", "last query"):
-            table.add_column(column)
-        for b in idle:
+            table.add_column(column, no_wrap=True)  # one line a row: its height is known
+        for b in shown_idle:
             table.add_row(str(b["pid"]), _age(b["xact_age"]), _age(b["state_age"]), b["app"] or "",
                           _query(b["query"]))
         parts.append(table)
@@ -154,8 +157,14 @@ def _forest_lines(max_lines: int, before: Sequence[RenderableType], backends: Se
     """Forest nodes that fit in ``max_lines``: two lines a node, after the lines above the forest and
     those below it (the locked relations, the idle-in-transaction table)."""
     idle = sum(1 for b in backends if b["state"] == "idle in transaction")
-    below = (1 if tick["locked_relations"] else 0) + (idle + 5 if idle else 0)  # title, borders, header
+    rows = _idle_rows(max_lines, idle)
+    below = (1 if tick["locked_relations"] else 0) + (rows + 6 if idle else 0)  # title, borders, caption
     return max(2, (max_lines - len(before) - below - 3) // 2)
+
+
+def _idle_rows(max_lines: int, idle: int) -> int:
+    """Rows of the idle-in-transaction table in a terminal of ``max_lines``: a quarter of it at most."""
+    return min(idle, max(3, max_lines // 4))
 
 
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
