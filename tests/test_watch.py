@@ -180,3 +180,10 @@ def test_the_forest_is_cut_to_the_terminal_and_says_how_many_more_wait(sample_ds
     console.print(render(tick, backends))
     assert all(f"pid {p} " in console.file.getvalue() for p in waiters) and "more waiters" not in \
         console.file.getvalue()
+
+
+def test_parents_of_a_deadlock_cycle_and_a_long_queue() -> None:
+    assert parents({1: [2], 2: [1]}) == {1: 2, 2: 1}  # a cycle is not followed round again
+    # 300 waiters queued on one row: each under the one just ahead of it (one chain).
+    queue = {k: list(range(1, k)) for k in range(2, 302)} | {1: [0]}
+    assert parents(queue) == {k: k - 1 for k in range(1, 302)}

@@ -60,15 +60,20 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
     a waiter under its deepest blocker turns that queue into one readable chain.
     """
     level: dict[int, int] = {}
+    visiting: set[int] = set()  # on the current path: a cycle is not followed round again
 
-    def depth(pid: int, seen: frozenset[int]) -> int:
-        if pid not in level:
-            ahead = [b for b in blocked_by.get(pid, ()) if b not in seen]
-            level[pid] = 1 + max((depth(b, seen | {pid}) for b in ahead), default=-1)
+    def depth(pid: int) -> int:
+        if pid in level:
+            return level[pid]
+        if pid in visiting:
+            return -1
+        visiting.add(pid)
+        level[pid] = 1 + max((depth(b) for b in blocked_by.get(pid, ())), default=-1)
+        visiting.discard(pid)
         return level[pid]
 
     return {
-        pid: max(blockers, key=lambda b: (depth(b, frozenset({pid})), b))
+        pid: max(blockers, key=lambda b: (depth(b), b))
         for pid, blockers in blocked_by.items() if blockers
     }
 
