@@ -108,7 +108,7 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
         parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
                           style="dim"))
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
-    drawn = _Budget(None if max_lines is None else _forest_lines(max_lines, parts, backends, tick))
+    drawn = _Room(None if max_lines is None else _forest_lines(max_lines, parts, backends, tick))
     for root in tick["roots"]:
         if drawn.full():
             break
@@ -139,7 +139,7 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     return Group(*parts)
 
 
-class _Budget:
+class _Room:
     """How many forest nodes may still be drawn (None: all), and how many were."""
 
     def __init__(self, nodes: int | None) -> None:
@@ -173,7 +173,7 @@ def _idle_rows(max_lines: int, idle: int) -> int:
 
 
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
-                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int], drawn: _Budget) -> None:
+                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int], drawn: _Room) -> None:
     for waiter in children.get(pid, ()):
         if waiter in seen or drawn.full():
             continue
