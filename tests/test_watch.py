@@ -187,3 +187,23 @@ def test_parents_of_a_deadlock_cycle_and_a_long_queue() -> None:
     # 300 waiters queued on one row: each under the one just ahead of it (one chain).
     queue = {k: list(range(1, k)) for k in range(2, 302)} | {1: [0]}
     assert parents(queue) == {k: k - 1 for k in range(1, 302)}
+
+
+def test_the_view_says_when_and_how_far_the_budget_lowered_the_rate() -> None:
+    from contend.sample.watch import Budget
+
+    now = [0.0]
+    ticker = Ticker(0.1, clock=lambda: now[0], cpu_budget_pct=3.0)
+    budget = Budget(ticker)
+    tick = {"t": 1_700_000_000.0, "backends": 1050}
+    assert budget.lowered(tick) == []
+    for _ in range(12):  # a second of ticks at 7.5 ms each: 7.5 % of a core
+        ticker.spend(0.0075)
+        now[0] += ticker.wait_s()
+    [line] = budget.lowered(tick)
+    assert line.startswith("sampler 10 Hz lowered to 4 Hz since ") and line.endswith(
+        "to keep within its CPU budget (3 % of a core): 1,050 backends")
+    for _ in range(30):  # the cost falls: back to 10 Hz, and the line goes
+        ticker.spend(0.0005)
+        now[0] += ticker.wait_s()
+    assert budget.lowered(tick) == []
