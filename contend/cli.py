@@ -426,8 +426,12 @@ def _app_timeouts(ctx: click.Context, param: click.Parameter, values: tuple[str,
               help="A timeout your application sets on its own connections, e.g. statement_timeout=30000 "
                    "(repeatable): Postgres shows no session's settings to another, so findings would "
                    "only know the server's defaults.")
+@click.option("--cpu-budget", "cpu_budget_pct", type=click.FloatRange(min=0, min_open=True), default=3.0,
+              show_default=True, metavar="PCT",
+              help="Share of one core (%) the Postgres sampler may use; over it the interval stretches "
+                   "(never below 1 Hz) and the view says so.")
 def watch(dsn: str, interval: float, as_json: bool, pyspy_pids: tuple[int, ...],
-          pyspy_pattern: str | None, app_timeouts: dict[str, float]) -> None:
+          pyspy_pattern: str | None, app_timeouts: dict[str, float], cpu_budget_pct: float) -> None:
     """Watch the blocker forest of a Postgres database live, read-only, until Ctrl-C.
 
     Shows each root blocker with its state, transaction age and query, its waiters below it, the
@@ -443,4 +447,4 @@ def watch(dsn: str, interval: float, as_json: bool, pyspy_pids: tuple[int, ...],
     # SIGTERM ends a watch like Ctrl-C does: the normal way to stop it, so exit 0.
     with contextlib.suppress(Interrupted):
         watch_database(dsn, interval=interval, as_json=as_json, pyspy_pids=pyspy_pids,
-                       pyspy_pattern=pyspy_pattern, app_timeouts=app_timeouts)
+                       pyspy_pattern=pyspy_pattern, app_timeouts=app_timeouts, cpu_budget_pct=cpu_budget_pct)

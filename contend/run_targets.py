@@ -31,6 +31,7 @@ def _sampler_settings(scenario: Scenario) -> dict[str, Any]:
     sampling = scenario.sampling
     return {
         "pg_interval_s": sampling.pg_interval_s,
+        "cpu_budget_pct": sampling.cpu_budget_pct,
         "pyspy_interval_s": sampling.pyspy_interval_s,
         "pyspy_max_per_s": sampling.pyspy_max_per_s,
         "pyspy_baseline_s": sampling.pyspy_baseline_s,

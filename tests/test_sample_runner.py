@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from contend.errors import ConfigError
+from contend.sample.backends import read_ticks
 from contend.sample.runner import CHILD_SECRETS_ENV, SamplerConfig, SamplerSet
 from contend.stack import Stack
 from tests.conftest import Contention, alive, wait_for
@@ -77,8 +78,8 @@ def test_sampler_set_records_everything_and_stops_on_sigterm(
     assert len(ticks) >= 5 and all(t["cost_ms"] > 0 for t in ticks)
     gaps = sorted(b["t"] - a["t"] for a, b in itertools.pairwise(ticks))
     assert 0.05 < gaps[len(gaps) // 2] < 0.2  # 10 Hz
-    backends = lines(samples / "pg_backends.jsonl")
-    assert {b["t"] for b in backends} <= {t["t"] for t in ticks}
+    rebuilt = list(read_ticks(samples / "pg_backends.jsonl"))  # written by change, read back per tick
+    assert {t for t, _ in rebuilt} <= {t["t"] for t in ticks} and len(rebuilt) >= 5
     dumps = lines(samples / "pyspy.jsonl")
     # The target, and this test process when attribution asked for the root's thread.
     assert {(d["pid"], d["role"]) for d in dumps} <= {(target.pid, "web"), (psutil.Process().pid, "client")}
@@ -120,3 +121,21 @@ def test_sampler_reconnects_when_its_backend_is_terminated(sample_dsn: str, tmp_
         cut = time.time()
         wait_for(lambda: [t for t in lines(samples / "pg_ticks.jsonl") if t["t"] > cut + 0.5], timeout=20)
     assert "connection lost" in (samples / "sampler.log").read_text()
+
+
+@pytest.mark.integration
+def test_a_tiny_cpu_budget_lowers_the_rate_and_the_report_says_so(sample_dsn: str, tmp_path: Path) -> None:
+    from contend.analysis.reading import load_variant
+
+    config = SamplerConfig(dsn=sample_dsn, pg_interval_s=0.1, cpu_budget_pct=0.01)
+    ticks = tmp_path / "samples" / "pg_ticks.jsonl"
+    with SamplerSet(config, tmp_path):
+        # The first window's ticks cost far more than 0.01 % of a core: 1 Hz from then on.
+        wait_for(lambda: [t for t in lines(ticks) if t["interval_s"] == 1.0], timeout=30)
+        wait_for(lambda: len([t for t in lines(ticks) if t["interval_s"] == 1.0]) >= 2, timeout=30)
+    recorded = lines(ticks)
+    assert recorded[0]["interval_s"] == 0.1
+    slow = [t for t in recorded if t["interval_s"] == 1.0]
+    assert slow[-1]["t"] - slow[-2]["t"] > 0.5
+    notes = load_variant(tmp_path).notes
+    assert any("over its CPU budget" in n and "10 Hz lowered to 1 Hz from" in n for n in notes), notes

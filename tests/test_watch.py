@@ -160,3 +160,50 @@ def test_a_slow_py_spy_never_delays_the_postgres_snapshots(sample_dsn: str) -> N
             release.set()
             stacks.close()
     assert not stacks._thread.is_alive()
+
+
+@pytest.mark.integration
+def test_the_forest_is_cut_to_the_terminal_and_says_how_many_more_wait(sample_dsn: str) -> None:
+    with Contention(sample_dsn, waiters=8) as c, connect(sample_dsn) as conn:
+        tick, backends = PgSampler(conn).tick()
+        h, waiters = c.holder_pid, c.waiter_pids
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render(tick, backends, max_lines=24))
+    cut = console.file.getvalue()
+    # 24 lines: the header, the relations line and the idle table leave room for 6 nodes of two
+    # lines: the root and 5 waiters of its chain, then the count of the 3 others.
+    drawn = [p for p in waiters if f"pid {p} " in cut]
+    assert f"pid {h} " in cut and drawn == waiters[:5]
+    assert "… and 3 more waiters" in cut
+    assert len(cut.splitlines()) <= 24
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render(tick, backends))
+    assert all(f"pid {p} " in console.file.getvalue() for p in waiters) and "more waiters" not in \
+        console.file.getvalue()
+
+
+def test_parents_of_a_deadlock_cycle_and_a_long_queue() -> None:
+    assert parents({1: [2], 2: [1]}) == {1: 2, 2: 1}  # a cycle is not followed round again
+    # 300 waiters queued on one row: each under the one just ahead of it (one chain).
+    queue = {k: list(range(1, k)) for k in range(2, 302)} | {1: [0]}
+    assert parents(queue) == {k: k - 1 for k in range(1, 302)}
+
+
+def test_the_view_says_when_and_how_far_the_budget_lowered_the_rate() -> None:
+    from contend.sample.watch import Budget
+
+    now = [0.0]
+    ticker = Ticker(0.1, clock=lambda: now[0], cpu_budget_pct=3.0)
+    budget = Budget(ticker)
+    tick = {"t": 1_700_000_000.0, "backends": 1050}
+    assert budget.lowered(tick) == []
+    for _ in range(12):  # a second of ticks at 7.5 ms each: 7.5 % of a core
+        ticker.spend(0.0075)
+        now[0] += ticker.wait_s()
+    [line] = budget.lowered(tick)
+    assert line.startswith("sampler 10 Hz lowered to 4 Hz since ") and line.endswith(
+        "to keep within its CPU budget (3 % of a core): 1,050 backends")
+    for _ in range(30):  # the cost falls: back to 10 Hz, and the line goes
+        ticker.spend(0.0005)
+        now[0] += ticker.wait_s()
+    assert budget.lowered(tick) == []

@@ -25,6 +25,7 @@ from contend.diagnosis import sqlcomment
 from contend.errors import ConfigError
 from contend.jsonl import read_jsonl
 from contend.pglog import ServerLog, read_server_log
+from contend.sample.ticker import describe_episode, lowered_episodes
 from contend.scenario import load_scenario
 
 REQUEST_COLUMNS = (
@@ -291,6 +292,7 @@ def load_variant(folder: Path) -> VariantRun:
     tick_rows = [r for r in read_jsonl(samples / "pg_ticks.jsonl", notes) if "t" in r]
     tick_rows.sort(key=lambda r: float(r["t"]))
     ticks = _frame(tick_rows, TICK_COLUMNS)
+    notes += _rate_lowered(tick_rows, samples / "sampler-config.json")
     nats = _frame(read_jsonl(samples / "nats.jsonl", notes), NATS_COLUMNS)
     for missing in ("pg_ticks.jsonl", "nats.jsonl"):
         if not (samples / missing).exists():
@@ -318,6 +320,19 @@ def load_variant(folder: Path) -> VariantRun:
         waitgraph=read_jsonl(samples / "waitgraph.jsonl", notes),
         waitgraph_recorded=(samples / "waitgraph.jsonl").exists(),
     )
+
+
+def _rate_lowered(tick_rows: list[dict[str, Any]], config: Path) -> list[str]:
+    """A note per stretch of ticks the CPU budget slowed, seconds from the first tick."""
+    asked: float | None = None
+    if config.exists():
+        try:
+            asked = float(json.loads(config.read_text())["pg_interval_s"])
+        except (ValueError, KeyError, TypeError):
+            asked = None
+    since = tick_rows[0]["t"] if tick_rows else 0.0
+    return [f"Postgres sampler over its CPU budget (sampling.cpu_budget_pct): {describe_episode(e, since)}"
+            for e in lowered_episodes(tick_rows, asked)]
 
 
 def _final_state(path: Path, notes: list[str]) -> dict[str, Any] | None:

@@ -44,3 +44,4 @@ def tree_cpu(pids: Iterable[int], exclude: Iterable[int] = ()) -> float:
             seen.add(proc.pid)
             total += process_cpu(proc.pid)
     return total
+

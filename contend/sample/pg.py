@@ -22,8 +22,11 @@ from psycopg.rows import dict_row
 
 from contend.diagnosis import sqlcomment
 from contend.diagnosis.forest import build_forest
+from contend.diagnosis.locks import Lock, blockers_from_locks
 from contend.errors import SamplerError
 from contend.redact import redact_message
+from contend.sample.backends import age
+from contend.sample.ticker import Ticker as Ticker  # where the sampler loops import it from
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ LOCKED_RELATIONS_MAX_AGE_S = 1.0
 # Cost follows what happens, not how many backends exist: a backend that is idle (not in a
 # transaction), waits on no lock and blocks no one is counted in SQL (per wait event) and not
 # returned row by row; a server with a thousand pooled connections returns the few that matter. The
-# one-row summary is joined to the rows so that a snapshot with nothing to show still returns it.
+# summary (pid null) comes first, once, so that a snapshot with nothing to show still returns it.
 WAITS_CTE = """
 WITH waits AS MATERIALIZED (
   SELECT pid, EXTRACT(EPOCH FROM min(waitstart))::float8 AS waitstart
@@ -50,39 +53,72 @@ WITH waits AS MATERIALIZED (
 ),"""
 ACTIVITY_SELECT = """
 act AS MATERIALIZED (
-SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_port, backend_type,
-       state, wait_event_type, wait_event,
-       EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_age,
-       EXTRACT(EPOCH FROM now() - query_start)::float8 AS query_age,
-       EXTRACT(EPOCH FROM now() - state_change)::float8 AS state_age,
-       backend_xid IS NOT NULL AS has_xid,
-       left(query, %(chars)s) AS query,
-       substring(query from '/\\*[^*]*=''[^*]*\\*/') AS query_comment,
-       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
-       CASE WHEN wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
-       EXTRACT(EPOCH FROM now())::float8 AS server_now
-  FROM pg_stat_activity a
- WHERE datname = current_database() AND pid <> pg_backend_pid()
+SELECT pid, backend_type, state, wait_event_type, wait_event,
+       CASE WHEN wait_event_type = 'Lock' THEN {blocked_by} END AS blocked_by
+  FROM pg_stat_get_activity(NULL)
+ WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND pid <> pg_backend_pid()
 ), blockers AS MATERIALIZED (
-  SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL
-), shown AS (
-  SELECT * FROM act
+  {blockers}
+), shown_pids AS MATERIALIZED (
+  SELECT pid, blocked_by FROM act
    WHERE state IS DISTINCT FROM 'idle' OR wait_event_type = 'Lock' OR pid IN (SELECT pid FROM blockers)
+), shown AS MATERIALIZED (
+SELECT a.pid, a.application_name AS app, host(a.client_addr) AS client_addr, a.client_port, a.backend_type,
+       a.state, a.wait_event_type, a.wait_event,
+       EXTRACT(EPOCH FROM a.xact_start)::float8 AS xact_start,
+       EXTRACT(EPOCH FROM a.query_start)::float8 AS query_start,
+       EXTRACT(EPOCH FROM a.state_change)::float8 AS state_change,
+       a.backend_xid IS NOT NULL AS has_xid,
+       left(a.query, %(chars)s) AS query,
+       substring(a.query from '/\\*[^*]*=''[^*]*\\*/') AS query_comment,
+       p.blocked_by,
+       CASE WHEN a.wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
+       EXTRACT(EPOCH FROM now())::float8 AS server_now{act_extra}
+  FROM shown_pids p, LATERAL pg_stat_get_activity(p.pid) a
 ), hidden AS (
   SELECT (SELECT count(*) FROM act WHERE backend_type = 'client backend'
-             AND pid NOT IN (SELECT pid FROM shown)) AS hidden_clients,
+             AND pid NOT IN (SELECT pid FROM shown_pids)) AS hidden_clients,
          (SELECT coalesce(jsonb_object_agg(event, n), '{{}}')
             FROM (SELECT wait_event_type || ':' || wait_event AS event, count(*) AS n FROM act
-                   WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown)
-                   GROUP BY 1) e) AS hidden_events
+                   WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown_pids)
+                   GROUP BY 1) e) AS hidden_events{summary_extra}
 )
-SELECT hidden.hidden_clients, hidden.hidden_events, shown.*
-  FROM hidden LEFT JOIN shown ON true
+SELECT hidden.*, shown.* FROM hidden LEFT JOIN shown ON false
+UNION ALL
+SELECT {summary_nulls}, shown.* FROM shown
 """
+_BLOCKING_PIDS = {
+    "blocked_by": "pg_blocking_pids(pid)", "act_extra": "", "summary_extra": "",
+    "summary_nulls": "NULL, NULL",
+    "blockers": "SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL",
+}
 ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
-    waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)")
+    waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)", **_BLOCKING_PIDS)
 # Before Postgres 14 pg_locks has no waitstart: waits are then not timed.
-ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8")
+ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8", **_BLOCKING_PIDS)
+
+# Many waiters (Postgres 14+): no pg_blocking_pids() call; ONE read of pg_locks, kept for the targets
+# someone waits on, returned once in the summary (pid, its group's leader, target, mode, granted,
+# waitstart); contend.diagnosis.locks turns them into edges (docs/metrics.md, "Lock waits from
+# pg_locks"). Every holder of a lock on such a target is shown, idle or not.
+LOCKS_CTE = """
+WITH locks AS MATERIALIZED (
+  SELECT pid, ROW(locktype, database, relation, page, tuple, virtualxid, transactionid, classid, objid,
+                  objsubid)::text AS target,
+         mode, granted, EXTRACT(EPOCH FROM waitstart)::float8 AS waitstart
+    FROM pg_locks WHERE pid IS NOT NULL
+), contended AS MATERIALIZED (
+  SELECT * FROM locks WHERE target IN (SELECT target FROM locks WHERE NOT granted)
+),"""
+ACTIVITY_SQL_LOCKS = LOCKS_CTE + ACTIVITY_SELECT.format(
+    blocked_by="NULL::int[]", waitstart="NULL::float8", act_extra=", a.leader_pid",
+    blockers="SELECT DISTINCT pid FROM contended WHERE granted", summary_nulls="NULL, NULL, NULL",
+    summary_extra=""",
+         (SELECT json_agg(json_build_array(c.pid, coalesce(g.leader_pid, c.pid), c.target, c.mode,
+                                           c.granted, c.waitstart))
+            FROM contended c LEFT JOIN shown g ON g.pid = c.pid) AS locks""")
+LOCKS_PATH_WAITERS = 20
+"""Above this many Lock waiters (at the previous tick), edges come from pg_locks, not pg_blocking_pids()."""
 
 # Relations (tables) the root blockers hold granted locks on; read only when there are roots.
 LOCKED_RELATIONS_SQL = """
@@ -152,35 +188,13 @@ def fingerprint(query: str | None) -> str | None:
     return text.strip()
 
 
-class Ticker:
-    """A fixed-rate schedule: tick ``k`` is due at start + k x interval, whatever a tick cost.
-
-    ``late_ms`` is how far behind its due time the current tick began; a loop that fell behind
-    records the lateness and does not replay the ticks it missed.
-    """
-
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.next_at = clock()
-
-    def late_ms(self) -> float:
-        """Return how late the tick beginning now is, in milliseconds."""
-        return max(0.0, self.clock() - self.next_at) * 1000.0
-
-    def wait_s(self) -> float:
-        """Schedule the next tick; return the seconds to wait for it (0 when already behind)."""
-        self.next_at += self.interval_s
-        now = self.clock()
-        if self.next_at < now:
-            self.next_at = now
-        return self.next_at - now
-
-
 class PgSampler:
     """Samples one Postgres database through a connection it owns; ``tick()`` takes one snapshot."""
 
-    def __init__(self, conn: psycopg.Connection[Any], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], clock: Callable[[], float] = time.time,
+                 locks_above: int | None = LOCKS_PATH_WAITERS) -> None:
+        """``locks_above``: above this many Lock waiters at the previous tick the edges come from one
+        read of pg_locks (0: always; None: never; Postgres 14+ only)."""
         self.conn = conn
         self.clock = clock
         if not conn.autocommit:
@@ -200,6 +214,8 @@ class PgSampler:
         if not self.can_see_all:
             self._warn(NO_MONITOR_WARNING.format(role=role))
         self.activity_sql = ACTIVITY_SQL if conn.info.server_version >= 140000 else ACTIVITY_SQL_PRE14
+        self.locks_above = locks_above if conn.info.server_version >= 140000 else None
+        self._waiters = 0
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -233,28 +249,39 @@ class PgSampler:
         self._locked_cache = (roots, time.monotonic(), relations)
         return relations
 
-    def tick(self, late_ms: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Take one snapshot; return the tick record and one record per backend (docs/records.md)."""
+    def tick(self, late_ms: float = 0.0,
+             interval_s: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Take one snapshot; return the tick record and one record per backend (docs/records.md).
+
+        ``interval_s`` is the interval the caller ticks at (recorded: a CPU budget may stretch it).
+        """
         t = self.clock()
         started = time.perf_counter()
+        above = self.locks_above
+        from_locks = above is not None and (above == 0 or self._waiters > above)
         try:
             with self.conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(self.activity_sql, {"chars": QUERY_CHARS}).fetchall()
+                sql = ACTIVITY_SQL_LOCKS if from_locks else self.activity_sql
+                rows = cur.execute(sql, {"chars": QUERY_CHARS}).fetchall()
         except psycopg.errors.QueryCanceled:
             raise SamplerError(
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
                 hint="the server is overloaded; raise the sampling interval",
             ) from None
-        hidden_clients = int(rows[0]["hidden_clients"]) if rows else 0
-        hidden_events: dict[str, int] = dict(rows[0]["hidden_events"] or {}) if rows else {}
-        rows = [row for row in rows if row["pid"] is not None]
-        blocking_calls = sum(1 for row in rows if row["wait_event_type"] == "Lock")
+        summary = next(row for row in rows if row["pid"] is None)
+        hidden_clients = int(summary["hidden_clients"])
+        hidden_events: dict[str, int] = dict(summary["hidden_events"] or {})
+        rows = sorted((row for row in rows if row["pid"] is not None), key=lambda row: row["pid"])
+        if from_locks:
+            _blockers_from_locks(rows, summary["locks"] or [])
+        blocking_calls = 0 if from_locks else sum(1 for row in rows if row["wait_event_type"] == "Lock")
         backends = [_backend_record(t, row) for row in rows]
         forest = build_forest(backends)
         by_pid = {b["pid"]: b for b in backends}
         locked = self._locked_relations(frozenset(forest.roots))
         cost_ms = (time.perf_counter() - started) * 1000.0
         idle = [b for b in backends if b["state"] == "idle in transaction"]
+        self._waiters = forest.blocked
         tick = {
             "t": t,
             "backends": sum(1 for b in backends if b["backend_type"] == "client backend")
@@ -272,7 +299,10 @@ class PgSampler:
             "idle_hidden": hidden_clients,
             "cost_ms": round(cost_ms, 3),
             "late_ms": round(late_ms, 3),
+            "interval_s": None if interval_s is None else round(interval_s, 4),
+            "server_now": rows[0]["server_now"] if rows else None,
             "blocking_calls": blocking_calls,
+            "wait_graph": "pg_locks" if from_locks else "pg_blocking_pids",
             # Each lock wait's exact start (server clock, the wait's identity) and its age at this
             # tick, so its start on the samplers' clock is t - age (docs/metrics.md, "Lock waits").
             "waits": [
@@ -282,6 +312,20 @@ class PgSampler:
             ],
         }
         return tick, backends
+
+
+def _blockers_from_locks(rows: list[dict[str, Any]], lock_rows: list[list[Any]]) -> None:
+    """Set ``blocked_by`` and ``waitstart`` of the Lock waiters among ``rows`` from the lock rows."""
+    locks = [Lock(*lock) for lock in lock_rows]
+    blocked_by = blockers_from_locks(locks)
+    waitstart: dict[int, float] = {}
+    for lock in locks:
+        if not lock.granted and lock.waitstart is not None:
+            waitstart[lock.pid] = min(lock.waitstart, waitstart.get(lock.pid, lock.waitstart))
+    for row in rows:
+        if row["wait_event_type"] == "Lock":
+            row["blocked_by"] = blocked_by.get(row["pid"], [])
+            row["waitstart"] = waitstart.get(row["pid"])
 
 
 def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
@@ -296,9 +340,13 @@ def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
         "state": row["state"],
         "wait_event_type": row["wait_event_type"],
         "wait_event": row["wait_event"],
-        "xact_age": row["xact_age"],
-        "query_age": row["query_age"],
-        "state_age": row["state_age"],
+        # Ages from the starts (server clock), so that a record by change keeps the starts only.
+        "xact_age": age(row["server_now"], row["xact_start"]),
+        "query_age": age(row["server_now"], row["query_start"]),
+        "state_age": age(row["server_now"], row["state_change"]),
+        "xact_start": row["xact_start"],
+        "query_start": row["query_start"],
+        "state_change": row["state_change"],
         "has_xid": row["has_xid"],
         "query": row["query"],
         "fingerprint": fingerprint(row["query"]),

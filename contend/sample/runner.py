@@ -39,6 +39,7 @@ from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
 from contend.redact import redact_message
 from contend.sample import attribution, crosslayer, namespaces, nats, pg, pyspy
+from contend.sample.backends import ChangeLog
 from contend.stack.process import Lifecycle, ManagedProcess
 
 log = logging.getLogger("contend.sample")
@@ -60,6 +61,9 @@ class SamplerConfig(BaseModel):
     dsn_env: str = "CONTEND_DSN"
     """Else the environment variable that holds the DSN (read by the child)."""
     pg_interval_s: float = Field(default=0.1, gt=0)
+    cpu_budget_pct: float | None = Field(default=3.0, gt=0)
+    """Share of one core the Postgres sampler's thread may use; over it, the
+    interval stretches (never below 1 Hz) until the cost falls (contend.sample.ticker). None: no budget."""
     pyspy_interval_s: float = Field(default=5.0, gt=0)
     """Least seconds between two requested dumps of one process (waiters, idle holders)."""
     pyspy_max_per_s: float = Field(default=0.5, gt=0)
@@ -255,10 +259,12 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         for thread in threads:
             thread.start()
         (samples / READY_FILE).touch()
-        ticker = pg.Ticker(config.pg_interval_s)
+        ticker = pg.Ticker(config.pg_interval_s, cpu_budget_pct=config.cpu_budget_pct)
+        cpu_at = time.thread_time()
+        changes = ChangeLog()  # pg_backends.jsonl by change, a full snapshot every few seconds
         while not stop.is_set():
             try:
-                tick, backends = sampler.tick(late_ms=ticker.late_ms())
+                tick, backends = sampler.tick(late_ms=ticker.late_ms(), interval_s=ticker.interval_s)
             except SamplerError as exc:
                 log.warning("postgres: %s", exc.message)
             except psycopg.OperationalError as exc:
@@ -266,7 +272,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 sampler = _reconnect(sampler, dsn, stop)
             else:
                 writers["pg_ticks"].write([tick])
-                writers["pg_backends"].write(backends)
+                writers["pg_backends"].write(changes.lines(tick["t"], tick["server_now"], backends))
                 cross.observe(tick, backends)
                 for reason, clients in pyspy.stack_triggers(
                         tick, backends, wait_s=config.pyspy_wait_s, idle_in_tx_s=config.pyspy_idle_in_tx_s):
@@ -274,6 +280,9 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 # Every tick, rootless ones too: the attributor ends a root's episode when it
                 # sees a tick without it.
                 todo.put((tick, backends if tick["roots"] else []))
+                # The thread's whole tick: reading, building and writing the records, the triggers.
+                ticker.spend(time.thread_time() - cpu_at)
+            cpu_at = time.thread_time()
             stop.wait(ticker.wait_s())
     finally:
         stop.set()

@@ -35,6 +35,8 @@ from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
 
 QUERY_WIDTH = 100
 MIN_DUMP_INTERVAL_S = 1.0
+REDRAW_S = 1.0
+"""The live view is drawn when what it shows changed, else once this often (the clock and ages)."""
 THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid", "mapped_by", "comment")
 
 
@@ -80,15 +82,20 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
     a waiter under its deepest blocker turns that queue into one readable chain.
     """
     level: dict[int, int] = {}
+    visiting: set[int] = set()  # on the current path: a cycle is not followed round again
 
-    def depth(pid: int, seen: frozenset[int]) -> int:
-        if pid not in level:
-            ahead = [b for b in blocked_by.get(pid, ()) if b not in seen]
-            level[pid] = 1 + max((depth(b, seen | {pid}) for b in ahead), default=-1)
+    def depth(pid: int) -> int:
+        if pid in level:
+            return level[pid]
+        if pid in visiting:
+            return -1
+        visiting.add(pid)
+        level[pid] = 1 + max((depth(b) for b in blocked_by.get(pid, ())), default=-1)
+        visiting.discard(pid)
         return level[pid]
 
     return {
-        pid: max(blockers, key=lambda b: (depth(b, frozenset({pid})), b))
+        pid: max(blockers, key=lambda b: (depth(b), b))
         for pid, blockers in blocked_by.items() if blockers
     }
 
@@ -124,14 +131,16 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
            findings: Sequence[Mapping[str, Any]] | None = None,
            graph: Mapping[str, Any] | None = None,
            mapping: Mapping[str, Any] | None = None,
-           threads: Mapping[int, Mapping[str, Any]] | None = None) -> RenderableType:
+           threads: Mapping[int, Mapping[str, Any]] | None = None,
+           max_lines: int | None = None) -> RenderableType:
     """Return the view of one snapshot: metrics line, findings, how backends were mapped to threads,
     blocker forest with the Python waits beside the Postgres ones, idle-in-transaction holders.
 
     ``findings`` is None when no server process is watched with py-spy; a finding's ``line`` (when
     set) says when it first appeared and how often it has been seen. ``graph`` is the wait-for graph
     record of the latest stacks; its ``mapping`` and the thread it placed each backend on are shown
-    unless ``mapping`` and ``threads`` (backend pid -> thread) are given.
+    unless ``mapping`` and ``threads`` (backend pid -> thread) are given. With ``max_lines`` (the
+    terminal's height) the forest draws only the nodes that fit, then how many more wait.
     """
     if mapping is None and graph is not None:
         mapping = graph.get("mapping")
@@ -169,14 +178,23 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     for backend_pid, words in python_waits(graph):
         python.setdefault(backend_pid, []).append(words)
     drawn: set[int] = set()
+    room = _Room(None if max_lines is None else _forest_lines(max_lines, parts, backends, tick))
     for root in tick["roots"]:
+        if room.full():
+            break
+        room.add(root=True)
         node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}",
                                  threads.get(root["pid"])))
         _python(node, python.get(root["pid"]))
         drawn.add(root["pid"])
-        _add_waiters(node, root["pid"], children, by_pid, threads, {root["pid"]}, python, drawn)
+        _add_waiters(node, root["pid"], children, by_pid, threads, {root["pid"]}, python, drawn, room)
+    more_waiters, more_roots = len(drawn_under) - room.waiters, len(tick["roots"]) - room.roots
+    if more_waiters > 0 or more_roots > 0:
+        forest.add(Text(f"… and {more_waiters:,} more waiters"
+                        + (f" under {more_roots:,} more roots" if more_roots else "")
+                        + " (the terminal is full; --json has them all)", style="dim"))
     for backend_pid, lines in python.items():  # Python waits of threads the forest does not show
-        if backend_pid not in drawn:
+        if backend_pid not in drawn and not room.full():
             _python(forest, lines)
     parts.append(forest)
     if tick["locked_relations"]:
@@ -184,10 +202,13 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     idle = sorted((b for b in backends if b["state"] == "idle in transaction"),
                   key=lambda b: -(b["xact_age"] or 0.0))
     if idle:
-        table = Table(title="idle in transaction", title_justify="left")
+        shown_idle = idle if max_lines is None else idle[:_idle_rows(max_lines, len(idle))]
+        more = len(idle) - len(shown_idle)
+        table = Table(title="idle in transaction", title_justify="left",
+                      caption=f"… and {more:,} more" if more else None, caption_justify="left")
         for column in ("pid", "xact age", "idle for", "application", "last query"):
-            table.add_column(column)
-        for b in idle:
+            table.add_column(column, no_wrap=True)  # one line a row: its height is known
+        for b in shown_idle:
             table.add_row(str(b["pid"]), _age(b["xact_age"]), _age(b["state_age"]), b["app"] or "",
                           _query(b["query"]))
         parts.append(table)
@@ -205,19 +226,54 @@ def _python(node: Tree, lines: Sequence[str] | None) -> None:
         node.add(Text(line, style="magenta"))
 
 
+class _Room:
+    """How many forest nodes may still be drawn (None: all), and how many were."""
+
+    def __init__(self, nodes: int | None) -> None:
+        self.nodes = nodes
+        self.roots = 0
+        self.waiters = 0
+
+    def full(self) -> bool:
+        return self.nodes is not None and self.roots + self.waiters >= self.nodes
+
+    def add(self, root: bool = False) -> None:
+        if root:
+            self.roots += 1
+        else:
+            self.waiters += 1
+
+
+def _forest_lines(max_lines: int, before: Sequence[RenderableType], backends: Sequence[Mapping[str, Any]],
+                  tick: Mapping[str, Any]) -> int:
+    """Forest nodes that fit in ``max_lines``: two lines a node, after the lines above the forest and
+    those below it (the locked relations, the idle-in-transaction table)."""
+    idle = sum(1 for b in backends if b["state"] == "idle in transaction")
+    rows = _idle_rows(max_lines, idle)
+    below = (1 if tick["locked_relations"] else 0) + (rows + 6 if idle else 0)  # title, borders, caption
+    return max(2, (max_lines - len(before) - below - 3) // 2)
+
+
+def _idle_rows(max_lines: int, idle: int) -> int:
+    """Rows of the idle-in-transaction table in a terminal of ``max_lines``: a quarter of it at most."""
+    return min(idle, max(3, max_lines // 4))
+
+
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
                  by_pid: Mapping[int, Mapping[str, Any]], threads: Mapping[int, Mapping[str, Any]],
-                 seen: set[int], python: Mapping[int | None, list[str]], drawn: set[int]) -> None:
+                 seen: set[int], python: Mapping[int | None, list[str]], drawn: set[int],
+                 room: _Room) -> None:
     for waiter in children.get(pid, ()):
-        if waiter in seen:
+        if waiter in seen or room.full():
             continue
         seen.add(waiter)
         drawn.add(waiter)
+        room.add()
         backend = by_pid.get(waiter)
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
         child = node.add(_label(backend, waiter, event, threads.get(waiter)))
         _python(child, python.get(waiter))
-        _add_waiters(child, waiter, children, by_pid, threads, seen, python, drawn)
+        _add_waiters(child, waiter, children, by_pid, threads, seen, python, drawn, room)
 
 
 def finding_details(found: Mapping[str, Any]) -> list[str]:
@@ -357,15 +413,51 @@ class StackWatch:
         self._thread.join(timeout=15.0)
 
 
+def _view_key(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    """What the view of a snapshot shows, but its clock and ages: equal keys draw the same view."""
+    counts = tuple(tick[k] for k in ("backends", "blocked", "edges", "depth", "idle_in_tx"))
+    roots = tuple((r["pid"], r["blocks"]) for r in tick["roots"])
+    rows = tuple((b["pid"], b["state"], b["wait_event"], b["query"], tuple(b["blocked_by"]))
+                 for b in backends)
+    return counts, tuple(tick["locked_relations"]), roots, rows
+
+
+class Budget:
+    """The watch's sampler on its CPU budget: the CPU of each tick (reading only, not drawing) goes
+    to the Ticker, and ``lowered`` says since when and how far the rate is lowered."""
+
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
+        self.since: float | None = None
+
+    def tick(self, sampler: PgSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        cpu_at = time.thread_time()
+        found = sampler.tick(late_ms=self.ticker.late_ms(), interval_s=self.ticker.interval_s)
+        self.ticker.spend(time.thread_time() - cpu_at)
+        return found
+
+    def lowered(self, tick: Mapping[str, Any]) -> list[str]:
+        """A line while the rate is lowered (none otherwise)."""
+        if self.ticker.interval_s <= self.ticker.asked_s:
+            self.since = None
+            return []
+        self.since = self.since or tick["t"]
+        return [f"sampler {1 / self.ticker.asked_s:.3g} Hz lowered to {1 / self.ticker.interval_s:.2g} Hz "
+                f"since {time.strftime('%H:%M:%S', time.localtime(self.since))} to keep within its CPU "
+                f"budget ({self.ticker.cpu_budget_pct:g} % of a core): {tick['backends']:,} backends"]
+
+
 def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
           pyspy_pids: Sequence[int] = (), pyspy_pattern: str | None = None,
-          dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
+          dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None,
+          cpu_budget_pct: float | None = 3.0) -> None:
     """Sample ``dsn`` every ``interval`` seconds until Ctrl-C; a live view, or tick records as JSON lines.
 
     With ``pyspy_pids`` or ``pyspy_pattern`` (a regular expression on command lines), py-spy reads
     those server processes and each snapshot carries the wait-for graph's findings (of the latest
     py-spy round: the dumps run beside the Postgres loop, which keeps its rate; ``late_ms`` of each
-    tick says how far behind its due time it began).
+    tick says how far behind its due time it began). Over ``cpu_budget_pct`` of a core the sampler
+    ticks slower (``interval_s`` of each tick, and a line of the view, say so).
     Returns normally on Ctrl-C (watching ends only that way, so it is not an error).
     """
     out = out or sys.stdout
@@ -378,12 +470,13 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             stacks = StackWatch(dsn, pids, sampler.warnings.append, dumper=dumper, app_timeouts=app_timeouts)
         if pyspy_pattern and not pids:
             sampler.warnings.append(f"no process matches {pyspy_pattern!r}: no stacks are taken")
-        ticker = Ticker(interval)
+        ticker = Ticker(interval, cpu_budget_pct=cpu_budget_pct)
+        budget = Budget(ticker)
         if as_json:
             for warning in sampler.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
             while True:
-                tick, backends = sampler.tick(late_ms=ticker.late_ms())
+                tick, backends = budget.tick(sampler)
                 found = stacks.update(tick, backends) if stacks else []
                 line = tick | {"findings": json_findings(found)}
                 if stacks and stacks.mapping is not None:
@@ -393,11 +486,20 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
                 time.sleep(ticker.wait_s())
         console = Console(file=out)
         with Live(console=console, auto_refresh=False, screen=False) as live:
+            drawn: tuple[Any, ...] | None = None
+            drawn_at = 0.0
             while True:
-                tick, backends = sampler.tick(late_ms=ticker.late_ms())
+                tick, backends = budget.tick(sampler)
                 shown = stacks.update(tick, backends) if stacks else None
-                live.update(render(tick, backends, sampler.warnings, shown, stacks.graph if stacks else None),
-                            refresh=True)
+                warnings = [*sampler.warnings, *budget.lowered(tick)]
+                # Drawn when what it shows changed, and every second (the clock and the ages move).
+                now, height = time.monotonic(), console.size.height
+                graph = stacks.graph if stacks else None
+                view = (_view_key(tick, backends), tuple(warnings), repr(shown), repr(graph), height)
+                if view != drawn or now - drawn_at >= REDRAW_S:
+                    live.update(render(tick, backends, warnings, shown, graph, max_lines=height),
+                                refresh=True)
+                    drawn, drawn_at = view, now
                 time.sleep(ticker.wait_s())
     except KeyboardInterrupt:
         return

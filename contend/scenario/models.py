@@ -195,6 +195,10 @@ class Sampling(_Model):
 
     pg_interval_s: PositiveFloat = 0.1
     """Postgres activity and blocker-graph tick."""
+    cpu_budget_pct: PositiveFloat | None = 3.0
+    """Share of one core (%) the Postgres sampler's thread may use; over it the tick interval
+    stretches (never below 1 Hz) until the cost falls, and the report says when and how far.
+    None: always tick at pg_interval_s."""
     pyspy: bool = True
     """Sample the server's Python stacks with py-spy."""
     pyspy_interval_s: PositiveFloat = 5.0
