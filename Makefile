@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SCENARIO ?= scenarios/log-persist.yaml
+WORKERS ?= 4
 
 .PHONY: demo test check fast install bench
 
@@ -17,9 +18,10 @@ install: $(BIN)/contend
 demo: install
 	$(BIN)/contend run $(SCENARIO)
 
-# Lint, types, then every test: the fast tier, `integration` (real processes) and `slow` (end to end).
+# Lint, types, then every test: the fast tier and `integration` (real processes) in WORKERS parallel
+# processes, as they mostly wait; then `slow` (end to end, measuring contention) alone (tests/tiers.py).
 test: install check
-	$(BIN)/python -m pytest
+	$(BIN)/python tests/tiers.py --workers $(WORKERS)
 
 # Lint and strict types on the package.
 check: install

@@ -3,6 +3,23 @@
 Tiers (markers in pyproject.toml): a test that starts any process (Postgres, NATS, a server, a
 subprocess) is marked ``integration``, an end-to-end one ``slow``; the rest is the fast tier
 (``make fast``), and there a test that starts a process fails at once with what to do.
+
+``make test`` (tests/tiers.py) runs every test but the ``slow`` ones in parallel worker processes
+(pytest-xdist), then the ``slow`` tier alone. Each worker has its own temporary folders, process
+registry (``CONTEND_STATE_DIR``) and session ``stack``; a test is parallel-safe when it
+
+- writes only below ``tmp_path`` / ``tmp_path_factory`` (never the repository's ``reports/``);
+- takes ports from the stack or ``free_port()``, never a fixed number;
+- looks for processes by a path of its own (``stack_processes(tmp_path)``,
+  ``processes_mentioning(str(tmp_path))``), never by a program's name: other workers run the same
+  programs;
+- changes the environment through ``monkeypatch`` or a child's ``env``, and leaves the shared stack
+  as it found it (its own database, table or role names; rolled back or dropped at the end);
+- asserts no timing that a busy machine stretches; one that measures contention (lock waits,
+  redeliveries, sampling rates) belongs to the ``slow`` tier, which runs alone.
+
+Tests that share a module- or class-scoped fixture (a reference stack started once for them) are
+kept on one worker (``_shared_fixtures_stay_together``), so that fixture still starts once.
 """
 
 from __future__ import annotations
@@ -141,6 +158,30 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     with _no_processes(item):
         yield
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _shared_fixtures_stay_together(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the order is the one tests are handed out in
+        # Those that start processes (the long ones) first; the fast tier fills the gaps at the end.
+        items.sort(key=lambda item: not item.get_closest_marker("integration"))
+
+
+def _shared_fixtures_stay_together(items: list[pytest.Item]) -> None:
+    """Put the tests that use one module- or class-scoped fixture in one pytest-xdist group."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
+            continue
+        scopes = {defs[-1].scope for defs in info.name2fixturedefs.values() if defs}
+        if "module" in scopes:
+            group = item.nodeid.split("::")[0]
+        elif "class" in scopes and getattr(item, "cls", None) is not None:
+            group = item.nodeid.rsplit("::", 1)[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True, scope="session")
