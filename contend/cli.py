@@ -184,6 +184,7 @@ def up(dsn: str | None, reports: Path, refserver: bool, preset: str, flag_pairs:
         if ref := info.get("refserver"):
             click.echo(f"  API       {ref['url']}/api/v2/  (pipeline {ref['pipeline_slug']})")
             click.echo(f"  token     {ref['token']}  (throw-away, this stack only)")
+            click.echo(f"  images    {ref['images_url']}  (each task's image_url)")
             click.echo(f"  jobs      {', '.join(map(str, ref['job_ids']))}")
             click.echo(f"  flags     {' '.join(f'{k}={v}' for k, v in ref['flags'].items())}")
         click.echo(f"  details   {info_path}")
@@ -397,6 +398,19 @@ def _echo_paths(paths: Any, as_json: bool) -> None:
     click.echo(f"summary   {paths.summary}")
 
 
+def _app_timeouts(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    from contend.diagnosis.findings import TIMEOUTS
+
+    found = {}
+    for value in values:
+        name, _, ms = value.partition("=")
+        if name not in TIMEOUTS or not ms.replace(".", "", 1).isdigit():
+            raise click.BadParameter(f"{value!r}: give NAME=MS with NAME one of {', '.join(TIMEOUTS)}, "
+                                     "e.g. statement_timeout=30000")
+        found[name] = float(ms)
+    return found
+
+
 @cli.command()
 @dsn_option(required=True)
 @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
@@ -408,8 +422,12 @@ def _echo_paths(paths: Any, as_json: bool) -> None:
               help="A server process to read with py-spy for the cross-layer findings (repeatable).")
 @click.option("--pyspy-pattern", metavar="REGEX",
               help="Read with py-spy every process whose command line matches REGEX.")
+@click.option("--app-timeout", "app_timeouts", multiple=True, metavar="NAME=MS", callback=_app_timeouts,
+              help="A timeout your application sets on its own connections, e.g. statement_timeout=30000 "
+                   "(repeatable): Postgres shows no session's settings to another, so findings would "
+                   "only know the server's defaults.")
 def watch(dsn: str, interval: float, as_json: bool, pyspy_pids: tuple[int, ...],
-          pyspy_pattern: str | None) -> None:
+          pyspy_pattern: str | None, app_timeouts: dict[str, float]) -> None:
     """Watch the blocker forest of a Postgres database live, read-only, until Ctrl-C.
 
     Shows each root blocker with its state, transaction age and query, its waiters below it, the
@@ -425,4 +443,4 @@ def watch(dsn: str, interval: float, as_json: bool, pyspy_pids: tuple[int, ...],
     # SIGTERM ends a watch like Ctrl-C does: the normal way to stop it, so exit 0.
     with contextlib.suppress(Interrupted):
         watch_database(dsn, interval=interval, as_json=as_json, pyspy_pids=pyspy_pids,
-                       pyspy_pattern=pyspy_pattern)
+                       pyspy_pattern=pyspy_pattern, app_timeouts=app_timeouts)

@@ -106,6 +106,8 @@ def batched_post(url: str, allow_remote: bool, token_env: str | None, load_worke
 @click.option("--per-image", "per_image_s", type=float, help="Inference seconds per image [default: 0.05].")
 @click.option("--cold-start", "cold_start_s", type=float, help="First-batch inference seconds [default: 2].")
 @click.option("--seed", type=int, help="Seed of the inference-time model [default: 0].")
+@click.option("--load-images", is_flag=True, default=None,
+              help="Download each task's image before inference, 8 at a time per loader, as ADC does.")
 def pull_workers(url: str, allow_remote: bool, token_env: str | None, load_workers: int, remote_workers: int,
                  master_bind: str | None, out: Path | None, **params: Any) -> None:
     """ADC's GPU workers: poll jobs, reserve tasks, infer, post one result per image."""

@@ -57,6 +57,11 @@ MEANINGS: dict[str, str] = {
     "cross_layer_deadlocks": "episodes of a cycle through a Python lock wait and a Postgres lock wait",
     "python_lock_waiters_max": "threads waiting on one Python lock, max over the wait-for graphs",
     "idle_in_tx_blocked_in_app_max": "threads idle in transaction, blocked in the app (max, wait-for graphs)",
+    "image_loads": "task images the pull workers loaded",
+    "image_load_failed": "task images that failed to load",
+    "image_load_p50_s": "task image download time p50 (s), failed ones included",
+    "image_load_p95_s": "task image download time p95 (s), failed ones included",
+    "image_mb": "megabytes of task images loaded",
 }
 
 PHASE_SPLIT: tuple[str, ...] = (
@@ -83,4 +88,6 @@ BETTER: dict[str, int] = {m: -1 for m in METRICS} | {
     "lock_waits_drain": 0,
     "requests_total": 0,
     "jobs_started": 1,
+    "image_loads": 0,
+    "image_mb": 0,
 }

@@ -380,6 +380,8 @@ def run_scenario(
                 raise
             except ContendError as error:
                 outcome = VariantOutcome(variant.name, folder, "failed", error.message)
+            if outcome.status == "failed":
+                result.status = "partial"  # a run with a failed variant did not measure all it planned
             if stop.is_set() and outcome.status == "ok":
                 outcome.status, outcome.reason = "partial", "interrupted"
                 result.status = "partial"

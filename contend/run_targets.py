@@ -80,6 +80,7 @@ def external_target(scenario: Scenario, target: ExternalTarget) -> tuple[LoadTar
         pyspy_pids=target.pyspy_pids if pyspy else {},
         pyspy_patterns=target.pyspy_patterns if pyspy else {},
         secret_envs=[target.token_env] if target.token_env else list(DEFAULT_TOKEN_VARS),
+        app_timeouts={str(k): v for k, v in target.app_timeouts.items()},
         **_sampler_settings(scenario),
     )
     return load_target, sampler
@@ -120,6 +121,29 @@ def command_target(scenario: Scenario, target: CommandTarget, variant: Variant, 
             pyspy_pids=pids if pyspy else {},
             pyspy_patterns=target.pyspy_patterns if pyspy else {},
             secret_envs=[*command.secret_envs],
+            app_timeouts={str(k): v for k, v in target.app_timeouts.items()},
             **_sampler_settings(scenario),
         )
-        yield command, load_target, sampler
+        with _server_log(target.postgres_log, folder.parent / "stack" / "postgres" / "postgres.log"):
+            yield command, load_target, sampler
+
+
+@contextlib.contextmanager
+def _server_log(source: str | None, copy: Path) -> Iterator[None]:
+    """Copy what the server's log gains while the variant runs to where the analysis reads it."""
+    if source is None:
+        yield
+        return
+    path = Path(source).expanduser()
+    try:
+        start = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"cannot read target.postgres_log {source}: {exc.strerror}",
+                          hint="name a log file your Postgres writes, or leave postgres_log out") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError), path.open("rb") as log:
+            log.seek(start if path.stat().st_size >= start else 0)  # rotated: read it from its start
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(log.read())

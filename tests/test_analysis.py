@@ -38,24 +38,33 @@ def expected(folder: Path) -> dict:
             key = (n["stream"], n["consumer"])
             per_consumer[key] = max(per_consumer.get(key, 0), n["num_redelivered"])
     queue = [n["num_pending"] for n in nats if n["stream"] == "ml_results" and start <= n["t"] <= end]
+    # A lock wait is one (pid, waitstart): it began at its first tick minus its age, and lasted at
+    # least until the last tick that saw it.
+    spans: dict[tuple, list[float]] = {}
+    for t in ticks:
+        for w in t.get("waits") or ():
+            span = spans.setdefault((w["pid"], w["waitstart"]), [t["t"] - w["age"], t["t"]])
+            span[1] = t["t"]
+    inside = [(a, b) for a, b in spans.values() if a <= end and b >= start]
+    durations = [b - a for a, b in inside]
     # Without phases in meta.json (no drain recorded) the whole window is the load window; the
-    # synthetic ticks time no lock waits and the folder has no server log.
+    # folder has no server log.
     whole = {
         "edges_max": max(t["edges"] for t in window),
         "blocked_max": max(t["blocked"] for t in window),
         "depth_max": max(t["depth"] for t in window),
         "idle_in_tx_max": max(t["idle_in_tx"] for t in window),
-        "lock_waits": 0,
-        "blocked_seconds": 0,
+        "lock_waits": len(inside),
+        "blocked_seconds": sum(min(b, end) - max(a, start) for a, b in inside),
         "queue_max": max(queue),
     }
     return {
         **whole,
         **{f"{m}_load": v for m, v in whole.items()},
         **{f"{m}_drain": None for m in whole},
-        "lock_wait_p50_s": None,
-        "lock_wait_p95_s": None,
-        "lock_wait_max_s": None,
+        "lock_wait_p50_s": float(np.percentile(durations, 50)) if durations else None,
+        "lock_wait_p95_s": float(np.percentile(durations, 95)) if durations else None,
+        "lock_wait_max_s": max(durations) if durations else None,
         "results_processed_per_s": None,
         "drain_s": None,
         "drain_timed_out": None,
@@ -93,6 +102,19 @@ def expected(folder: Path) -> dict:
         **expected_fairness(reqs, jobs=sorted({r["job"] for r in reqs if r["job"] is not None})),
         "lost_updates": None,  # no final_state.json: nothing probed the jobs' counts
         **expected_graph(lines(folder / "samples" / "waitgraph.jsonl")),
+        **expected_images(reqs),
+    }
+
+
+def expected_images(reqs: list[dict]) -> dict:
+    images = [r for r in reqs if r["kind"] == "image"]
+    seconds = [r["t1"] - r["t0"] for r in images]
+    return {
+        "image_loads": sum(1 for r in images if r["error"] is None),
+        "image_load_failed": sum(1 for r in images if r["error"] is not None),
+        "image_load_p50_s": float(np.percentile(seconds, 50)),
+        "image_load_p95_s": float(np.percentile(seconds, 95)),
+        "image_mb": sum(r["recv"] for r in images if r["error"] is None) / 1e6,
     }
 
 
@@ -496,3 +518,23 @@ def test_a_load_shorter_than_a_tick_is_measured_by_the_first_tick_after_it_start
     m = variant_metrics(load_variant(tmp_path))
     assert m["edges_max_load"] == 2  # the tick at +0.09 s, not the one before the load nor a later one
     assert m["edges_max_drain"] == 5 and m["edges_max"] == 5
+
+
+def test_a_thread_waiting_for_a_logging_handlers_lock_is_a_lock_wait_not_idle() -> None:
+    # "Where server threads wait" and the wait-for graph read a thread's state the same way: a thread
+    # stopped in logging.Handler.acquire waits for the handler's lock (the source says so).
+    import inspect
+    import logging
+
+    from contend.diagnosis.threads import thread_state
+
+    lines, first = inspect.getsourcelines(logging.Handler.acquire)
+    line = first + next(i for i, text in enumerate(lines) if "self.lock.acquire()" in text)
+    waiting = {"active": False, "frames": [
+        {"name": "Handler.acquire", "filename": logging.__file__, "line": line},
+        {"name": "Handler.handle", "filename": logging.__file__, "line": 1},
+        {"name": "job_result", "filename": "/srv/app/jobs/views.py", "line": 299},
+    ]}
+    assert thread_state(waiting, ["/srv/app/"]) == "lock wait"
+    sleeping = {**waiting, "frames": [{"name": "sleep", "filename": "/srv/app/jobs/views.py", "line": 1}]}
+    assert thread_state(sleeping, ["/srv/app/"]) == "idle"

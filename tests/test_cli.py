@@ -51,3 +51,9 @@ def test_a_password_in_a_dsn_on_the_command_line_is_refused_without_echoing_it()
     assert out.returncode == ExitCode.USAGE
     assert "CONTEND_DSN" in out.stderr
     assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_watch_refuses_an_app_timeout_it_does_not_know_in_one_line() -> None:
+    done = contend("watch", "--dsn", "postgresql://u@127.0.0.1:1/x", "--app-timeout", "statement_timeout=30s")
+    assert done.returncode == 2
+    assert "give NAME=MS" in done.stderr and "statement_timeout=30000" in done.stderr

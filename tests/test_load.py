@@ -49,13 +49,15 @@ RECORD_KEYS = [
 class FakeAntenna:
     """The jobs list, /tasks/ and /result/ of Antenna's API on 127.0.0.1, counting what it receives.
 
-    ``redeliver`` puts every task back once after it was handed out (a NATS redelivery).
+    ``redeliver`` puts every task back once after it was handed out (a NATS redelivery); ``images``
+    names images it serves itself (even task ids) and images nothing serves (odd ones).
     """
 
     def __init__(
-        self, jobs: dict[int, int] | None = None, delay_s: float = 0.0, redeliver: bool = False
+        self, jobs: dict[int, int] | None = None, delay_s: float = 0.0, redeliver: bool = False,
+        images: bool = False,
     ) -> None:
-        self.delay_s, self.redeliver = delay_s, redeliver
+        self.delay_s, self.redeliver, self.images = delay_s, redeliver, images
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.queues = {job: [str(job * 1000 + i) for i in range(n)] for job, n in (jobs or {1: 0}).items()}
@@ -92,8 +94,27 @@ class FakeAntenna:
         with self.lock:
             return sum(r["kind"] == kind for r in self.requests)
 
+    def image_url(self, task: str) -> str:
+        if not self.images:
+            return f"http://127.0.0.1/{task}.jpg"
+        # Port 1: nothing listens there, the download fails at once.
+        return f"{self.url}/images/{task}.jpg" if int(task) % 2 == 0 else f"http://127.0.0.1:1/{task}.jpg"
+
+    def serve_image(self, h: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.requests.append({"kind": "image", "results": 0, "auth": h.headers.get("Authorization")})
+        data = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
     def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        if h.path.startswith("/images/"):
+            self.serve_image(h)
+            return
         parts = [p for p in urlsplit(h.path).path.split("/") if p]
         kind = {"GET": "poll"}.get(method, parts[-1] if len(parts) == 5 else "?")
         entry = {"kind": kind, "results": 0, "auth_ok": h.headers.get("Authorization") == f"Token {TOKEN}"}
@@ -122,14 +143,16 @@ class FakeAntenna:
                     {
                         "id": i,
                         "image_id": i,
-                        "image_url": f"http://127.0.0.1/{i}.jpg",
+                        "image_url": self.image_url(i),
                         "reply_subject": f"$JS.ACK.job_{job}.c.1.{i}",
                     }
                     for i in taken
                 ]
             }
         elif kind == "result":
-            entry["results"] = len(json.loads(raw)["results"])
+            results = json.loads(raw)["results"]
+            entry["results"] = len(results)
+            entry["errors"] = {r["result"]["image_id"] for r in results if "error" in r["result"]}
             time.sleep(self.delay_s)
             body = {"status": "accepted", "job_id": int(parts[3]), "results_queued": entry["results"]}
         with self.lock:
@@ -408,6 +431,25 @@ def test_pull_workers_drain_jobs_and_count_redeliveries(tmp_path):
     assert summary.requests_failed == 0
     assert all(r["results"] <= 8 for r in recs if r["kind"] == "result")
     assert {r["worker"] for r in recs} == {"w0-u0", "w0-u1"}
+
+
+@pytest.mark.integration
+def test_pull_workers_load_images_without_the_token_and_post_an_error_result_for_each_failed_one(tmp_path):
+    workload = PullWorkers(pollers=1, loaders=2, batch_size=6, prefetch=2, cold_start_s=0.05,
+                           per_image_s=0.001, idle_sleep_s=0.2, duration_s=4, load_images=True,
+                           image_threads=3)
+    with FakeAntenna(jobs={1: 24}, images=True) as app:
+        summary = run_load([workload], LoadTarget(app.url, pipeline_slug="moths"), tmp_path)
+    recs = records(tmp_path)
+    images = [r for r in recs if r["kind"] == "image"]
+    assert len(images) == summary.tasks_received == 24
+    served = [r for r in images if r["error"] is None]
+    assert len(served) == 12 and all(r["recv"] == 4 + 256 * 40 and r["status"] == 200 for r in served)
+    assert {r["error"] for r in images if r["error"] is not None} == {"ConnectError"}
+    assert [r["auth"] for r in app.requests if r["kind"] == "image"] == [None] * 12  # no token to storage
+    failed = set().union(*(r["errors"] for r in app.requests if r["kind"] == "result"))
+    assert failed == {str(1000 + i) for i in range(1, 24, 2)}  # one error result per image not loaded
+    assert summary.results_posted == 24
 
 
 @pytest.mark.integration

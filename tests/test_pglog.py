@@ -94,3 +94,28 @@ def test_a_log_without_the_utc_prefix_is_not_misread(tmp_path: Path) -> None:
     log = read_server_log(path)
     assert log is not None and log.counts()["deadlock"] == 0
     assert read_server_log(tmp_path / "none.log") is None
+
+
+def test_a_command_target_keeps_what_its_postgres_log_gains_during_the_variant(tmp_path: Path) -> None:
+    # target.postgres_log: the lines written while the variant ran reach the variant's folder, where
+    # the analysis counts statement timeouts as for the embedded server; older lines stay out.
+    from contend.run_targets import _server_log
+
+    log = tmp_path / "server.log"
+    log.write_text("2026-12-01 10:00:00.000 UTC [41] ERROR:  canceling statement due to statement timeout\n")
+    copy = tmp_path / "variant" / "stack" / "postgres" / "postgres.log"
+    with _server_log(str(log), copy), log.open("a") as fh:
+        fh.write("2026-12-01 10:00:05.000 UTC [42] ERROR:  canceling statement due to statement timeout\n"
+                 "2026-12-01 10:00:06.000 UTC [43] ERROR:  deadlock detected\n")
+    parsed = read_server_log(copy)
+    assert parsed is not None
+    assert [(e.pid, e.kind) for e in parsed.events] == [(42, "statement_timeout"), (43, "deadlock")]
+
+
+def test_a_missing_postgres_log_is_a_one_line_error(tmp_path: Path) -> None:
+    from contend.errors import ConfigError
+    from contend.run_targets import _server_log
+
+    with pytest.raises(ConfigError, match=r"cannot read target\.postgres_log"), \
+            _server_log(str(tmp_path / "nope.log"), tmp_path / "copy.log"):
+        pass

@@ -432,7 +432,7 @@ def test_contend_up_prints_url_token_and_job_ids_and_stops_cleanly(tmp_path):
         reader.join(timeout=10)
     out = "".join(lines)
     assert proc.returncode in (0, 130)
-    assert ref["url"] in out and ref["token"] in out
+    assert ref["url"] in out and ref["token"] in out and ref["images_url"] in out
     assert f"jobs      {', '.join(map(str, ref['job_ids']))}" in out
     assert stack_processes(stack_json.parent) == []
 

@@ -12,7 +12,8 @@ from contend.flags import flag_names
 from contend.refserver.__main__ import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-INFRA_ENV = {"CONTEND_REF_DSN", "CONTEND_REF_NATS", "CONTEND_REF_TOKEN", "DJANGO_SETTINGS_MODULE"}
+INFRA_ENV = {"CONTEND_REF_DSN", "CONTEND_REF_NATS", "CONTEND_REF_TOKEN", "CONTEND_REF_IMAGES_URL",
+             "DJANGO_SETTINGS_MODULE"}
 ENTRY = ["python", "-m", "contend.refserver"]
 MANAGEMENT_COMMANDS = {"migrate", "contend_fixtures"}
 
@@ -35,9 +36,13 @@ def expand(argv: list[str]) -> list[str]:
 
 def test_compose_parses_and_has_every_part():
     services = compose()["services"]
-    assert {"postgres", "nats", "setup", "web", "worker"} <= set(services)
+    assert {"postgres", "nats", "setup", "web", "worker", "images"} <= set(services)
     assert "-js" in services["nats"]["command"]
     assert services["web"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert services["images"]["ports"] == ["127.0.0.1:8001:8001"]
+    # The tasks name the images where the host reaches them.
+    images_url = expand([services["setup"]["environment"]["CONTEND_REF_IMAGES_URL"]])[0]
+    assert images_url == "http://127.0.0.1:8001/images/"
     for name in ("web", "worker"):
         assert "SYS_PTRACE" in services[name]["cap_add"]
 
@@ -45,7 +50,7 @@ def test_compose_parses_and_has_every_part():
 def test_every_environment_name_is_a_known_flag_and_every_flag_is_passed():
     known = set(flag_names()) | INFRA_ENV
     for name, service in compose()["services"].items():
-        if name in ("postgres", "nats"):
+        if name in ("postgres", "nats", "images"):  # the image server reads no configuration
             continue
         env = set(service["environment"])
         assert env <= known, (name, env - known)
@@ -55,7 +60,7 @@ def test_every_environment_name_is_a_known_flag_and_every_flag_is_passed():
 def test_every_command_is_a_real_entry_point():
     parser = build_parser()
     seen = set()
-    for name in ("setup", "web", "worker"):
+    for name in ("setup", "web", "worker", "images"):
         for argv in entry_point_commands(compose()["services"][name]["command"]):
             argv = expand(argv)
             assert argv[:3] == ENTRY, argv
@@ -65,7 +70,7 @@ def test_every_command_is_a_real_entry_point():
                 continue
             args = parser.parse_args(argv[3:])
             seen.add(args.command)
-    assert seen == {"migrate", "contend_fixtures", "web", "worker"}
+    assert seen == {"migrate", "contend_fixtures", "web", "worker", "images"}
     management = ROOT / "contend" / "refserver" / "management" / "commands" / "contend_fixtures.py"
     assert management.exists()
 

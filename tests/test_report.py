@@ -198,6 +198,23 @@ def test_sweep_plot_only_when_the_run_sweeps(tmp_path):
     assert 'alt="sweep"' not in write_report(flat).html.read_text()
 
 
+def test_image_rows_join_the_verdict_table_when_the_pull_workers_loaded_images(run_dir):
+    from contend.report.tables import IMAGE_ROWS, verdict_rows
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(IMAGE_ROWS) <= set(verdict_rows(summary))
+    metrics = next(iter(summary["variants"].values()))["metrics"]
+    assert metrics["image_loads"] > 0 and metrics["image_load_failed"] == 0
+    assert 0.03 <= metrics["image_load_p50_s"] <= metrics["image_load_p95_s"] <= 0.1
+    md = (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert "| image download p95 (s) |" in md and "image download p95 (s)" in html
+    assert "| images loaded (MB) |" in md
+    for entry in summary["variants"].values():
+        entry["metrics"]["image_loads"] = None  # a run without image records: no image rows
+    assert not set(IMAGE_ROWS) & set(verdict_rows(summary))
+
+
 def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp_path):
     from contend.report.markdown import render_markdown
     from contend.report.tables import VERDICT_ROWS, verdict_rows
@@ -205,7 +222,8 @@ def test_fairness_rows_follow_the_seeds_rows_only_with_several_jobs(run_dir, tmp
     summary = json.loads((run_dir / "summary.json").read_text())
     for entry in summary["variants"].values():  # server errors and the wait-for graph's counts have
         entry["metrics"].update(http_5xx=0, cross_layer_deadlocks=0,  # rows of their own (tests below,
-                                python_lock_waiters_max=0, idle_in_tx_blocked_in_app_max=0)  # findings)
+                                python_lock_waiters_max=0, idle_in_tx_blocked_in_app_max=0,  # findings)
+                                image_loads=None)  # the synthetic pull workers load images: rows below
     # The synthetic run has one job: the table keeps the seed's shape.
     assert verdict_rows(summary) == VERDICT_ROWS
     assert "starved jobs" not in (run_dir / "report.md").read_text()

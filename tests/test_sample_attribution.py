@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from contend.diagnosis import threads
+from contend.diagnosis import threads as thread_states
 from contend.diagnosis.clients import app_name, parse_app_name
 from contend.sample import pyspy
 from contend.sample.attribution import Attributor, pid_of_socket, resolve_client
@@ -110,11 +110,11 @@ def test_pyspy_dump_of_a_process_blocked_in_a_query(client) -> None:
     waiter = next(t for t in threads if t["name"] == "waiter")
     names = [f["name"] for f in waiter["frames"]]
     assert "wait_for_row_in_test" in names
-    assert threads.thread_state(waiter, [info["script"]]) == "psycopg wait"
+    assert thread_states.thread_state(waiter, [info["script"]]) == "psycopg wait"
     holder = next(t for t in threads if t["name"] == "holder")
     assert holder["os_thread_id"] == info["holder_ntid"] and holder["thread_id"] == info["holder_tid"]
     record = pyspy.dump_record(1.0, info["pid"], "worker", threads)
-    sentences = threads.summarize_stacks([record], [info["script"]])
+    sentences = thread_states.summarize_stacks([record], [info["script"]])
     # Three threads run the script's code: main (sleeping), holder (sleeping), waiter (in psycopg).
     assert "1 of 3 result workers in psycopg wait <- wait_for_row_in_test" in sentences
     assert "1 of 3 result workers in idle <- hold_lock_in_test" in sentences
@@ -135,7 +135,7 @@ def test_root_blocker_attributed_to_thread_from_application_name(client, sample_
     assert record["role"] == "web"
     assert record["state"] == "idle in transaction" and record["blocks"] == 1
     assert "hold_lock_in_test" in [f["name"] for f in record["stack"]]
-    assert threads.own_chain(record["stack"], [info["script"]]) == "hold_lock_in_test"
+    assert thread_states.own_chain(record["stack"], [info["script"]]) == "hold_lock_in_test"
     # Once attributed, the same root episode is not attributed again.
     assert attributor.due({**tick, "t": tick["t"] + 5}) == []
 

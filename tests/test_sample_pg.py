@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import psycopg
 import pytest
 
 from contend.sample.pg import APPLICATION_NAME, PgSampler, connect, fingerprint
-from tests.conftest import Contention
+from tests.conftest import Contention, wait_for
 
 
 @pytest.fixture()
@@ -41,7 +42,8 @@ def test_one_holder_five_queued_waiters(sample_dsn: str, sampler: PgSampler) -> 
     events = tick["wait_events"]
     assert (events["Lock:transactionid"], events["Lock:tuple"]) == (1, 4)
     assert events["Client:ClientRead"] >= 1  # the holder, idle in its transaction
-    assert tick["backends"] == sum(b["backend_type"] == "client backend" for b in backends) >= 6
+    shown = sum(b["backend_type"] == "client backend" for b in backends)
+    assert tick["backends"] == shown + tick["idle_hidden"] and shown >= 6
     assert all(b["app"] != APPLICATION_NAME for b in backends)  # the sampler's own backend is excluded
     holder = next(b for b in backends if b["pid"] == h)
     assert holder["has_xid"] is True and holder["client_addr"] == "127.0.0.1" and holder["client_port"] > 0
@@ -152,3 +154,41 @@ def test_fingerprint_of_a_truncated_statement_closes_its_open_literal() -> None:
     assert {fingerprint(cut(job)) for job in (3, 47, 1250)} == {'UPDATE "jobs_job" SET "logs" = ?'}
     # A literal closed before the cut stays one "?", what follows is kept.
     assert fingerprint("UPDATE t SET a = 'x', b = 'it''s 2 o") == "UPDATE t SET a = ?, b = ?"
+
+
+@pytest.mark.integration
+def test_idle_sessions_are_counted_in_sql_not_returned(sample_dsn: str, sampler: PgSampler) -> None:
+    # Twenty pooled connections doing nothing: counted (backends, Client:ClientRead), never a row.
+    idle = [psycopg.connect(sample_dsn, autocommit=True) for _ in range(20)]
+    try:
+        with Contention(sample_dsn, waiters=2) as c:
+            tick, backends = sampler.tick()
+            pids = {b["pid"] for b in backends}
+            assert {c.holder_pid, *c.waiter_pids} <= pids
+            assert not pids & {conn.info.backend_pid for conn in idle}
+            assert all(b["state"] != "idle" for b in backends)
+            assert tick["idle_hidden"] >= 20 and tick["backends"] >= 23
+            assert tick["wait_events"]["Client:ClientRead"] >= 21  # the idle ones and the holder
+            assert (tick["edges"], tick["blocked"], tick["depth"]) == (2, 2, 2)
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+@pytest.mark.integration
+def test_an_idle_session_holding_a_lock_is_still_returned(sample_dsn: str, sampler: PgSampler) -> None:
+    # A session-level advisory lock outlives its transaction: its idle holder blocks, so it is shown.
+    with psycopg.connect(sample_dsn, autocommit=True) as holder, \
+            psycopg.connect(sample_dsn, autocommit=True) as waiter:
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        blocked = threading.Thread(target=lambda: waiter.execute("SELECT pg_advisory_lock(4242)"))
+        blocked.start()
+        try:
+            wait_for(lambda: sampler.tick()[0]["blocked"] == 1, timeout=10)
+            tick, backends = sampler.tick()
+            by_pid = {b["pid"]: b for b in backends}
+            assert by_pid[holder.info.backend_pid]["state"] == "idle"
+            assert [r["pid"] for r in tick["roots"]] == [holder.info.backend_pid]
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(4242)")
+            blocked.join(timeout=10)

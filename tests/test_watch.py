@@ -7,14 +7,15 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import psycopg
 import pytest
 from rich.console import Console
 
-from contend.sample.pg import APPLICATION_NAME, PgSampler, connect
-from contend.sample.watch import parents, render
+from contend.sample.pg import APPLICATION_NAME, PgSampler, Ticker, connect
+from contend.sample.watch import StackWatch, parents, render
 from tests.conftest import CONTEND, Contention, contend, wait_for
 
 
@@ -117,3 +118,45 @@ def test_watch_says_what_a_role_without_pg_monitor_cannot_see(sample_dsn: str) -
     assert "Warning: role 'watch_nobody' is neither superuser nor member of pg_monitor" in err
     assert "GRANT pg_monitor TO watch_nobody" in err
     assert tick["blocked"] == 0
+
+
+def test_the_ticker_measures_real_lateness_and_does_not_replay_missed_ticks() -> None:
+    now = [100.0]
+    ticker = Ticker(0.5, clock=lambda: now[0])
+    assert ticker.late_ms() == 0.0
+    now[0] += 0.1  # the tick took 100 ms
+    assert ticker.wait_s() == pytest.approx(0.4)
+    now[0] += 0.4 + 1.3  # the next tick began 1.3 s after its due time (a slow dump, a busy machine)
+    assert ticker.late_ms() == pytest.approx(1300.0)
+    assert ticker.wait_s() == 0.0  # behind: begin at once, the missed ticks are not replayed
+    now[0] += 0.05
+    assert ticker.wait_s() == pytest.approx(0.45)
+
+
+@pytest.mark.integration
+def test_a_slow_py_spy_never_delays_the_postgres_snapshots(sample_dsn: str) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck_dump(pid: int, **_: object) -> list[dict[str, object]]:
+        entered.set()
+        release.wait(30)
+        return []
+
+    with Contention(sample_dsn, waiters=2):
+        stacks = StackWatch(sample_dsn, [os.getpid()], warn=lambda _: None, dumper=stuck_dump)
+        try:
+            with connect(sample_dsn) as conn:
+                sampler = PgSampler(conn)
+                tick, backends = sampler.tick()
+                assert tick["blocked"] == 2
+                stacks.update(tick, backends)
+                wait_for(entered.is_set, timeout=10)
+                # The dump hangs; every further snapshot is handed over and answered at once.
+                for _ in range(3):
+                    tick, backends = sampler.tick()
+                    assert stacks.update(tick, backends) == []
+                assert not release.is_set() and stacks._thread.is_alive()
+        finally:
+            release.set()
+            stacks.close()
+    assert not stacks._thread.is_alive()

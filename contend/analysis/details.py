@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
+from contend.analysis.waits import wait_metrics
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Blocker:
     fingerprint: str
     query: str
     blocked_s: float
+    """Its share of the variant's ``blocked_seconds`` (the same figure as the metric, split by root)."""
     root_s: float
     max_blocks: int
     max_xact_age_s: float | None
@@ -26,12 +28,28 @@ class Blocker:
     attribution: dict[str, Any] | None
 
 
+def blocked_seconds(run: VariantRun) -> float:
+    """The variant's ``blocked_seconds`` metric: Σ over its lock waits, clipped to load and drain."""
+    return float(wait_metrics(run.waits, run.whole_window)["blocked_seconds"] or 0.0)
+
+
 def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
-    """Root-blocker statements by blocked-seconds (sum over ticks of backends blocked x tick time)."""
+    """Root-blocker statements by blocked-seconds, most first.
+
+    One metric, one figure: the variant's ``blocked_seconds`` (exact, from pg_locks.waitstart) is split
+    among the root statements by their share of backends blocked x tick time over the same window, so
+    the statements' figures add up to the metric shown in the table and the findings.
+    """
     roots = run.roots
     if roots.empty:
         return []
-    roots = roots.assign(blocked_s=roots["blocks"].fillna(0).astype(float) * roots["dt"])
+    window = run.whole_window
+    inside = roots if window is None else roots[(roots["t"] >= window[0]) & (roots["t"] <= window[1])]
+    roots = inside if not inside.empty else roots
+    weight = roots["blocks"].fillna(0).astype(float) * roots["dt"]
+    total_weight = float(weight.sum())
+    scale = blocked_seconds(run) / total_weight if total_weight > 0 else 0.0
+    roots = roots.assign(blocked_s=weight * scale)
     grouped = roots.groupby("fingerprint", sort=False)
     table = grouped.agg(
         blocked_s=("blocked_s", "sum"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from contend.analysis.details import top_blockers
+from contend.analysis.details import blocked_seconds, top_blockers
 from contend.analysis.reading import VariantRun
 from contend.diagnosis import findings as graph_findings
 from contend.diagnosis.threads import OWN_CODE, app_root, is_own, own_chain
@@ -24,14 +24,6 @@ NAMES = {
     "dominant_root_blocker": "dominant root blocker",
 }
 PYTHON_KINDS = ("cross_layer_deadlock", "python_lock_convoy", "idle_in_tx_waiting_on_app")
-
-
-def blocked_seconds(run: VariantRun) -> float:
-    """Backends blocked x seconds, summed over the ticks (the blocker table's blocked-s, all statements)."""
-    roots = run.roots
-    if roots.empty:
-        return 0.0
-    return float((roots["blocks"].fillna(0).astype(float) * roots["dt"]).sum())
 
 
 def _own(frames: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:

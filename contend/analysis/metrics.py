@@ -177,11 +177,25 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         **server_events(run),
         **phase_metrics(run),
         **graph_metrics(run),
+        **image_metrics(req),
     }
     if req.empty:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
         m.update(dict.fromkeys(REQUEST_METRICS))
     return m
+
+
+def image_metrics(req: pd.DataFrame) -> dict[str, float | int | None]:
+    """Task image downloads of pull workers with ``load_images`` (``kind == "image"``); None without any."""
+    images = req[req["kind"] == "image"]
+    if images.empty:
+        return {"image_loads": None, "image_load_failed": None, "image_load_p50_s": None,
+                "image_load_p95_s": None, "image_mb": None}
+    ok = images[images["error"].isna()]
+    seconds = images["t1"] - images["t0"]
+    return {"image_loads": len(ok), "image_load_failed": len(images) - len(ok),
+            "image_load_p50_s": _q(seconds, 0.50), "image_load_p95_s": _q(seconds, 0.95),
+            "image_mb": float(pd.to_numeric(ok["recv"], errors="coerce").fillna(0).sum()) / 1e6}
 
 
 def first_results(run: VariantRun) -> dict[int, float | None]:
@@ -326,7 +340,8 @@ def summarize(run: RunData) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     samples: dict[str, dict[str, list[float]]] = {}
     for name, reps in run.variants.items():
-        per_rep = [variant_metrics(r) for r in reps]
+        # A variant that failed has no figures: none in a comparison, a finding or a threshold.
+        per_rep = [dict.fromkeys(METRICS) if r.status == "failed" else variant_metrics(r) for r in reps]
         samples[name] = {metric: [float(m[metric]) for m in per_rep if m.get(metric) is not None]  # type: ignore[arg-type]
                          for metric in METRICS}
         metrics: dict[str, Any] = {}
@@ -359,7 +374,8 @@ def summarize(run: RunData) -> dict[str, Any]:
         notes = [f"{r.folder.name}: {n}" for r in reps for n in r.notes]
         if notes:
             entry["notes"] = notes
-        entry["findings"] = variant_findings(reps[0])
+        measured = [r for r in reps if r.status != "failed"]
+        entry["findings"] = variant_findings(measured[0]) if measured else []
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():
@@ -380,8 +396,14 @@ def summarize(run: RunData) -> dict[str, Any]:
         }
     for name, entry in variants.items():
         first_rep, found = run.variants[name][0], entry["findings"]
+        if entry["status"] == "failed":
+            entry["findings_text"] = [f"This variant failed ({entry['reason'] or 'no reason recorded'}): "
+                                      "it has no figures and no findings."]
+            continue
         text = variant_sentences(first_rep, found)
-        if base is not None and name != run.baseline:
+        if base is not None and base["status"] == "failed" and name != run.baseline:
+            text.append(f"The baseline {run.baseline} failed, so nothing is compared with it.")
+        elif base is not None and name != run.baseline:
             text.append(comparison(run.baseline, run.variants[run.baseline][0], base["findings"],
                                    name, first_rep, found))
         entry["findings_text"] = text

@@ -31,6 +31,7 @@ REQUEST_COLUMNS = (
     "t1",
     "kind",
     "status",
+    "recv",
     "error",
     "results",
     "tasks",

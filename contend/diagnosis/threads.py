@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from contend.diagnosis.waitgraph import Sources
+
 # How the threads of a role are named in a sentence ("7 of 8 result workers ...").
 ROLE_LABELS = {"worker": "result workers", "web": "web threads"}
 
@@ -33,15 +35,18 @@ def own_chain(frames: Sequence[Mapping[str, Any]], own_code_prefixes: Sequence[s
     return " -> ".join(reversed(names))
 
 
-def thread_state(thread: Mapping[str, Any], own_code_prefixes: Sequence[str]) -> str:
+def thread_state(thread: Mapping[str, Any], own_code_prefixes: Sequence[str],
+                 sources: Sources | None = None) -> str:
     """Classify a thread by the frames inside its innermost own-code frame.
 
     ``psycopg wait`` (in the driver: waiting on Postgres), ``socket wait`` (a socket or selector,
-    counted as waiting on Postgres too), ``lock wait`` (a threading lock or queue), ``running``
-    (py-spy saw it active) or ``idle``.
+    counted as waiting on Postgres too), ``lock wait`` (a threading lock or queue, or a line that
+    takes a lock, read from the source as the wait-for graph reads it: ``logging.Handler.acquire``),
+    ``running`` (py-spy saw it active) or ``idle``.
     """
+    frames = list(thread.get("frames", ()))
     inner = []
-    for frame in thread.get("frames", ()):
+    for frame in frames:
         if is_own(frame, own_code_prefixes):
             break
         inner.append(str(frame.get("filename") or ""))
@@ -51,7 +56,17 @@ def thread_state(thread: Mapping[str, Any], own_code_prefixes: Sequence[str]) ->
         return "socket wait"
     if any(f.endswith(p) for f in inner for p in _LOCK):
         return "lock wait"
-    return "running" if thread.get("active") else "idle"
+    if thread.get("active"):
+        return "running"
+    return "lock wait" if frames and _takes_lock(frames[0], sources or _SOURCES) else "idle"
+
+
+_SOURCES = Sources()
+
+
+def _takes_lock(frame: Mapping[str, Any], sources: Sources) -> bool:
+    line, filename = frame.get("line"), frame.get("filename")
+    return bool(filename and line is not None and sources.sites(str(filename)).waits.get(int(line)))
 
 
 def waits_on_postgres(thread: Mapping[str, Any], own_code_prefixes: Sequence[str]) -> bool:

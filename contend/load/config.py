@@ -92,6 +92,12 @@ class PullWorkers(BaseModel):
     pipeline_slug: str | None = None
     """None: the target's pipeline."""
     duration_s: PositiveFloat = 60.0
+    load_images: bool = False
+    """Each loader downloads its tasks' images before handing the batch on, as ADC's DataLoader
+    processes do (no token sent; loopback only unless allowed); a failed image becomes an error result."""
+    image_threads: PositiveInt = 8
+    """Concurrent image downloads per loader (ADC: a pool of 8 threads)."""
+    image_timeout_s: PositiveFloat = 30.0
 
 
 Workload = Annotated[BatchedPost | PullWorkers, Field(discriminator="kind")]

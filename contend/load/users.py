@@ -30,14 +30,19 @@ from locust.env import Environment
 from locust.event import EventHook
 from locust.exception import StopUser
 
+from contend.errors import ConfigError
 from contend.jsonl import dumps
 from contend.load import bodies
 from contend.load.config import BatchedPost, PullWorkers
 from contend.load.plan import Plan, PlannedWorkload
 from contend.load.records import request_record
+from contend.target import check_target
 
 MAX_WORKLOADS = 16
 SHIP_EVERY_S = 0.5
+IMAGE_ERROR = "_contend_image_error"
+"""Key marking a task whose image did not load: its result is an error result, as ADC posts."""
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG")
 
 log = logging.getLogger("contend.load")
 Send = Callable[[str, dict[str, Any]], None]
@@ -139,7 +144,8 @@ NODE: Node | None = None
 class Http:
     """One client of the target: records every request it sends."""
 
-    def __init__(self, node: Node, plan: Plan, timeout: float, concurrency: int, worker: str) -> None:
+    def __init__(self, node: Node, plan: Plan, timeout: float, concurrency: int, worker: str,
+                 token: bool = True) -> None:
         assert node.environment is not None
         self.node = node
         self.worker = worker
@@ -149,7 +155,9 @@ class Http:
             network_timeout=timeout, connection_timeout=timeout, concurrency=concurrency,
             max_retries=0, max_redirects=3,
         )
-        self.headers = {"Authorization": f"Token {node.token}", "Content-Type": "application/json"}
+        # ``token=False``: images, fetched as ADC does, without the API's token.
+        self.headers = ({"Authorization": f"Token {node.token}", "Content-Type": "application/json"}
+                        if token else {})
 
     def call(self, method: str, path: str, body: bytes | None, *, kind: str, job: int | None,
              wave: int | None = None, results: int = 0) -> tuple[int, bytes, dict[str, Any]]:
@@ -287,6 +295,8 @@ class PullWorker:
         self.rng = random.Random(f"{self.w.seed}-{worker}")
         self.tasks_http = Http(node, plan, self.w.tasks_timeout_s, self.w.loaders + 1, worker)
         self.result_http = Http(node, plan, self.w.result_timeout_s, self.w.posters, worker)
+        self.image_http = (Http(node, plan, self.w.image_timeout_s, self.w.loaders * self.w.image_threads,
+                                worker, token=False) if self.w.load_images else None)
         self.warm = False
         self.deadline = 0.0
         self.group = Group()
@@ -343,6 +353,8 @@ class PullWorker:
                 self.node.tasks_seen.update(keys)
                 if not tasks:
                     return
+                if self.image_http is not None:
+                    self.load_images(job, tasks)
                 queue.put(tasks)
         except gevent.GreenletExit:
             killed = True  # the run stopped: nobody reads the queue any more, a put could block forever
@@ -350,6 +362,34 @@ class PullWorker:
         finally:
             if not killed:
                 queue.put(None)
+
+    def load_images(self, job: int, tasks: list[dict[str, Any]]) -> None:
+        """Download a batch's images, ``image_threads`` at a time (ADC's pool); mark those that failed."""
+        slots = Semaphore(self.w.image_threads)
+
+        def one(item: dict[str, Any]) -> None:
+            with slots:
+                if (error := self.load_image(job, item)) is not None:
+                    item[IMAGE_ERROR] = error
+
+        # In the user's group: a stopped run kills the downloads not yet started with the rest.
+        gevent.joinall([self.group.spawn(one, t) for t in tasks])
+
+    def load_image(self, job: int, task: dict[str, Any]) -> str | None:
+        """GET one task's image (an ``image`` record: time and bytes); return why it failed, if it did."""
+        assert self.image_http is not None
+        url = str(task.get("image_url") or "")
+        try:
+            check_target(url, self.plan.allow_remote)  # the server names the URL: the same guard as ours
+        except ConfigError as error:
+            now = time.time()
+            self.node.record(request_record(t0=now, t1=now, kind="image", status=0, sent=0, recv=0,
+                                            error="Refused", job=job, worker=self.worker))
+            return f"failed to load image: {error}"
+        _, content, rec = self.image_http.call("GET", url, None, kind="image", job=job)
+        if rec["error"] is None and not content.startswith(IMAGE_MAGIC):
+            rec["error"] = "NotAnImage"  # PIL could not open it: ADC counts a failed image
+        return None if rec["error"] is None else f"failed to load image: {rec['error']}"
 
     def process_job(self, job: int) -> bool:
         w = self.w
@@ -375,7 +415,8 @@ class PullWorker:
         return [
             {
                 "reply_subject": t.get("reply_subject"),
-                "result": bodies.pipeline_result(
+                "result": {"error": t[IMAGE_ERROR], "image_id": str(t.get("image_id"))} if IMAGE_ERROR in t
+                else bodies.pipeline_result(
                     self.slug, str(t.get("image_id")), str(t.get("image_url", "")), 2, 2, self.rng),
             }
             for t in tasks

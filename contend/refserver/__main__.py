@@ -3,11 +3,13 @@
     python -m contend.refserver web --port P [--host H] [--ready FILE]
                                 [--setup FIXTURES_JSON --jobs K --images N]
     python -m contend.refserver worker --index N [--ready FILE]
+    python -m contend.refserver images --port P [--host H] [--ready FILE]
     python -m contend.refserver manage <django-admin arguments>
 
 Configuration comes from the environment (CONTEND_REF_DSN, CONTEND_REF_NATS, the flags; the API
-token of --setup from CONTEND_REF_TOKEN). SIGTERM keeps its default action: the process ends at
-once and Postgres rolls back whatever it had open.
+token of --setup from CONTEND_REF_TOKEN, the images' public base URL from CONTEND_REF_IMAGES_URL).
+SIGTERM keeps its default action: the process ends at once and Postgres rolls back whatever it had
+open.
 """
 
 from __future__ import annotations
@@ -133,6 +135,16 @@ def worker(args: argparse.Namespace) -> None:
             close_old_connections()  # what Celery's Django fix-up does after each task
 
 
+def serve_images(args: argparse.Namespace) -> None:
+    import time
+
+    from contend.refserver.images import ImageServer, pool
+
+    server = ImageServer((args.host, args.port), pool(), time.time())
+    _write_json(args.ready, {"pid": os.getpid()})
+    server.serve_forever()
+
+
 def manage(argv: list[str]) -> None:
     _django("manage")
     from django.core.management import execute_from_command_line
@@ -156,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--index", type=int, required=True)
     k.add_argument("--ready", type=Path)
     k.add_argument("--processes", type=int, default=1, help="fork this many workers (containers)")
+    i = sub.add_parser("images", help="the object storage the tasks' image_url name")
+    i.add_argument("--port", type=int, required=True)
+    i.add_argument("--host", default="127.0.0.1")
+    i.add_argument("--ready", type=Path)
     sub.add_parser("manage", help="django-admin commands: migrate, contend_fixtures, ...")
     return parser
 
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         manage(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    {"web": web, "worker": worker}[args.command](args)
+    {"web": web, "worker": worker, "images": serve_images}[args.command](args)
 
 
 if __name__ == "__main__":

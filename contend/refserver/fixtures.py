@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ from contend.refserver.models import (
 PIPELINE_SLUG = "quebec_vermont_moths_2023"
 DETECTOR_KEY = "example_detector"
 CLASSIFIER_KEY = "example_classifier"
+DEFAULT_IMAGES_URL = "http://127.0.0.1:8001/images/"
+"""Where ``python -m contend.refserver images`` listens in docker-compose.repro.yml."""
+
+
+def images_url() -> str:
+    """Return the images' public base URL: CONTEND_REF_IMAGES_URL (ending in /), else the default."""
+    url = os.environ.get("CONTEND_REF_IMAGES_URL") or DEFAULT_IMAGES_URL
+    return url if url.endswith("/") else url + "/"
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,9 @@ def create_fixtures(jobs: int, images_per_job: int, token: str | None = None,
     """Create the fixtures and publish one NATS task per image of each job (jobs end in STARTED).
 
     ``token`` is the API key to register (a new random one when None; read it from the Token table).
+    Each image's ``public_base_url`` is ``images_url()``: its ``image_url`` names the image server.
     """
+    base_url = images_url()
     with transaction.atomic():
         project = Project.objects.create(name="contend reference project")
         detector, _ = Algorithm.objects.get_or_create(
@@ -59,7 +70,8 @@ def create_fixtures(jobs: int, images_per_job: int, token: str | None = None,
         job_rows, all_images = [], []
         for n in range(jobs):
             images = SourceImage.objects.bulk_create(
-                SourceImage(project=project, path=f"trap-{n}/{i:05d}.jpg") for i in range(images_per_job))
+                SourceImage(project=project, path=f"trap-{n}/{i:05d}.jpg", public_base_url=base_url)
+                for i in range(images_per_job))
             job = Job.objects.create(name=f"contend job {n + 1}", project=project, pipeline=pipeline,
                                      job_type_key="ml", dispatch_mode="async_api", status="STARTED",
                                      started_at=datetime.now())

@@ -101,7 +101,9 @@ def reserve_tasks(job_id: int, count: int, ttr: int, max_deliver: int) -> list[d
         psub = await js.pull_subscribe(subject(job_id), consumer_name(job_id), stream=stream_name(job_id))
         try:
             messages = await psub.fetch(count, timeout=FETCH_TIMEOUT)
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # Nothing to reserve. nats-py says so with its TimeoutError or a bare asyncio one (the
+            # builtin TimeoutError since Python 3.11); Antenna's reserve_tasks catches both here too.
             messages = []
         finally:
             await psub.unsubscribe()

@@ -80,11 +80,37 @@ class TasksRequest(_Schema):
     client_info: dict[str, Any] | None = None
 
 
+class AlgorithmCategoryMap(_Schema):
+    data: list[dict[str, Any]] = []
+    labels: list[str] = []
+    version: str | None = None
+    description: str | None = None
+    uri: str | None = None
+
+
 class AlgorithmConfig(_Schema):
+    """Antenna's AlgorithmConfigResponse: the registration answer echoes it with these defaults."""
+
     name: str
     key: str
-    task_type: str = "detection"
+    description: str | None = None
+    task_type: str | None = None
     version: int = 1
+    version_name: str | None = None
+    uri: str | None = None
+    category_map: AlgorithmCategoryMap | None = None
+
+
+class PipelineStageParam(_Schema):
+    name: str
+    key: str
+    category: str = "default"
+
+
+class PipelineStage(_Schema):
+    key: str
+    name: str
+    params: list[PipelineStageParam] = []
     description: str | None = None
 
 
@@ -94,7 +120,7 @@ class PipelineConfig(_Schema):
     version: int
     description: str | None = None
     algorithms: list[AlgorithmConfig] = []
-    stages: list[Any] = []
+    stages: list[PipelineStage] = []
 
 
 class PipelineRegistrationRequest(_Schema):

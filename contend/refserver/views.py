@@ -77,6 +77,11 @@ def api_view(*methods: str, anonymous_get: bool = False) -> Callable[[View], Vie
     return decorate
 
 
+def _cause(exc: BaseException) -> str:
+    """Return an exception's class and message (some NATS and asyncio errors have no message)."""
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
 def _who(request: HttpRequest) -> str:
     token: Token = request.token
     # Antenna logs 8 characters of the key; a digest says which token without revealing any of it.
@@ -270,7 +275,7 @@ def job_tasks(request: HttpRequest, pk: int) -> JsonResponse:
         tasks = queues.reserve_tasks(job.pk, body.batch_size, int(flags["NATS_TASK_TTR"]),
                                      int(flags["NATS_MAX_DELIVER"]))
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        job.logger.warning(f"Task queue unavailable while fetching tasks: {exc}")
+        job.logger.warning(f"Task queue unavailable while fetching tasks: {_cause(exc)}")
         return JsonResponse({"error": "Task queue temporarily unavailable"}, status=503)
     if tasks:
         job.logger.info(f"Tasks fetched: requested={body.batch_size}, delivered={len(tasks)}, "
@@ -312,7 +317,12 @@ def project_list(request: HttpRequest) -> JsonResponse:
 
 @api_view("POST")
 def project_pipelines(request: HttpRequest, pk: int) -> JsonResponse:
-    """Register a pull-mode processing service's pipelines for a project (ADC's registration)."""
+    """Register a pull-mode processing service's pipelines for a project (ADC's registration).
+
+    The answer has Antenna's semantics (``ProcessingService.create_pipelines``): a pipeline's slug is
+    listed in ``pipelines_created`` when it was not yet enabled for this project, the key of each
+    algorithm newly attached to a pipeline is listed there too, and ``algorithms_created`` stays empty.
+    """
     body = _body(request, PipelineRegistrationRequest)
     if isinstance(body, JsonResponse):
         return body
@@ -325,23 +335,25 @@ def project_pipelines(request: HttpRequest, pk: int) -> JsonResponse:
         service = ProcessingService.objects.create(name=body.processing_service_name, project=project)
     created: list[str] = []
     for config in body.pipelines:
-        pipeline, new = Pipeline.objects.get_or_create(slug=config.slug, defaults={"name": config.name})
-        pipeline.projects.add(project)
-        service.pipelines.add(pipeline)
-        if new:
+        pipeline, _ = Pipeline.objects.get_or_create(slug=config.slug, defaults={"name": config.name})
+        if not pipeline.projects.filter(pk=project.pk).exists():
+            # Antenna's flag is the project-pipeline config's get_or_create, which overwrites the
+            # pipeline's own: a known pipeline newly enabled for the project is listed as created.
+            pipeline.projects.add(project)
             created.append(pipeline.slug)
+        service.pipelines.add(pipeline)
         known = {a.key for a in pipeline.algorithms.all()}
         for spec in config.algorithms:
+            task_type = spec.task_type or "detection"  # the column's default when none is given
             algorithm, _ = Algorithm.objects.update_or_create(
-                key=spec.key,
-                defaults={"name": spec.name, "task_type": spec.task_type, "version": spec.version})
-            if spec.task_type in DETECTION_TASK_TYPES:
+                key=spec.key, defaults={"name": spec.name, "task_type": task_type, "version": spec.version})
+            if task_type in DETECTION_TASK_TYPES:
                 # A pipeline has one detector: a real one replaces the fixtures' example (docs/refserver.md).
                 pipeline.algorithms.remove(*pipeline.algorithms.filter(task_type__in=DETECTION_TASK_TYPES)
                                           .exclude(pk=algorithm.pk))
             if spec.key not in known:
                 pipeline.algorithms.add(algorithm)
-                created.append(spec.key)
+                created.append(spec.key)  # under pipelines_created, as Antenna lists it
     ProcessingService.objects.filter(pk=service.pk).update(last_seen=datetime.now(), last_seen_live=True)
     return JsonResponse({"timestamp": datetime.now(), "success": True, "error": None,
                          "pipelines": [c.model_dump(mode="json") for c in body.pipelines],

@@ -161,7 +161,7 @@ def variant_context(
 ) -> dict[str, Any]:
     rep = reps[0]
     blockers = []
-    for b in top_blockers(rep):
+    for b in top_blockers(rep) if entry["status"] != "failed" else []:  # a failed variant has no figures
         att = None
         if b.attribution:
             att = {"who": _who(b.attribution), "stack": _stack(b.attribution.get("stack"))}

@@ -46,7 +46,9 @@ def render_markdown(
     for name in names:
         b = blockers.get(name)
         flags = _md(flags_text(summary["variants"][name], varying))
-        if b is None:
+        if summary["variants"][name]["status"] == "failed":
+            lines.append(f"- `{_md(name)}` ({flags}): failed, no figures")
+        elif b is None:
             lines.append(f"- `{_md(name)}` ({flags}): no blocked backends seen")
         else:
             lines.append(

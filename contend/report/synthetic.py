@@ -38,6 +38,10 @@ DEFAULT_VARIANTS = (
 )
 
 
+SERVER_CLOCK = 1_700_000_000.0
+"""Where the synthetic server's clock stands when the run's clock reads 0 (pg_locks.waitstart)."""
+
+
 def _iso(t: float) -> str:
     """Times in meta.json are ISO 8601 UTC, as the orchestrator writes them."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
@@ -130,11 +134,17 @@ def _write_variant(
                         "wave": None,
                     },
                 )
+                for k in range(8):  # the tasks' images, downloaded at once (no draw: rng's sequence stays)
+                    _line(fh, {"t0": t + 0.02, "t1": t + 0.05 + 0.01 * k, "kind": "image", "status": 200,
+                               "sent": 0, "recv": 420_000 + k, "error": None, "job": 1, "results": 0,
+                               "tasks": 0, "dup_tasks": 0, "dup_results": 0, "worker": f"w0-u{u}",
+                               "wave": None})
                 t += 0.1
 
     n_ticks = int(duration_s * hz)
     ticks = _writer(samples / "pg_ticks.jsonl")
     rows = _writer(samples / "pg_backends.jsonl") if with_backends else None
+    wait_began: dict[int, float] = {}  # backend -> when its current lock wait began
     with ticks:
         for i in range(n_ticks):
             t = start + i / hz
@@ -167,10 +177,15 @@ def _write_variant(
                             "query": HOT_SELECT.replace("$1", "1"),
                         }
                     )
+            # Backends 3000 .. 3000+blocked-1 wait on a lock; a wait lasts while its backend stays blocked.
+            wait_began = {pid: wait_began.get(pid, t) for pid in range(blocked)}
+            waits = [{"pid": 3000 + pid, "waitstart": round(SERVER_CLOCK + began, 6),
+                      "age": round(t - began, 3)} for pid, began in wait_began.items()]
             _line(
                 ticks,
                 {
                     "t": t,
+                    "waits": waits,
                     "backends": backends,
                     "edges": edges,
                     "blocked": blocked,

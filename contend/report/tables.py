@@ -52,6 +52,14 @@ FAIRNESS_ROWS: tuple[tuple[str, str], ...] = (
     ("first_result_s_p50", "first result p50 (s)"),
     ("first_result_s_max", "first result max (s)"),
 )
+# The pull workers' image downloads: shown when some variant loaded images.
+IMAGE_ROWS: tuple[tuple[str, str], ...] = (
+    ("image_loads", "task images loaded"),
+    ("image_load_failed", "task images failed"),
+    ("image_load_p50_s", "image download p50 (s)"),
+    ("image_load_p95_s", "image download p95 (s)"),
+    ("image_mb", "images loaded (MB)"),
+)
 LOST_ROW = ("lost_updates", "lost count updates")
 OTHER_ROWS: tuple[tuple[str, str], ...] = (
     LOST_ROW,
@@ -71,7 +79,7 @@ OTHER_ROWS: tuple[tuple[str, str], ...] = (
     ("sampler_late_ms_p95", "sampler lateness p95 (ms)"),
     *((f"{m}_{phase}", f"{m} ({phase} only)") for m in PHASE_SPLIT for phase in ("load", "drain")),
 )
-assert all(metric in MEANINGS for metric, _ in OTHER_ROWS + SERVER_ROWS + GRAPH_ROWS)
+assert all(metric in MEANINGS for metric, _ in OTHER_ROWS + SERVER_ROWS + GRAPH_ROWS + IMAGE_ROWS)
 
 
 def fmt(value: Any, metric: str = "") -> str:
@@ -119,7 +127,8 @@ def _delta_text(metric: str, delta: dict[str, Any]) -> str:
         text = ("+" if abs_ > 0 else "−") + f"{abs(abs_) * 100:.0f} pts"
     rel = delta.get("rel")
     if rel is not None and metric != "post_ok_ratio":
-        text += f", {rel:+.0%}".replace("-", "−")
+        # From a near-zero baseline a percentage explodes (+39672 %): past doubling, say the factor.
+        text += f", ×{1 + rel:.3g}" if rel >= 1 else f", {rel:+.0%}".replace("-", "−")
     if (ci := delta.get("ci")) and None not in ci:
         # The 95 % bootstrap interval of the difference (repetitions >= 3).
         text += f" [95% {ci[0]:+.3g} to {ci[1]:+.3g}]".replace("-", "−")
@@ -168,8 +177,10 @@ def verdict_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     lost = any(m.get("lost_updates") for m in metrics) or "PROGRESS_LOCK" in differing(summary)
     server = any(m.get(metric) for m in metrics for metric, _ in SERVER_ROWS)
     graph = any(m.get(metric) for m in metrics for metric, _ in GRAPH_ROWS)
+    images = any(m.get("image_loads") is not None for m in metrics)
     return (VERDICT_ROWS + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
-            + (GRAPH_ROWS if graph else ()) + (SERVER_ROWS if server else ()))
+            + (IMAGE_ROWS if images else ()) + (GRAPH_ROWS if graph else ())
+            + (SERVER_ROWS if server else ()))
 
 
 def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:

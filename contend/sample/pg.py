@@ -38,12 +38,17 @@ LOCKED_RELATIONS_MAX_AGE_S = 1.0
 # that is read only from that same branch: a CTE is evaluated when first read, so pg_locks (which,
 # like pg_blocking_pids, takes every lock-manager partition lock) is read once per tick, and only
 # on ticks that have a waiter.
+# Cost follows what happens, not how many backends exist: a backend that is idle (not in a
+# transaction), waits on no lock and blocks no one is counted in SQL (per wait event) and not
+# returned row by row; a server with a thousand pooled connections returns the few that matter. The
+# one-row summary is joined to the rows so that a snapshot with nothing to show still returns it.
 WAITS_CTE = """
 WITH waits AS MATERIALIZED (
   SELECT pid, EXTRACT(EPOCH FROM min(waitstart))::float8 AS waitstart
     FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL GROUP BY pid
-)"""
+),"""
 ACTIVITY_SELECT = """
+act AS MATERIALIZED (
 SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_port, backend_type,
        state, wait_event_type, wait_event,
        EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_age,
@@ -56,11 +61,26 @@ SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_po
        EXTRACT(EPOCH FROM now())::float8 AS server_now
   FROM pg_stat_activity a
  WHERE datname = current_database() AND pid <> pg_backend_pid()
+), blockers AS MATERIALIZED (
+  SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL
+), shown AS (
+  SELECT * FROM act
+   WHERE state IS DISTINCT FROM 'idle' OR wait_event_type = 'Lock' OR pid IN (SELECT pid FROM blockers)
+), hidden AS (
+  SELECT (SELECT count(*) FROM act WHERE backend_type = 'client backend'
+             AND pid NOT IN (SELECT pid FROM shown)) AS hidden_clients,
+         (SELECT coalesce(jsonb_object_agg(event, n), '{{}}')
+            FROM (SELECT wait_event_type || ':' || wait_event AS event, count(*) AS n FROM act
+                   WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown)
+                   GROUP BY 1) e) AS hidden_events
+)
+SELECT hidden.hidden_clients, hidden.hidden_events, shown.*
+  FROM hidden LEFT JOIN shown ON true
 """
 ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
     waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)")
 # Before Postgres 14 pg_locks has no waitstart: waits are then not timed.
-ACTIVITY_SQL_PRE14 = ACTIVITY_SELECT.format(waitstart="NULL::float8")
+ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8")
 
 # Relations (tables) the root blockers hold granted locks on; read only when there are roots.
 LOCKED_RELATIONS_SQL = """
@@ -128,6 +148,31 @@ def fingerprint(query: str | None) -> str | None:
     for pattern, replacement in _LITERALS:
         text = pattern.sub(replacement, text)
     return text.strip()
+
+
+class Ticker:
+    """A fixed-rate schedule: tick ``k`` is due at start + k x interval, whatever a tick cost.
+
+    ``late_ms`` is how far behind its due time the current tick began; a loop that fell behind
+    records the lateness and does not replay the ticks it missed.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.next_at = clock()
+
+    def late_ms(self) -> float:
+        """Return how late the tick beginning now is, in milliseconds."""
+        return max(0.0, self.clock() - self.next_at) * 1000.0
+
+    def wait_s(self) -> float:
+        """Schedule the next tick; return the seconds to wait for it (0 when already behind)."""
+        self.next_at += self.interval_s
+        now = self.clock()
+        if self.next_at < now:
+            self.next_at = now
+        return self.next_at - now
 
 
 class PgSampler:
@@ -198,6 +243,9 @@ class PgSampler:
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
                 hint="the server is overloaded; raise the sampling interval",
             ) from None
+        hidden_clients = int(rows[0]["hidden_clients"]) if rows else 0
+        hidden_events: dict[str, int] = dict(rows[0]["hidden_events"] or {}) if rows else {}
+        rows = [row for row in rows if row["pid"] is not None]
         blocking_calls = sum(1 for row in rows if row["wait_event_type"] == "Lock")
         backends = [_backend_record(t, row) for row in rows]
         forest = build_forest(backends)
@@ -207,7 +255,8 @@ class PgSampler:
         idle = [b for b in backends if b["state"] == "idle in transaction"]
         tick = {
             "t": t,
-            "backends": sum(1 for b in backends if b["backend_type"] == "client backend"),
+            "backends": sum(1 for b in backends if b["backend_type"] == "client backend")
+            + hidden_clients,
             "edges": forest.edges,
             "blocked": forest.blocked,
             "depth": forest.depth,
@@ -215,9 +264,10 @@ class PgSampler:
             "idle_in_tx": len(idle),
             "idle_in_tx_max_age": max((b["xact_age"] or 0.0 for b in idle), default=0.0),
             "locked_relations": locked,
-            "wait_events": dict(sorted(Counter(
+            "wait_events": dict(sorted((Counter(
                 f"{b['wait_event_type']}:{b['wait_event']}" for b in backends if b["wait_event_type"]
-            ).items())),
+            ) + Counter(hidden_events)).items())),
+            "idle_hidden": hidden_clients,
             "cost_ms": round(cost_ms, 3),
             "late_ms": round(late_ms, 3),
             "blocking_calls": blocking_calls,

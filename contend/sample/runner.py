@@ -253,11 +253,10 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         for thread in threads:
             thread.start()
         (samples / READY_FILE).touch()
-        next_at = time.monotonic()
+        ticker = pg.Ticker(config.pg_interval_s)
         while not stop.is_set():
-            late_ms = max(0.0, time.monotonic() - next_at) * 1000.0
             try:
-                tick, backends = sampler.tick(late_ms=late_ms)
+                tick, backends = sampler.tick(late_ms=ticker.late_ms())
             except SamplerError as exc:
                 log.warning("postgres: %s", exc.message)
             except psycopg.OperationalError as exc:
@@ -273,11 +272,7 @@ def run_child(samples: Path, stop: threading.Event) -> None:
                 # Every tick, rootless ones too: the attributor ends a root's episode when it
                 # sees a tick without it.
                 todo.put((tick, backends if tick["roots"] else []))
-            next_at += config.pg_interval_s
-            now = time.monotonic()
-            if next_at < now:  # fell behind: the lateness is recorded, missed ticks are not replayed
-                next_at = now
-            stop.wait(next_at - now)
+            stop.wait(ticker.wait_s())
     finally:
         stop.set()
         spy.stop_waiting()

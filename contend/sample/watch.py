@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
@@ -22,9 +23,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from contend.errors import SamplerError
+from contend.sample import pyspy
 from contend.sample.attribution import pids_matching
-from contend.sample.crosslayer import CrossLayer
-from contend.sample.pg import PgSampler, connect, session_timeouts
+from contend.sample.crosslayer import CrossLayer, Dumper
+from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
 
 QUERY_WIDTH = 100
 MIN_DUMP_INTERVAL_S = 1.0
@@ -136,27 +138,45 @@ def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 class StackWatch:
-    """py-spy on the watched server processes: the findings of the latest moment something waited."""
+    """py-spy on the watched server processes, on a thread of its own: the findings of the latest
+    moment something waited. The Postgres loop hands it each snapshot and never waits for a dump."""
 
-    def __init__(self, dsn: str, pids: Sequence[int], warn: Callable[[str], None]) -> None:
+    def __init__(self, dsn: str, pids: Sequence[int], warn: Callable[[str], None],
+                 dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
         try:
             timeouts = session_timeouts(dsn)
         except SamplerError as exc:
             warn(exc.message)
             timeouts = {}
-        self.cross = CrossLayer(pids, timeouts, write=lambda records: None)
+        timeouts |= app_timeouts or {}  # what the application declares it sets wins over the defaults
+        self.cross = CrossLayer(pids, timeouts, write=lambda records: None, dumper=dumper)
         self.warn = warn
-        self.findings: list[dict[str, Any]] = []
-        self._last = float("-inf")
+        self._findings: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self._warned = False
+        self._thread = threading.Thread(target=self._run, name="contend-watch-pyspy", daemon=True)
+        self._thread.start()
 
     def update(self, tick: dict[str, Any], backends: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Take stacks when something waits (rate-limited); return the current findings."""
+        """Hand over a snapshot (stacks are taken when something waits); return the current findings."""
         self.cross.observe(tick, backends)
-        if not (tick["blocked"] or tick["idle_in_tx"]) or not self.cross.pids:
-            self.findings = []
-        elif time.monotonic() - self._last >= MIN_DUMP_INTERVAL_S:
-            self._last = time.monotonic()
+        waits = bool(tick["blocked"] or tick["idle_in_tx"]) and bool(self.cross.pids)
+        with self._lock:
+            if not waits:
+                self._findings = []
+            found = list(self._findings)
+        if waits:
+            self._wake.set()
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._wake.wait(0.2):
+                continue
+            self._wake.clear()
+            started = time.monotonic()
             with_locals = self.cross.locals_due() is not None
             records, cost = self.cross.dump_all(with_locals)
             if cost["failed"] and not records and not self._warned:
@@ -164,43 +184,58 @@ class StackWatch:
                 self.warn(f"py-spy could not read pids {self.cross.pids}: no findings (are they Python "
                           "processes? py-spy needs root or SYS_PTRACE)")
             record = self.cross.moment(records)
-            self.findings = record["findings"] if record else []
-        return self.findings
+            with self._lock:
+                self._findings = record["findings"] if record else []
+            self._stop.wait(max(0.0, MIN_DUMP_INTERVAL_S - (time.monotonic() - started)))
+
+    def close(self) -> None:
+        """Stop the py-spy thread (a dump in progress ends within py-spy's own timeout)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=15.0)
 
 
 def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
-          pyspy_pids: Sequence[int] = (), pyspy_pattern: str | None = None) -> None:
+          pyspy_pids: Sequence[int] = (), pyspy_pattern: str | None = None,
+          dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
     """Sample ``dsn`` every ``interval`` seconds until Ctrl-C; a live view, or tick records as JSON lines.
 
     With ``pyspy_pids`` or ``pyspy_pattern`` (a regular expression on command lines), py-spy reads
-    those server processes and each snapshot carries the wait-for graph's findings.
+    those server processes and each snapshot carries the wait-for graph's findings (of the latest
+    py-spy round: the dumps run beside the Postgres loop, which keeps its rate; ``late_ms`` of each
+    tick says how far behind its due time it began).
     Returns normally on Ctrl-C (watching ends only that way, so it is not an error).
     """
     out = out or sys.stdout
     conn = connect(dsn)
+    stacks: StackWatch | None = None
     try:
         sampler = PgSampler(conn)
         pids = sorted({*pyspy_pids, *(pids_matching(pyspy_pattern) if pyspy_pattern else ())})
-        stacks = StackWatch(dsn, pids, sampler.warnings.append) if (pyspy_pids or pyspy_pattern) else None
+        if pyspy_pids or pyspy_pattern:
+            stacks = StackWatch(dsn, pids, sampler.warnings.append, dumper=dumper, app_timeouts=app_timeouts)
         if pyspy_pattern and not pids:
             sampler.warnings.append(f"no process matches {pyspy_pattern!r}: no stacks are taken")
+        ticker = Ticker(interval)
         if as_json:
             for warning in sampler.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
             while True:
-                tick, backends = sampler.tick()
+                tick, backends = sampler.tick(late_ms=ticker.late_ms())
                 found = stacks.update(tick, backends) if stacks else []
                 out.write(json.dumps(tick | {"findings": json_findings(found)}, default=str) + "\n")
                 out.flush()
-                time.sleep(interval)
+                time.sleep(ticker.wait_s())
         console = Console(file=out)
         with Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
-                tick, backends = sampler.tick()
+                tick, backends = sampler.tick(late_ms=ticker.late_ms())
                 shown = stacks.update(tick, backends) if stacks else None
                 live.update(render(tick, backends, sampler.warnings, shown), refresh=True)
-                time.sleep(interval)
+                time.sleep(ticker.wait_s())
     except KeyboardInterrupt:
         return
     finally:
+        if stacks is not None:
+            stacks.close()
         conn.close()

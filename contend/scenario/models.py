@@ -79,6 +79,10 @@ def _variable_name(value: str | None) -> str | None:
     return value
 
 
+AppTimeout = Literal["lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
+                     "transaction_timeout"]
+
+
 class ExternalTarget(_Model):
     """A server contend does not start (your own Antenna); load goes to base_url."""
 
@@ -93,6 +97,10 @@ class ExternalTarget(_Model):
     """Server processes for py-spy by role, e.g. {web: [1234], worker: [1240, 1241]}."""
     pyspy_patterns: dict[str, str] = {}
     """Server processes for py-spy by role and a regular expression on their command line."""
+    app_timeouts: dict[AppTimeout, NonNegativeFloat] = {}
+    """Timeouts (ms) your application sets on its own connections, e.g. {statement_timeout: 30000}:
+    Postgres shows no session's settings to another, so without them a finding can only name the
+    server's defaults as what ends a deadlock."""
     allow_remote: bool = False
     """Send load to a non-loopback host (never do this against production)."""
 
@@ -132,6 +140,13 @@ class CommandTarget(_Model):
     """Server processes for py-spy by role (the fixtures' pyspy_pids are added)."""
     pyspy_patterns: dict[str, str] = {}
     """Server processes for py-spy by role and a regular expression on their command line."""
+    app_timeouts: dict[AppTimeout, NonNegativeFloat] = {}
+    """Timeouts (ms) your application sets on its own connections, e.g. {statement_timeout: 30000}:
+    Postgres shows no session's settings to another, so without them a finding can only name the
+    server's defaults as what ends a deadlock."""
+    postgres_log: str | None = None
+    """Your Postgres server's log file (default stderr format, log_line_prefix starting '%m [%p] '), read
+    for each variant's statement timeouts, deadlocks and logged lock waits; none: those counts are unknown."""
     allow_remote: bool = False
     """Send load to a non-loopback host (never do this against production)."""
 

@@ -1,7 +1,8 @@
 """The reference server's lifecycle: web processes and the result worker pool, on a running Postgres + NATS.
 
 Web process 0 applies the migrations and creates the fixtures before it listens; the other web
-processes and the workers start at the same time. Each process is a ManagedProcess logging
+processes, the workers and the image server (the object storage the tasks' ``image_url`` name, on
+a port of its own) start at the same time. Each process is a ManagedProcess logging
 into ``<folder>/<name>.log`` and writing ``<folder>/ready/<name>.json`` once it serves.
 """
 
@@ -61,16 +62,23 @@ class RefServer(Lifecycle):
         self.flags = options.resolved_flags()
         self.ready_timeout = ready_timeout
         self.port = 0
+        self.images_port = 0
         # A throw-away key for this local server; it reaches the setup process through its
         # environment only and is never logged.
         self.token = os.environ.get(options.token_env or "") or secrets.token_hex(20)
         self.fixtures: dict[str, Any] = {}
         self.web: list[ManagedProcess] = []
         self.workers: list[ManagedProcess] = []
+        self.images: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def images_url(self) -> str:
+        """The images' public base URL: each task's image_url is this plus the image's path."""
+        return f"http://127.0.0.1:{self.images_port}/images/"
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in _PASS_ENV}
@@ -89,13 +97,16 @@ class RefServer(Lifecycle):
     def start(self) -> None:
         (self.folder / "ready").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.images_port = free_port()
+        while self.images_port == self.port:
+            self.images_port = free_port()
         fixtures = self.folder / "fixtures.json"
         fixtures.unlink(missing_ok=True)
         first = self._process(
             "refserver-web-0",
             ["web", "--port", str(self.port), "--setup", str(fixtures), "--jobs", str(self.options.jobs),
              "--images", str(self.options.images_per_job)],
-            CONTEND_REF_TOKEN=self.token,
+            CONTEND_REF_TOKEN=self.token, CONTEND_REF_IMAGES_URL=self.images_url,
         )
         # The others need the tables only when a request or a task arrives, so everything starts
         # at once; the server is ready when web process 0 has set up and every process listens.
@@ -103,7 +114,8 @@ class RefServer(Lifecycle):
                               for n in range(1, int(self.flags["WEB_CONCURRENCY"]))]
         self.workers = [self._process(f"refserver-worker-{n}", ["worker", "--index", str(n)])
                         for n in range(int(self.flags["ML_WORKER_CONCURRENCY"]))]
-        self._start_together(self.web + self.workers)
+        self.images = self._process("refserver-images", ["images", "--port", str(self.images_port)])
+        self._start_together(self.processes)
         self.fixtures = json.loads(fixtures.read_text())
 
     def _start_together(self, processes: list[ManagedProcess]) -> None:
@@ -131,14 +143,14 @@ class RefServer(Lifecycle):
             time.sleep(0.1)
 
     def stop(self) -> None:
-        everything = self.workers + self.web
+        everything = self.processes
         if everything:
             with ThreadPoolExecutor(max_workers=len(everything)) as pool:
                 list(pool.map(lambda p: p.stop(timeout=5.0), everything))
 
     @property
     def processes(self) -> list[ManagedProcess]:
-        return self.web + self.workers
+        return self.web + self.workers + ([self.images] if self.images is not None else [])
 
     def pids(self) -> dict[str, list[int]]:
         """Return the OS pids a sampler (py-spy) should look at, by tier."""
@@ -148,6 +160,7 @@ class RefServer(Lifecycle):
     def info(self) -> dict[str, Any]:
         return {
             "url": self.url,
+            "images_url": self.images_url,
             "token": self.token,
             "job_ids": list(self.fixtures.get("job_ids", [])),
             "pipeline_slug": self.fixtures.get("pipeline_slug"),
