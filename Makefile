@@ -18,10 +18,11 @@ install: $(BIN)/contend
 demo: install
 	$(BIN)/contend run $(SCENARIO)
 
-# Lint, types, then every test: the fast tier and `integration` (real processes) in WORKERS parallel
-# processes, as they mostly wait; then `slow` (end to end, measuring contention) alone (tests/tiers.py).
+# Lint, types, then every test: the fast tier, `integration` (real processes) and `slow` (end to end),
+# in WORKERS parallel processes as they mostly wait; the tests marked `timing` run one at a time
+# (tests/conftest.py). The 15 slowest are listed at the end.
 test: install check
-	$(BIN)/python tests/tiers.py --workers $(WORKERS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 # Lint and strict types on the package.
 check: install

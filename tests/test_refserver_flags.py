@@ -113,6 +113,7 @@ class TestPre1261:
         assert transactions_of_one_post(api, api.info["job_ids"][1], 50) <= 2
 
     @pytest.mark.slow
+    @pytest.mark.timing  # how many backends wait at one moment, within 15 s
     def test_pathology_reproduces(self, api):
         """10 concurrent POSTs of 50 results, 1 web process, 8 workers: >= 8 waiters on the job row."""
         threads, outcomes = post_in_background(api, api.info["job_ids"][0], posts=10, per_post=50)
@@ -165,6 +166,7 @@ class TestPr1261LogsOff:
         assert api.consumer(job)["num_redelivered"] == 1
 
     @pytest.mark.slow
+    @pytest.mark.timing  # the longest lock wait stays under 1 s
     def test_same_load_leaves_no_backend_waiting_long(self, api):
         threads, outcomes = post_in_background(api, api.info["job_ids"][0], posts=10, per_post=50)
         longest, for_update = 0.0, 0
