@@ -20,7 +20,6 @@ pytestmark = pytest.mark.slow
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "byo-refserver.yaml"
 
 
-@pytest.mark.timing  # compares latencies of two variants run one after the other
 def test_byo_refserver_compares_two_flag_variants_and_leaves_nothing(tmp_path: Path) -> None:
     token = secrets.token_hex(20)
     # `contend` of this interpreter on PATH, as the scenario's up command expects.
