@@ -26,7 +26,7 @@ test: install check
 
 # Lint and strict types on the package.
 check: install
-	$(BIN)/ruff check contend tests benchmarks
+	$(BIN)/ruff check contend tests benchmarks scripts
 	$(BIN)/mypy
 
 # The fast tier: tests that start no process (no Postgres, NATS, server or subprocess), under a

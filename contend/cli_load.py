@@ -40,14 +40,16 @@ def _run_load_command(kind: str, params: dict[str, Any], url: str, allow_remote:
     from rich.console import Console
 
     from contend.load import LoadTarget, make_plan, run_load
-    from contend.load.config import workload_from
+    from contend.load.config import CommandLoad, workload_from
     from contend.load.launcher import read_token_for
     from contend.load.table import summary_table
 
     workload = workload_from({"kind": kind, **{k: v for k, v in params.items() if v is not None}})
+    assert not isinstance(workload, CommandLoad), "contend load sends contend's own workloads"
     target = LoadTarget(base_url=url, token_env=token_env, allow_remote=allow_remote, **target_extra)
-    make_plan([workload], target)  # every input checked before a run folder exists
-    read_token_for(target)
+    plan = make_plan([workload], target)  # every input checked before a run folder exists
+    if plan.needs_token:
+        read_token_for(target)
     folder = out or run_folder(f"load-{kind.replace('_', '-')}")
     console = Console(stderr=True)
     last: list[Any] = [0.0, ""]
@@ -67,7 +69,7 @@ def _run_load_command(kind: str, params: dict[str, Any], url: str, allow_remote:
 
 @click.group()
 def load() -> None:
-    """Send load alone (no stack, no samplers): batched result POSTs or ADC-like pull workers.
+    """Send load alone (no stack, no samplers): batched result POSTs, ADC-like pull workers, a locustfile.
 
     The API token is read from ANTENNA_TOKEN (or CONTEND_TOKEN, or --token-env), never from argv.
     Only loopback targets are accepted unless --allow-remote is given.
@@ -113,6 +115,25 @@ def pull_workers(url: str, allow_remote: bool, token_env: str | None, load_worke
     """ADC's GPU workers: poll jobs, reserve tasks, infer, post one result per image."""
     _run_load_command("pull_workers", params, url, allow_remote, token_env, load_workers, remote_workers,
                       master_bind, out, {})
+
+
+@load.command("locustfile")
+@_load_options
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--user-class", "user_classes", multiple=True, help="A user class to run (repeat); none: all.")
+@click.option("--users", type=int, help="Users, spread over the classes by weight [default: 1].")
+@click.option("--spawn-rate", type=float, help="Users started per second [default: all at once].")
+@click.option("--iterations", type=int, help="Task runs per user, then it stops.")
+@click.option("--duration", "duration_s", type=float, help="Instead of --iterations: seconds to run.")
+@click.option("--job-ids", help="Comma-separated job ids, for CONTEND_JOB_IDS of the user classes.")
+def locustfile(url: str, allow_remote: bool, token_env: str | None, load_workers: int, remote_workers: int,
+               master_bind: str | None, out: Path | None, path: Path, user_classes: tuple[str, ...],
+               job_ids: str | None, **params: Any) -> None:
+    """Your own locustfile's user classes, each request one record (docs/your-load.md)."""
+    jobs = [int(j) for j in job_ids.split(",") if j.strip()] if job_ids else []
+    _run_load_command("locustfile", {**params, "path": str(path), "user_classes": list(user_classes)}, url,
+                      allow_remote, token_env, load_workers, remote_workers, master_bind, out,
+                      {"job_ids": jobs})
 
 
 @click.command("load-worker")

@@ -3,6 +3,9 @@
 Rendering is pure (``progress_line``, ``time_left``, ``bar``); ``RunDisplay`` is the thin rich
 ``Live`` around them. How far the load is: POSTs done of the planned total when the workload runs
 in rounds, seconds of its planned length otherwise; in the drain, the results still queued in NATS.
+Each finding of the wait-for graph is printed when it first appears ("5.0 s cross-layer deadlock:
+job_result <-> _cachalot, seen 1x"); the panel keeps them with how often each has been seen since,
+and the variant's last line repeats them so.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,10 +21,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
+from contend.live import LiveFinding
 from contend.load import LoadProgress
-from contend.load.config import BatchedPost
+from contend.load.config import BatchedPost, Locustfile
 from contend.sample.nats import RESULTS_STREAM
 
 
@@ -33,17 +38,21 @@ class Planned:
     """POSTs of the workloads that run in rounds (rounds x concurrency); None when none does."""
     load_s: float | None
     """Seconds of the workloads that run for a duration (the longest); None when none does."""
+    iterations: int | None = None
+    """Task runs of a locustfile's users (users x iterations); None without one that counts them."""
 
 
 def planned(workloads: Iterable[Any]) -> Planned:
-    """Return the planned POSTs and load seconds of a variant's workloads."""
-    posts, seconds = 0, 0.0
+    """Return the planned POSTs, task runs and load seconds of a variant's workloads."""
+    posts, seconds, iterations = 0, 0.0, 0
     for w in workloads:
         if isinstance(w, BatchedPost) and w.rounds is not None:
             posts += w.rounds * w.concurrency
+        elif isinstance(w, Locustfile) and w.iterations is not None:
+            iterations += w.users * w.iterations
         elif (duration := getattr(w, "duration_s", None)) is not None:
             seconds = max(seconds, float(duration))
-    return Planned(posts or None, seconds or None)
+    return Planned(posts or None, seconds or None, iterations or None)
 
 
 def load_fraction(plan: Planned | None, progress: LoadProgress | None) -> float | None:
@@ -52,6 +61,8 @@ def load_fraction(plan: Planned | None, progress: LoadProgress | None) -> float 
         return None
     if plan.posts:
         return min(1.0, (progress.requests_ok + progress.requests_failed) / plan.posts)
+    if plan.iterations:
+        return min(1.0, progress.iterations / plan.iterations)
     if plan.load_s:
         return min(1.0, progress.elapsed_s / plan.load_s)
     return None
@@ -89,6 +100,8 @@ def progress_line(plan: Planned | None, progress: LoadProgress | None) -> str:
         return ""
     if plan.posts:
         done = f"POSTs {progress.requests_ok + progress.requests_failed} of {plan.posts}"
+    elif plan.iterations:
+        done = f"task runs {progress.iterations} of {plan.iterations}"
     else:
         done = f"load {progress.elapsed_s:.0f} s of {plan.load_s:.0f} s"
     return f"{done} {bar(fraction)} {fraction:4.0%}"
@@ -134,6 +147,10 @@ def results_queued(samples_dir: Path) -> int | None:
     return max(int(r.get("num_pending") or 0) for r in results if r["t"] == newest)
 
 
+FINDINGS_SHOWN = 5
+"""Findings the live panel lists (the first ones found; each is printed once as it appears)."""
+
+
 class RunDisplay:
     """A rich Live panel on stderr; on a non-terminal it prints one line per event instead.
 
@@ -158,6 +175,7 @@ class RunDisplay:
         self.tick: dict[str, Any] | None = None
         self.queued: int | None = None
         self.samples_dir: Path | None = None
+        self.found: list[str] = []
 
     def __rich__(self) -> Table:
         if self.phase_text == "drain" and self.samples_dir is not None:
@@ -190,6 +208,8 @@ class RunDisplay:
             table.add_row(f"blocked backends {self.tick.get('blocked', 0)}",
                           f"edges {self.tick.get('edges', 0)}",
                           f"idle in tx {self.tick.get('idle_in_tx', 0)}")
+        for line in self.found[:FINDINGS_SHOWN]:
+            table.add_row(f"[red]{escape(line)}[/]", "", "")
         return table
 
     def _say(self, text: str) -> None:
@@ -200,6 +220,7 @@ class RunDisplay:
     def variant_started(self, index: int, total: int, name: str) -> None:
         self.index, self.total, self.variant = index, total, name
         self.progress, self.tick, self.queued, self.load_started_s = None, None, None, None
+        self.found = []
         self.variant_started_at = time.monotonic()
         self._say(f"variant {index}/{total}: {name}")
 
@@ -218,6 +239,14 @@ class RunDisplay:
         self.queued = results_queued(samples_dir)
         self.live.refresh()
 
+    def findings(self, findings: Sequence[LiveFinding], new: Sequence[LiveFinding]) -> None:
+        """Keep every finding's line (seen so far) for the panel; print the new ones as they appear."""
+        self.found = [f.line() for f in findings]
+        for finding in new:
+            self.console.print(f"  finding: {finding.line()}", highlight=False, markup=False, soft_wrap=True)
+        if new:
+            self.live.refresh()
+
     def variant_finished(self, name: str, status: str, reason: str | None) -> None:
         self.finished_s.append(time.monotonic() - self.variant_started_at)
         line = f"  {name}: {status}" + (f" ({reason})" if reason else "")
@@ -225,6 +254,8 @@ class RunDisplay:
             line += f", requests ok {self.progress.requests_ok} failed {self.progress.requests_failed}"
         line += f", {self.finished_s[-1]:.0f} s"
         self.console.print(line, highlight=False, markup=False)
+        for found in self.found:
+            self.console.print(f"    {found}", highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:

@@ -103,6 +103,11 @@ FLAGS: tuple[Flag, ...] = (
          "modelled cost of one cachalot cache round trip on a cacheable read, milliseconds (a Redis "
          "GET or SET on a local network)",
          minimum=0),
+    Flag("APPLICATION_NAME", "on",
+         "on = every database connection names its process and thread in application_name "
+         "(contend's format); off = it names nothing, as an application that does not cooperate: "
+         "contend maps its backends to threads by socket and elimination",
+         choices=("on", "off")),
 )
 
 _BY_NAME = {flag.name: flag for flag in FLAGS}

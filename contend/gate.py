@@ -117,7 +117,7 @@ def evaluate(summary: Mapping[str, Any],
             ts = ts or [Threshold("status", "==", 0.0, text="status == ok")]
             checks += [Check(name, t, "fail", reason=why) for t in ts]
             continue
-        checks += [_check(name, t, summary, baseline_summary) for t in ts]
+        checks += [_stopping(_check(name, t, summary, baseline_summary), entry.get("stopped")) for t in ts]
     return GateResult(scenario=str(summary.get("scenario", "")), checks=tuple(checks))
 
 
@@ -164,6 +164,21 @@ def _check(name: str, t: Threshold, summary: Mapping[str, Any],
         "==": abs(value - limit) <= slack or math.isclose(value, limit, rel_tol=1e-9, abs_tol=1e-12),
     }[t.op]
     return Check(name, t, "pass" if ok else "fail", value, limit)
+
+
+def _stopping(check: Check, stopped: Mapping[str, Any] | None) -> Check:
+    """Return the check of the threshold that stopped its variant (``abort: true``) as failed, with when.
+
+    The variant's figures end where it stopped; the value is the larger of the recorded one and the
+    one seen live (the live figures count a tick from the load phase's start, the analysis from the
+    first request).
+    """
+    if not stopped or stopped.get("threshold") != str(check.threshold):
+        return check
+    values = [v for v in (check.value, stopped.get("value")) if isinstance(v, int | float)]
+    reason = f"stopped the variant at {float(stopped.get('at_s') or 0):.1f} s"
+    return Check(check.variant, check.threshold, "fail", max(values) if values else None,
+                 check.limit if check.limit is not None else check.threshold.number, reason)
 
 
 def _metric(summary: Mapping[str, Any], variant: str, metric: str) -> float | None:

@@ -6,6 +6,8 @@ defines them. It imports nothing, so `contend validate` and `contend gate` need 
 
 from __future__ import annotations
 
+import json
+
 # Postgres and queue metrics cover the load and its drain ("whole": first request to the end of the
 # drain); each metric of PHASE_SPLIT also exists for the load alone and the drain alone.
 MEANINGS: dict[str, str] = {
@@ -72,6 +74,36 @@ for _metric in PHASE_SPLIT:
     MEANINGS[f"{_metric}_drain"] = f"{_metric}, drain only (last response to the workers idle)"
 
 METRICS: tuple[str, ...] = tuple(MEANINGS)
+
+NAMED: dict[str, str] = {
+    "requests_total": "requests of that name",
+    "requests_failed": "requests of that name with an error",
+    "latency_p50_s": "latency p50 of the requests of that name (s), failed ones included",
+    "latency_p95_s": "latency p95 of the requests of that name (s), failed ones included",
+    "latency_p99_s": "latency p99 of the requests of that name (s), failed ones included",
+    "latency_max_s": "latency max of the requests of that name (s)",
+}
+"""Metrics that also exist per request name of your own load: ``latency_p95_s{name="/api/orders"}``."""
+
+
+def named_metric(metric: str, name: str) -> str:
+    """Return the key of ``metric`` for the requests named ``name``: ``latency_p95_s{name="/x"}``."""
+    return f"{metric}{{name={json.dumps(name)}}}"
+
+
+# Metrics whose value can only grow while a variant runs (maxima, counts, the longest wait), and which
+# ``contend.live`` follows as the records are written: a threshold ``<metric> < n`` on one of them is
+# lost for good the moment it fails, so ``abort: true`` may stop the variant there (docs/ci-gating.md).
+GROWING: tuple[str, ...] = (
+    "edges_max", "edges_max_load", "edges_max_drain",
+    "blocked_max", "blocked_max_load", "blocked_max_drain",
+    "depth_max", "depth_max_load", "depth_max_drain",
+    "idle_in_tx_max", "idle_in_tx_max_load", "idle_in_tx_max_drain",
+    "idle_in_tx_max_age_s", "lock_wait_max_s",
+    "queue_max", "queue_max_load", "queue_max_drain",
+    "timeouts", "requests_failed", "latency_max_s",
+    "cross_layer_deadlocks", "python_lock_waiters_max", "idle_in_tx_blocked_in_app_max",
+)
 
 # +1: a larger value is better; -1: a larger value is worse; 0: neither (for colouring deltas).
 BETTER: dict[str, int] = {m: -1 for m in METRICS} | {

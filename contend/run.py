@@ -6,7 +6,9 @@ load (first request to last response), drain (until the result workers have noth
 contend/sample/drain.py) and cool-down; each phase's start and end, on the samplers' clock, go into
 the variant's meta.json. Raw records land in the run folder as they are taken, so an interrupted run
 still reports (marked partial), and a variant whose server dies is recorded as failed and the run
-goes on with the next one.
+goes on with the next one. While the samplers run, ``contend.live`` follows the records: the findings
+go to the live display as they first appear, and a threshold with ``abort: true`` that fails stops
+the variant there (its load stopped, no drain), recorded as ``stopped``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import platform
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +31,12 @@ from typing import Any, Protocol
 import yaml
 
 from contend import __version__
-from contend.errors import ContendError, Interrupted, StackError
+from contend.errors import ConfigError, ContendError, Interrupted, StackError
 from contend.gate import gate_run
-from contend.load import LoadProgress, LoadTarget, run_load
+from contend.live import LiveFigures, LiveFinding, Stopped, decided
+from contend.load import LoadProgress, LoadTarget
+from contend.load.command import run_workloads
+from contend.load.config import CommandLoad, Locustfile
 from contend.redact import redact_message
 from contend.run_targets import command_target, embedded_target, external_target
 from contend.runfolder import run_folder
@@ -51,6 +56,7 @@ class RunObserver(Protocol):
     def phase(self, text: str) -> None: ...
     def load_progress(self, progress: LoadProgress, samples_dir: Path) -> None: ...
     def variant_finished(self, name: str, status: str, reason: str | None) -> None: ...
+    def findings(self, findings: Sequence[LiveFinding], new: Sequence[LiveFinding]) -> None: ...
 
 
 @dataclass
@@ -59,6 +65,10 @@ class VariantOutcome:
     folder: Path
     status: str = "ok"
     reason: str | None = None
+    stopped: Stopped | None = None
+    """The ``abort: true`` threshold that stopped the variant, if one did."""
+    first_finding_s: dict[str, float] = field(default_factory=dict)
+    """Seconds from the load's start to the first finding of each kind."""
 
 
 PHASES = ("warm_up", "load", "drain", "cool_down")
@@ -140,6 +150,7 @@ class _Watch:
         self.run_stop = run_stop
         self.halt = threading.Event()
         self.died: str | None = None
+        self.stopped: Stopped | None = None
 
     def check(self) -> None:
         dead = self.stack.dead() if self.stack is not None else None
@@ -183,6 +194,7 @@ def run_variant(
             load_target, sampler = external_target(scenario, target)
         phases.end("stack_up")
         watch = _Watch(stack, stop) if command is None else _Watch(command, stop, logs="target/")
+        load_failed: str | None = None
 
         def on_progress(progress: LoadProgress) -> None:
             watch.check()
@@ -190,7 +202,8 @@ def run_variant(
                 observer.load_progress(progress, folder / "samples")
 
         phases.begin("samplers_up")
-        with SamplerSet(sampler, folder):
+        figures = LiveFigures(folder)
+        with SamplerSet(sampler, folder), _following(figures, variant, phases, watch, observer):
             phases.end("samplers_up")
             phases.begin("warm_up")
             _pause(scenario.warm_up_s, watch, observer, "warm-up")
@@ -199,8 +212,8 @@ def run_variant(
                 if observer:
                     observer.phase("load")
                 phases.begin("load")
-                run_load(variant.workloads, load_target, folder / "load", progress=on_progress,
-                         stop=watch.halt)
+                _, load_failed = run_workloads(variant.workloads, load_target, folder / "load",
+                                               progress=on_progress, stop=watch.halt)
                 phases.end("load")
             if not watch.halt.is_set():
                 _drain(scenario, stack, sampler, load_target, watch, observer, phases)
@@ -219,9 +232,49 @@ def run_variant(
         phases.begin("stack_down")
     if "stack_down" in phases.phases:
         phases.end("stack_down")
-    if watch.died:
-        return VariantOutcome(variant.name, folder, "failed", watch.died)
-    return VariantOutcome(variant.name, folder)
+    _poll(figures, variant, phases, watch, observer)  # the records the samplers wrote last
+    first = figures.first_finding_s()
+    if watch.died or load_failed:
+        return VariantOutcome(variant.name, folder, "failed", watch.died or load_failed,
+                              first_finding_s=first)
+    if watch.stopped:
+        return VariantOutcome(variant.name, folder, "stopped", watch.stopped.text(), watch.stopped, first)
+    return VariantOutcome(variant.name, folder, first_finding_s=first)
+
+
+LIVE_INTERVAL_S = 0.25
+"""How often the live figures read the records (a tick is 0.1 s, a py-spy round a few seconds)."""
+
+
+def _poll(figures: LiveFigures, variant: Variant, phases: Phases, watch: _Watch,
+          observer: RunObserver | None) -> None:
+    """Read the new records: show the findings, and halt the variant when an abort threshold failed."""
+    new = figures.poll(phases.phases)
+    if observer is not None:
+        observer.findings(list(figures.findings.values()), new)
+    if watch.stopped is None and "drain" not in phases.seconds() and (stop := decided(variant.thresholds,
+                                                                                        figures)):
+        watch.stopped = stop
+        watch.halt.set()
+
+
+@contextlib.contextmanager
+def _following(figures: LiveFigures, variant: Variant, phases: Phases, watch: _Watch,
+               observer: RunObserver | None) -> Iterator[None]:
+    """Poll the live figures on a thread of their own while the block runs."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(LIVE_INTERVAL_S):
+            _poll(figures, variant, phases, watch, observer)
+
+    thread = threading.Thread(target=loop, name="live-figures", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 BACKENDS = "pg_backends.jsonl"
@@ -328,6 +381,7 @@ def run_scenario(
     keeps each variant's Postgres data directory and NATS store (else only their logs stay).
     """
     stop = stop or threading.Event()
+    _check_own_load(scenario)
     run_dir = run_folder(scenario.name, reports)
     (run_dir / "scenario.yaml").write_text(
         source if source is not None else yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
@@ -386,7 +440,9 @@ def run_scenario(
                 outcome.status, outcome.reason = "partial", "interrupted"
                 result.status = "partial"
             _record_versions(meta, folder)
-            vmeta.update(status=outcome.status, reason=outcome.reason, ended=_now(), **phases.meta())
+            vmeta.update(status=outcome.status, reason=outcome.reason, ended=_now(), **phases.meta(),
+                         first_finding_s=outcome.first_finding_s,
+                         stopped=outcome.stopped.record() if outcome.stopped else None)
             _write_json(folder / "meta.json", vmeta)
             result.outcomes.append(outcome)
             if observer:
@@ -407,6 +463,17 @@ def run_scenario(
             meta["report_s"] = round(time.monotonic() - rendering, 3)
             _write_json(run_dir / "meta.json", meta)
     return result
+
+
+def _check_own_load(scenario: Scenario) -> None:
+    """Refuse, before anything starts, a locustfile or a command folder that is not there."""
+    for i, w in enumerate(scenario.workloads):
+        if isinstance(w, Locustfile) and not Path(w.path).is_file():
+            raise ConfigError(f"workloads[{i}].path: no locustfile {w.path}",
+                              hint="the path is relative to the scenario file")
+        if isinstance(w, CommandLoad) and w.cwd is not None and not Path(w.cwd).is_dir():
+            raise ConfigError(f"workloads[{i}].cwd: no folder {w.cwd}",
+                              hint="the folder is relative to the scenario file")
 
 
 def _save_variant_meta(folder: Path, vmeta: dict[str, Any], phases: Phases) -> None:

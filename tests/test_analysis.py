@@ -538,3 +538,13 @@ def test_a_thread_waiting_for_a_logging_handlers_lock_is_a_lock_wait_not_idle() 
     assert thread_state(waiting, ["/srv/app/"]) == "lock wait"
     sleeping = {**waiting, "frames": [{"name": "sleep", "filename": "/srv/app/jobs/views.py", "line": 1}]}
     assert thread_state(sleeping, ["/srv/app/"]) == "idle"
+
+
+def test_a_library_file_is_named_from_its_package() -> None:
+    from contend.diagnosis.threads import short_path
+
+    site = "/srv/venv/lib/python3.11/site-packages/celery/events/dispatcher.py"
+    assert short_path(site) == "celery/events/dispatcher.py"
+    assert short_path("/usr/lib/python3.11/logging/__init__.py") == "logging/__init__.py"
+    assert short_path("/srv/app/ami/jobs/views.py") == "views.py"
+    assert short_path(None) == "?"

@@ -116,6 +116,21 @@ def test_an_up_that_fails_fails_at_once(tmp_path: Path) -> None:
     assert (tmp_path / "down-ran").exists()
 
 
+@pytest.mark.parametrize(("code", "dead"), [(0, None), (3, "up")])
+def test_an_up_still_running_at_ready_fails_the_variant_only_when_it_fails(tmp_path: Path, code: int,
+                                                                           dead: str | None) -> None:
+    # a detached start (compose up -d) may still be starting its last container when the first answers
+    up = Command(run='touch "$CONTEND_TARGET_DIR/started"; '
+                     f'while [ ! -e "$CONTEND_TARGET_DIR/finish" ]; do sleep 0.05; done; exit {code}',
+                 shell=True)
+    ready = Ready(command=Command(run=["test", "-e", "{target_dir}/started"]), timeout_s=30, interval_s=0.1)
+    with _stack(tmp_path, free_port(), up=up, ready=ready) as stack:
+        assert stack.dead() is None
+        (stack.folder / "finish").touch()
+        wait_for(lambda: stack.up is not None and not stack.up.alive(), timeout=30)
+        assert stack.dead() == dead
+
+
 def test_a_hanging_down_is_killed_after_its_timeout(tmp_path: Path) -> None:
     port = free_port()
     hang = Command(run=[sys.executable, "-c", "import time; time.sleep(601)"], timeout_s=1)

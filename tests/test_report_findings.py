@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from contend.analysis import load_run, summarize
 from contend.report.html import render_html
 from contend.report.markdown import render_markdown
-from contend.report.synthetic import make_run
+from contend.report.synthetic import SynthVariant, make_run
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_findings_follow_the_records_most_important_first(run_dir: Path) -> None
                                        "idle_in_tx_waiting_on_app", "dominant_root_blocker"].index)
     convoy = next(f for f in on["findings"] if f["kind"] == "python_lock_convoy")
     assert convoy["size_max"] == on["metrics"]["python_lock_waiters_max"]
-    assert convoy["text"] in on["findings_text"][1]
+    assert convoy["short"] in on["findings_text"][1]
     assert 1 <= len(on["findings_text"]) <= 5 and 1 <= len(off["findings_text"]) <= 6
     assert on["findings_text"][-1].startswith("The dominant root blocker")
     assert off["findings_text"][0].startswith("No cross-layer cycle")
@@ -40,7 +41,7 @@ def test_findings_section_sits_under_the_verdict_escaped(run_dir: Path) -> None:
     page = render_html(run, summary, run_dir)
     verdict, findings = page.index("<h2>Verdict</h2>"), page.index('<h2 id="findings">Findings</h2>')
     assert verdict < findings < page.index('<h2 id="v1">')
-    assert '`UPDATE &#34;jobs_job&#34;' in page[findings:]  # database text is escaped
+    assert '<code>UPDATE &#34;jobs_job&#34;' in page[findings:]  # database text is escaped
     assert "py-spy dumps with locals for them" in page
     markdown = render_markdown(summary, {})
     assert markdown.index("**Findings**") > markdown.index("| metric")
@@ -69,7 +70,7 @@ def test_blocked_seconds_is_one_figure_wherever_it_is_shown(run_dir: Path) -> No
     assert total > 10
     dominant = next(f for f in on["findings"] if f["kind"] == "dominant_root_blocker")
     assert dominant["blocked_s"] / dominant["share"] == pytest.approx(total, rel=1e-3)
-    assert f"of the {total:.0f} blocked-seconds" in dominant["text"]
+    assert f"of {total:.0f} blocked-seconds" in dominant["text"]
     statements = top_blockers(run.variants["logs-on"][0], limit=100)
     assert sum(b.blocked_s for b in statements) == pytest.approx(total)
     assert statements[0].blocked_s == pytest.approx(dominant["blocked_s"], abs=1e-3)
@@ -98,3 +99,103 @@ def test_a_failed_variant_has_no_figures_anywhere(run_dir: Path, tmp_path: Path)
     assert off["findings_text"][-1] == "The baseline logs-on failed, so nothing is compared with it."
     md = render_markdown(summary, {"logs-on": None, "logs-off": None})
     assert "`logs-on` (" in md and "failed, no figures" in md
+
+
+WORDS = 36
+"""About 30 words: the issue's own example of a deadlock's sentence has 33."""
+
+
+def test_each_finding_is_one_short_sentence_that_says_what_and_where(run_dir: Path) -> None:
+    summary = summarize(load_run(run_dir))
+    on = summary["variants"]["logs-on"]
+    deadlock = on["findings_text"][0]
+    assert deadlock == ("Cross-layer deadlock, seen once from 30.0 s: `job_result` holds a row of jobs_job "
+                        "and waits for JobLogHandler's lock; `_cachalot` holds that lock and waits for the "
+                        "row. Only statement_timeout (30 s) ends it.")
+    for name, entry in summary["variants"].items():
+        comparison = 1 if name != summary["baseline"] else 0
+        for sentence in entry["findings_text"][:len(entry["findings_text"]) - comparison]:
+            assert len(sentence.split()) <= WORDS, sentence
+
+
+def test_the_report_draws_the_worst_cycle_beside_its_words_and_thread_table(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    summary = summarize(run)
+    page = render_html(run, summary, run_dir)
+    findings = page[page.index('<h2 id="findings">'):page.index('<h2 id="v1">')]
+    figure = findings[findings.index('<figure class="waitgraph"><svg'):findings.index("</figure>")]
+    # Inline SVG with its text kept as text: both functions, the thing each waits for, the timeout.
+    for words in ("job_result", "_cachalot", "JobLogHandler&#39;s lock", "a row of jobs_job", "waits for",
+                  "held by", "Only statement_timeout (30 s) ends it, on backend 1001."):
+        assert words in figure or words.replace("&#39;", "'") in figure, words
+    assert "<script" not in page and 'href="http' not in findings and "src=\"http" not in findings
+    assert findings.count("<svg") == 1  # the worst instance of one variant, not every moment
+    # the sentence beside it, then its threads' table
+    after = findings[findings.index("</figure>"):]
+    sentence = after.index("<code>job_result</code> holds a row of jobs_job")
+    assert sentence < after.index('<table class="threads">')
+    assert "<td class=\"label\"><code>_cachalot</code></td><td class=\"label\">apps.py:58</td>" in after
+
+
+def test_report_md_says_the_same_without_html_escapes(run_dir: Path) -> None:
+    summary = summarize(load_run(run_dir))
+    on = summary["variants"]["logs-on"]
+    on["findings_text"][0] = on["findings_text"][0].replace("`job_result`", "`job.<locals>.emit`") + " <b>"
+    markdown = render_markdown(summary, {})
+    assert f"  - {on['findings_text'][1]}" in markdown.splitlines()
+    assert "`job.<locals>.emit` holds a row of jobs_job" in markdown and "ends it. \\<b>" in markdown
+    assert "&lt;" not in markdown
+
+
+def test_the_header_says_how_soon_each_kind_was_first_found(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    summary = summarize(run)
+    first = summary["variants"]["logs-on"]["first_finding_s"]
+    records = [json.loads(line) for line in (run_dir / "variants" / "logs-on" / "samples" /
+                                             "waitgraph.jsonl").read_text().splitlines()]
+    load_start = float(run.variants["logs-on"][0].requests["t0"].min())
+    deadlock_at = min(r["t"] for r in records
+                      if any(f["kind"] == "cross_layer_deadlock" for f in r["findings"]))
+    assert first["cross_layer_deadlock"] == pytest.approx(deadlock_at - load_start, abs=0.5)
+    page = render_html(run, summary, run_dir)
+    header = page[:page.index("<h2>Verdict</h2>")]
+    assert (f"Time to the first finding, from the load&#39;s start: logs-on: cross-layer deadlock "
+            f"{first['cross_layer_deadlock']:.1f} s, Python lock convoy {first['python_lock_convoy']:.1f} s."
+            ) in header
+
+
+def test_a_stopped_variant_says_where_it_stopped(tmp_path: Path) -> None:
+    reason = "stopped at 2.5 s: edges_max 4 >= 3"
+    run_dir = make_run(tmp_path, (SynthVariant("logs-off", contention=0.05),
+                                  SynthVariant("logs-on", contention=0.9, status="stopped", reason=reason)),
+                       duration_s=20, backends=10, with_backends=False)
+    run = load_run(run_dir)
+    summary = summarize(run)
+    assert summary["variants"]["logs-on"]["status"] == "stopped"
+    assert f"<b>logs-on</b>: {reason.replace('>', '&gt;')}</div>" in render_html(run, summary, run_dir)
+    assert f"- **logs-on** {reason}" in render_markdown(summary, {}).splitlines()
+
+
+def test_a_timeout_no_session_can_read_is_told_by_the_waits_it_ends() -> None:
+    # Antenna sets statement_timeout on its own sessions: invisible to the sampler, but every lock
+    # wait it cancels ends after the same time, and Postgres logs each one.
+    from types import SimpleNamespace
+
+    from contend.analysis.findings import timeout_evidence
+    from contend.analysis.waits import Wait
+    from contend.pglog import ServerEvent, ServerLog
+
+    def wait(pid: int, start: float, length: float) -> Wait:
+        return Wait(pid, 1e9 + start, start, start + length, start + length + 0.1)
+
+    waits = [wait(1, 0.0, 29.9), wait(2, 1.0, 30.0), wait(3, 2.0, 29.95), wait(4, 3.0, 0.2),
+             wait(5, 4.0, 3.0)]
+    cancel = "canceling statement due to statement timeout"
+    log = ServerLog(waits=[], events=[ServerEvent(30.0, 1, "statement_timeout", cancel),
+                                      ServerEvent(31.0, 2, "statement_timeout", cancel)])
+    run = SimpleNamespace(waits=waits, server_log=log)
+    assert timeout_evidence(run) == ("3 of its 4 longer lock waits ended after 29.9-30.0 s, consistent with "
+                                     "a statement_timeout or lock_timeout of about 30 s; Postgres logged 2 "
+                                     "statement timeouts.")
+    scattered = SimpleNamespace(waits=[wait(1, 0, 2.0), wait(2, 0, 9.0), wait(3, 0, 17.0)], server_log=None)
+    assert timeout_evidence(scattered) is None

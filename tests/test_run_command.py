@@ -11,12 +11,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 import pytest
 
 from contend.errors import ExitCode
+from contend.live import LiveFinding
 from contend.load import LoadProgress
 from contend.run import run_scenario
 from contend.scenario import parse_scenario
@@ -84,6 +86,7 @@ class _KillTheLoad:
     def variant_started(self, index: int, total: int, name: str) -> None: ...
     def phase(self, text: str) -> None: ...
     def variant_finished(self, name: str, status: str, reason: str | None) -> None: ...
+    def findings(self, findings: Sequence[LiveFinding], new: Sequence[LiveFinding]) -> None: ...
 
     def load_progress(self, progress: LoadProgress, samples_dir: Path) -> None:
         if self.killed or samples_dir.parent.name != "first":

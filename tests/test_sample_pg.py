@@ -192,3 +192,21 @@ def test_an_idle_session_holding_a_lock_is_still_returned(sample_dsn: str, sampl
         finally:
             holder.execute("SELECT pg_advisory_unlock(4242)")
             blocked.join(timeout=10)
+
+
+@pytest.mark.integration
+def test_a_sqlcommenter_comment_is_kept_beyond_the_cut_query_text(sample_dsn: str,
+                                                                   sampler: PgSampler) -> None:
+    # longer than the text the sampler keeps (500), shorter than what Postgres keeps (1024 by default)
+    padding = ", ".join(f"{i} AS c{i}" for i in range(60))
+    comment = ("/*controller='JobViewSet',route='api%2Fv2%2Fjobs%2F%3Cpk%3E%2Fresult%2F',"
+               "traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01'*/")
+    with psycopg.connect(sample_dsn) as conn:
+        conn.execute(f"SELECT {padding} {comment}")  # the session stays idle in transaction after it
+        _, backends = sampler.tick()
+        pid = conn.info.backend_pid
+    (mine,) = [b for b in backends if b["pid"] == pid]
+    assert comment not in mine["query"]  # cut
+    assert mine["comment"] == {"controller": "JobViewSet", "route": "api/v2/jobs/<pk>/result/",
+                               "traceparent": "00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01"}
+    assert all(b["comment"] is None for b in backends if b["pid"] != pid)

@@ -22,10 +22,11 @@ from rich.console import Console
 
 from contend.diagnosis import findings, waitgraph
 from contend.diagnosis.clients import Client
+from contend.report.waitpicture import finding_picture
 from contend.sample import crosslayer, pyspy
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
-from contend.sample.watch import render
+from contend.sample.watch import StackWatch, render
 from contend.stack import Stack
 from tests.conftest import CONTEND, wait_for
 
@@ -108,10 +109,60 @@ def test_a_two_thread_cross_layer_deadlock_is_found_with_both_threads(server, wg
     layers = sorted(e["layer"] for e in deadlock["edges"])
     assert layers == ["db", "python"]
     assert "Cross-layer deadlock of 2 threads" in deadlock["text"]
-    # The test database sets no timeout, so nothing ends it; the sentence says so.
-    assert "no timeout is set that would end it" in deadlock["text"]
+    # The test database sets no timeout; the sentence says none is known, never that none is set (the
+    # application may set its own on its sessions, which no other session can read).
+    assert "no known timeout would end it" in deadlock["text"]
+    assert "not visible to another session (declare it: app_timeouts" in deadlock["text"]
     assert "LOCK" in deadlock["text"]
     assert findings.gauges(result["graph"])["idle_in_tx_blocked_in_app"] == 1
+    # The short words: what each thread holds and waits for, by function, and that nothing ends it.
+    first, second = (f"`{threads[info['threads'][name]['tid']]['function']}`"
+                     for name in ("row-first", "lock-first"))
+    lock, row = "`LOCK` (waitgraph_helper.py)", "a row of wg_rows"
+    end = " No known timeout ends it (the server's defaults set none; your app may set its own)."
+    assert deadlock["short"] in (
+        f"{first} holds {row} and waits for {lock}; {second} holds that lock and waits for the row.{end}",
+        f"{second} holds {lock} and waits for {row}; {first} holds that row and waits for the lock.{end}")
+    assert deadlock["ends"] is None
+    assert {t["role"] for t in deadlock["threads"]} == {"web"}
+    assert all(t["xact_age_s"] is not None and t["waits_for"] for t in deadlock["threads"])
+    svg = finding_picture(deadlock)
+    assert svg is not None and "row_first" in svg and "update_row" in svg
+    assert "No known Postgres timeout" in svg
+
+
+@pytest.mark.slow
+def test_a2_watch_shows_the_deadlock_seen_so_far_and_the_python_wait_in_the_tree(server, wg_dsn: str) -> None:
+    info = server("deadlock")
+    found(wg_dsn, info["pid"], "cross_layer_deadlock")
+    warnings: list[str] = []
+    stacks = StackWatch(wg_dsn, [info["pid"]], warnings.append)
+    conn = connect(wg_dsn)
+    try:
+        sampler = PgSampler(conn)
+        latest: dict[str, Any] = {}
+
+        def seen_twice() -> bool:
+            latest["tick"], latest["backends"] = sampler.tick()
+            stacks.update(latest["tick"], latest["backends"])
+            return any(f.seen >= 2 for f in stacks.seen.values() if f.kind == "cross_layer_deadlock")
+
+        wait_for(seen_twice, timeout=30, interval=0.2)
+    finally:
+        stacks.close()
+        conn.close()
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    console.print(render(latest["tick"], latest["backends"], findings=stacks.findings, graph=stacks.graph))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    deadlock = next(f for f in stacks.seen.values() if f.kind == "cross_layer_deadlock")
+    assert f"cross-layer deadlock: row_first <-> update_row, seen {deadlock.seen}x: `row_first` holds" in text
+    # The forest: the row waiter's Postgres wait, and under the row holder its thread's Python wait.
+    row_first = info["threads"]["row-first"]
+    lines = text.splitlines()
+    holder = next(i for i, line in enumerate(lines) if f"pid {row_first['backend_pid']} " in line)
+    python = next(i for i, line in enumerate(lines) if "python: `row_first`" in line)
+    assert holder < python and "waits for `LOCK` (waitgraph_helper.py), held by `update_row`" in lines[python]
+    assert not warnings
 
 
 @pytest.mark.slow
@@ -252,9 +303,14 @@ def test_watch_json_lines_carry_the_findings_of_the_processes_it_reads(server, w
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert all("findings" in line for line in seen)
-    assert set(found) == {"kind", "threads", "text"}
+    assert set(found) == {"kind", "threads", "text", "proof", "candidates", "holder", "waiters"}
+    assert found["waiters"] == 4 and found["holder"]["tid"] == info["threads"]["emitter"]["tid"]
+    assert found["proof"] == "proven" and found["candidates"] == []
     assert {t["pid"] for t in found["threads"]} == {info["pid"]}
-    assert set(found["threads"][0]) == {"pid", "tid", "function", "file", "line", "backend_pid"}
+    assert set(found["threads"][0]) == {"pid", "tid", "function", "file", "line", "backend_pid", "mapped_by",
+                                        "comment"}
+    assert found["threads"][0]["mapped_by"] == "application_name"
+    assert seen[-1]["mapping"]["application_name"] == 6
     assert found["threads"][0]["tid"] == info["threads"]["emitter"]["tid"]
 
 
@@ -271,6 +327,31 @@ def test_watch_view_shows_findings_and_says_when_there_are_none() -> None:
     assert "1. 4 threads with open transactions wait" in shown([finding])
     assert "findings: none" in shown([])
     assert "findings" not in shown(None)  # no py-spy target: nothing to say about Python waits
+    mapping = {"text": "3 backends of the dumped processes: 0 by application_name, 1 by socket, 1 by "
+                       "elimination, 1 not mapped",
+               "open": ["backend 7 waits for a lock held by backend 8 of pid 9, whose thread is not "
+                        "known: ..."],
+               "problems": ["pid 9: permission denied reading /proc/9/mem: run as root"]}
+    console = Console(file=io.StringIO(), width=300)
+    console.print(render(tick, [], findings=[], mapping=mapping))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "findings: none" in text and f"mapping: {mapping['text']}" in text
+    assert "open: backend 7 waits for a lock held by backend 8 of pid 9" in text
+    assert "socket evidence: pid 9: permission denied" in text
+    inferred = {"kind": "cross_layer_deadlock", "text": "Cross-layer deadlock", "proof": "inferred",
+                "threads": [{"backend_pid": 5, "mapped_by": "socket",
+                             "comment": {"controller": "JobViewSet"}}],
+                "candidates": [{"backend_pid": 6, "candidates": [{"tid": 11}, {"tid": 12}]}]}
+    assert "inferred: backend 6 is held by one of threads 11, 12" in shown([inferred])
+    assert "backend 5: mapped by socket; controller=JobViewSet" in shown([inferred])
+    backend = {"pid": 5, "state": "idle in transaction", "xact_age": 3.0, "state_age": 3.0, "app": "",
+               "query": "UPDATE t",
+               "comment": None, "blocked_by": [], "wait_event_type": None, "wait_event": None}
+    roots = {**tick, "roots": [{"pid": 5, "blocks": 1}]}
+    console = Console(file=io.StringIO(), width=300)
+    console.print(render(roots, [backend], findings=[], threads={5: {
+        "pid": 7, "tid": 12, "function": "save", "mapped_by": "socket", "candidates": []}}))
+    assert "thread 12 of pid 7 in `save` (socket)" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
 SERVER_SOURCE = (
@@ -306,7 +387,8 @@ def deadlock_moment(timeouts: dict[str, float]) -> list[dict[str, Any]]:
 def test_the_timeout_that_ends_a_cross_layer_deadlock_is_the_smallest_that_applies() -> None:
     none = deadlock_moment({"lock_timeout": 0, "statement_timeout": 0})
     assert [f["kind"] for f in none] == ["cross_layer_deadlock", "idle_in_tx_waiting_on_app"]
-    assert "no timeout is set that would end it (lock_timeout = 0, statement_timeout = 0)" in none[0]["text"]
+    assert ("no known timeout would end it (the server's defaults for a new session: lock_timeout = 0, "
+            "statement_timeout = 0)") in none[0]["text"]
     # backend 102 waits on a lock: statement_timeout cancels it; 101 is idle: its timeout ends the session
     idle = "idle_in_transaction_session_timeout"
     text = deadlock_moment({"statement_timeout": 30000, idle: 60000})[0]["text"]
@@ -314,3 +396,25 @@ def test_the_timeout_that_ends_a_cross_layer_deadlock_is_the_smallest_that_appli
     text = deadlock_moment({"statement_timeout": 30000, idle: 5000})[0]["text"]
     assert text.endswith("idle_in_transaction_session_timeout (5 s) terminates the session of backend 101 "
                          "and ends it.")
+
+
+def test_a_thread_of_a_process_not_dumped_says_why() -> None:
+    # Backend 102's client (pid 8, named by application_name) was not dumped at this moment: the words
+    # say whether pid 8 is watched at all, and how to watch it.
+    threads = [{"thread_id": 1, "os_thread_id": 11, "active": False,
+                "frames": [{"name": "row_first", "filename": "/srv/app.py", "line": 3}]}]
+    backends = [
+        {"pid": 101, "state": "idle in transaction", "xact_age": 5.0, "blocked_by": []},
+        {"pid": 102, "state": "active", "xact_age": 4.0, "wait_event_type": "Lock", "blocked_by": [101]},
+    ]
+    clients = {101: Client(pid=7, native_thread_id=11), 102: Client(pid=8, native_thread_id=21)}
+    sources = waitgraph.Sources(read=lambda filename: SERVER_SOURCE)
+
+    def words(targets: list[int]) -> str:
+        graph = waitgraph.build(1.0, [{"pid": 7, "threads": threads}], backends, clients, sources,
+                                targets=targets)
+        return waitgraph.describe(graph, "8:21")
+
+    assert words([7, 8]) == ("thread 21 of pid 8 (its process is a py-spy target, not dumped in this round), "
+                             "backend 102")
+    assert "not a py-spy target: add it with --pyspy-pid" in words([7])

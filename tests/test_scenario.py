@@ -108,9 +108,10 @@ MISTAKES = [
      "s.yaml:3: workloads[0]: give exactly one of rounds or duration_s", None),
     ("name: x\nworkloads:\n  - kind: batched_pots\n",
      "s.yaml:3: workloads[0].kind: unknown kind 'batched_pots'; expected one of 'batched_post', "
-     "'pull_workers'", None),
+     "'pull_workers', 'locustfile', 'command'", None),
     ("name: x\nworkloads:\n  - batch: 5\n",
-     "s.yaml:3: workloads[0]: missing 'kind' (one of batched_post, pull_workers)", None),
+     "s.yaml:3: workloads[0]: missing 'kind' (one of batched_post, pull_workers, locustfile, command)",
+     None),
     ("name: x\nworkloads: []\n",
      "s.yaml:2: workloads: List should have at least 1 item after validation, not 0", None),
     ("workloads:\n  - kind: batched_post\n", "s.yaml:1: name: missing required key", None),
@@ -173,7 +174,7 @@ MISTAKES = [
      "s.yaml:5: thresholds[0].variants: 'defualt' matches no variant (did you mean 'default'?)", None),
     (W + "thresholds:\n  - {chek: edges_max < 5}\n",
      "s.yaml:5: thresholds[0].chek: unknown key (did you mean 'check'?) (and 1 more)",
-     "valid keys here: check, tolerance, tolerance_abs, variants"),
+     "valid keys here: abort, check, tolerance, tolerance_abs, variants"),
     (W + "thresholds:\n  - {check: 'edges_max < 5 ±10%', tolerance: 0.2}\n",
      "s.yaml:5: thresholds[0]: threshold 'edges_max < 5 ±10%' gives a tolerance twice (in the text and "
      "as a key)", None),

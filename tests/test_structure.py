@@ -111,17 +111,16 @@ def test_only_the_load_process_imports_locust() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(name.split(".")[0] in ("locust", "gevent") for name in names):
                 importers.add(_module_name(path))
-    assert importers == {"contend.load.child", "contend.load.users"}
+    inside = {"contend.load.child", "contend.load.users", "contend.load.locustfile"}
+    assert importers == inside
     graph = import_graph()
-    assert not any({"contend.load.child", "contend.load.users"} & reachable(graph, m)
-                   for m in graph if m not in ("contend.load.child", "contend.load.users"))
+    assert not any(inside & reachable(graph, m) for m in graph if m not in inside)
 
 
 def test_thresholds_and_stack_summary_are_pure() -> None:
     graph = import_graph()
     assert reachable(graph, "contend.thresholds") <= {"contend.metrics"}
-    assert reachable(graph, "contend.diagnosis.threads") <= {"contend.diagnosis.waitgraph",
-                                                             "contend.diagnosis.clients"}
+    assert reachable(graph, "contend.diagnosis.threads") == {"contend.diagnosis.sources"}
     assert "contend.sample.pyspy" not in reachable(graph, "contend.analysis")
     assert "contend.gate" not in reachable(graph, "contend.scenario")
 

@@ -12,7 +12,7 @@ rows      thread "holder" updates row 1 and runs pg_sleep; three "waiter" thread
           queue in Postgres. No Python waits.
 
 When every thread is in place, INFO (a path) gets a JSON object: pid, and per thread name its
-native thread id and backend pid.
+native thread id and backend pid. ``HELPER_DELAY_S`` waits that long before starting.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ def waiting_on_locks(n: int) -> bool:
 
 
 def main(mode: str, info_path: str) -> None:
+    time.sleep(float(os.environ.get("HELPER_DELAY_S") or 0))  # a run's load may begin first
     threads = info["threads"]
     assert isinstance(threads, dict)
     if mode == "deadlock":

@@ -26,6 +26,8 @@ class Blocker:
     max_xact_age_s: float | None
     states: tuple[str, ...]
     attribution: dict[str, Any] | None
+    code: str = ""
+    """Its sqlcommenter comment in words (``controller=… route=…``), when the statements carried one."""
 
 
 def blocked_seconds(run: VariantRun) -> float:
@@ -57,12 +59,19 @@ def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
         max_blocks=("blocks", "max"),
         max_age=("xact_age", "max"),
         query=("query", "first"),
+        code=("code", "first"),
     )
     table = table.sort_values("blocked_s", ascending=False).head(limit)
     by_fp: dict[str, dict[str, Any]] = {}
+
+    def rank(rec: dict[str, Any]) -> tuple[bool, float]:
+        # A record with its holder's stack first (a short-held row's holders are dumped only now
+        # and then, the per-process dump budget), then the one that stayed root longest.
+        return rec.get("stack") is not None, float(rec.get("root_for_s") or 0)
+
     for rec in run.attribution:
         fp = rec.get("fingerprint") or rec.get("query")
-        if fp and (fp not in by_fp or (rec.get("root_for_s") or 0) > (by_fp[fp].get("root_for_s") or 0)):
+        if fp and (fp not in by_fp or rank(rec) > rank(by_fp[fp])):
             by_fp[str(fp)] = rec
     out = []
     for fp, row in table.iterrows():
@@ -78,6 +87,7 @@ def top_blockers(run: VariantRun, limit: int = 8) -> list[Blocker]:
                 max_xact_age_s=None if pd.isna(age) else float(age),
                 states=states,
                 attribution=by_fp.get(str(fp)),
+                code=str(row["code"]) if isinstance(row["code"], str) else "",
             )
         )
     return out

@@ -2,13 +2,15 @@
 
 ``samples/waitgraph.jsonl`` holds the findings of each moment the sampler built the cross-layer
 wait-for graph; ``contend.diagnosis.findings.aggregate`` merges them over the run. The dominant root
-blocker comes from the Postgres ticks (``top_blockers``). ``variant_sentences`` says the most
-important ones in at most five sentences; ``comparison`` says in one what a variant changed
-against the baseline.
+blocker comes from the Postgres ticks (``top_blockers``). ``variant_items`` says the most important
+ones in at most five short sentences (what and where, about 30 words), each with the finding it
+speaks of (its threads: the report's table; its worst moment: the report's picture);
+``comparison`` says in one what a variant changed against the baseline.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,8 @@ NAMES = {
     "idle_in_tx_waiting_on_app": "root blocker idle in transaction, blocked in the application",
     "dominant_root_blocker": "dominant root blocker",
 }
+STATEMENT_CHARS = 60
+"""The dominant root blocker's statement in its sentence (the whole is in the blocker table)."""
 PYTHON_KINDS = ("cross_layer_deadlock", "python_lock_convoy", "idle_in_tx_waiting_on_app")
 
 
@@ -46,14 +50,17 @@ def dominant_root_blocker(run: VariantRun) -> dict[str, Any] | None:
     inner: Mapping[str, Any] = next((f for f in frames if is_own(f, own)), {})
     path = own_chain(frames, own) if frames else ""
     states = " / ".join(b.states) or "state unknown"
-    statement = b.fingerprint if len(b.fingerprint) <= 120 else b.fingerprint[:120] + " …"
-    text = (f"The dominant root blocker, `{statement}` (root while {states}), caused "
-            f"{b.blocked_s / total:.0%} of the {total:.0f} blocked-seconds, "
-            f"up to {b.max_blocks} backends at once")
-    text += f"; its holder was in {path}." if path else "; no stack of its holder was taken."
+    statement = b.fingerprint
+    if len(statement) > STATEMENT_CHARS:
+        statement = statement[:STATEMENT_CHARS] + " …"
+    text = (f"The dominant root blocker, `{statement}` ({states}), caused {b.blocked_s / total:.0%} of "
+            f"{total:.0f} blocked-seconds, up to {b.max_blocks} waiting")
+    text += f"; its holder was in `{path}`." if path else "; no stack of its holder was taken."
     thread = {
         "pid": att.get("client_pid"), "tid": att.get("thread_id"), "backend_pid": att.get("backend_pid"),
         "function": inner.get("name"), "file": inner.get("filename"), "line": inner.get("line"), "path": path,
+        "role": att.get("role"), "xact_age_s": None,
+        "waits_for": "the application" if att.get("state") == "idle in transaction" else None,
     }
     return {
         "kind": "dominant_root_blocker", "key": b.fingerprint, "text": text,
@@ -71,6 +78,8 @@ def variant_findings(run: VariantRun) -> list[dict[str, Any]]:
     for f in found:
         f["first_seen"] = round(float(f["first_seen"]) - origin, 3)
         f["last_seen"] = round(float(f["last_seen"]) - origin, 3)
+        if f.get("t_worst") is not None:
+            f["t_worst_s"] = round(float(f.pop("t_worst")) - origin, 3)
     dominant = dominant_root_blocker(run)
     return found + ([dominant] if dominant else [])
 
@@ -84,42 +93,83 @@ def _graphs(n: int) -> str:
 
 
 def variant_sentences(run: VariantRun, found: Sequence[Mapping[str, Any]], limit: int = 5) -> list[str]:
-    """Return at most ``limit`` sentences, most important first: one per finding kind, with its worst case."""
+    """Return the sentences of ``variant_items``."""
+    return [str(item["text"]) for item in variant_items(run, found, limit)]
+
+
+def _own_words(finding: Mapping[str, Any]) -> str:
+    """The finding's own short words (what and where); a record of an older contend has only its long text."""
+    text = str(finding.get("short") or finding.get("text") or "")
+    return text[:1].upper() + text[1:]
+
+
+def variant_items(run: VariantRun, found: Sequence[Mapping[str, Any]], limit: int = 5
+                  ) -> list[dict[str, Any]]:
+    """Return at most ``limit`` findings in words, most important first: one per finding kind, its
+    worst case, as ``{"text", "finding"}`` (``finding`` None for a sentence about the records)."""
     graphs = len(run.waitgraph)
     locals_graphs = sum(1 for r in run.waitgraph if r.get("locals"))
-    lines = []
+    items: list[dict[str, Any]] = []
     for kind in graph_findings.KINDS:
         group = [f for f in found if f["kind"] == kind]
         if not group:
             continue
         worst = max(group, key=lambda f: (f.get("samples") or 0, f.get("size_max") or 0))
+        first = min((float(f["first_seen"]) for f in group if f.get("first_seen") is not None), default=None)
+        since = f" from {first:.1f} s" if first is not None else ""
+        samples = sum(int(f.get("samples") or 0) for f in group)
         if kind == "cross_layer_deadlock":
             episodes = sum(int(f["episodes"]) for f in group)
-            lines.append(
-                f"A cross-layer deadlock was seen {_times(episodes)} ({len(group)} distinct cycle(s), in "
-                f"{sum(int(f['samples']) for f in group)} of {graphs} wait-for graphs, first at "
-                f"{min(float(f['first_seen']) for f in group):.1f} s). Worst: {worst['text']}")
+            cycles = f" ({len(group)} cycles)" if len(group) > 1 else ""
+            text = f"Cross-layer deadlock{cycles}, seen {_times(episodes)}{since}: {_own_words(worst)}"
+            if worst.get("ends") is None and (hint := timeout_evidence(run)):
+                text += f" {hint}"
         elif kind == "python_lock_convoy":
-            lines.append(
-                f"Python lock convoys in {sum(int(f['samples']) for f in group)} of {graphs} wait-for graphs "
-                f"({len(group)} lock(s), up to {max(int(f['size_max']) for f in group)} waiting threads with "
-                f"open transactions). Worst: {worst['text']}")
+            text = f"Python lock convoy in {samples} of {graphs} wait-for graphs{since}: {_own_words(worst)}"
         elif kind == "idle_in_tx_waiting_on_app":
-            lines.append(
-                f"In {sum(int(f['samples']) for f in group)} of {graphs} wait-for graphs a root blocker was "
-                f"idle in transaction while its thread was blocked in the application. "
-                f"Most often: {worst['text']}")
+            text = (f"Idle in transaction, blocked in the app, in {samples} of {graphs} graphs{since}: "
+                    f"{_own_words(worst)}")
         else:
-            lines.append(str(worst["text"]))
+            text = str(worst["text"])
+        items.append({"text": text, "finding": worst})
+    note = None
     if graphs and not any(f["kind"] in PYTHON_KINDS for f in found):
-        lines.insert(0, f"No cross-layer cycle and no thread waiting on a Python lock with an open "
-                        f"transaction in {graphs} wait-for graphs ({locals_graphs} with locals).")
+        note = (f"No cross-layer cycle and no thread waiting on a Python lock with an open "
+                f"transaction in {graphs} wait-for graphs ({locals_graphs} with locals).")
     elif not run.waitgraph_recorded:
-        lines.insert(0, "This run kept no wait-for graph records, so Python waits are not known.")
+        note = "This run kept no wait-for graph records, so Python waits are not known."
     elif not graphs:
-        lines.insert(0, "No py-spy stack showed a wait, so no wait-for graph was recorded." if run.pyspy
-                     else "No py-spy stacks were taken, so Python waits are not known.")
-    return lines[:limit]
+        note = ("No py-spy stack showed a wait, so no wait-for graph was recorded." if run.pyspy
+                else "No py-spy stacks were taken, so Python waits are not known.")
+    if note:
+        items.insert(0, {"text": note, "finding": None})
+    return items[:limit]
+
+
+CLUSTER_MIN_S = 1.0
+"""Lock waits shorter than this say nothing about a timeout (a statement finishing ends them)."""
+
+
+def timeout_evidence(run: VariantRun) -> str | None:
+    """Say what the records tell of a timeout that no session can read: lock waits that ended at one
+    length (within a tick), and the statement timeouts Postgres logged; None when they tell nothing.
+
+    An application's own ``SET statement_timeout`` is invisible to another session, but its effect is
+    not: every wait it cancels ends after the same time."""
+    ended = sorted(w.duration for w in run.waits if w.next_tick is not None and w.duration >= CLUSTER_MIN_S)
+    words = []
+    if len(ended) >= 3:
+        mode = max(ended, key=lambda d: sum(1 for e in ended if abs(e - d) <= 0.25))
+        near = [d for d in ended if abs(d - mode) <= 0.25]
+        if len(near) >= 3 and len(near) * 2 >= len(ended):
+            words.append(f"{len(near)} of its {len(ended)} longer lock waits ended after "
+                         f"{min(near):.1f}-{max(near):.1f} s, consistent with a statement_timeout or "
+                         f"lock_timeout of about {round(statistics.median(near)):.0f} s")
+    logged = sum(1 for e in run.server_log.events if e.kind == "statement_timeout") if run.server_log else 0
+    if logged:
+        words.append(f"Postgres logged {logged} statement timeout{'s' if logged > 1 else ''}")
+    text = "; ".join(words)
+    return text[:1].upper() + text[1:] + "." if words else None
 
 
 def comparison(base_name: str, base: VariantRun, base_found: Sequence[Mapping[str, Any]],

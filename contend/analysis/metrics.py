@@ -9,9 +9,11 @@ from typing import Any
 import pandas as pd
 
 from contend.analysis.findings import comparison, variant_findings, variant_sentences
+from contend.analysis.names import name_metrics, name_rows
 from contend.analysis.reading import RESULTS_STREAM, RunData, VariantRun, cumulative_redeliveries
 from contend.analysis.waits import coverage, wait_metrics
 from contend.diagnosis import findings as graph_findings
+from contend.diagnosis import mapping as backend_mapping
 from contend.metrics import METRICS, PHASE_SPLIT
 from contend.stats import bootstrap_interval, is_timeout, quantile
 
@@ -178,6 +180,7 @@ def variant_metrics(run: VariantRun) -> dict[str, float | int | None]:
         **phase_metrics(run),
         **graph_metrics(run),
         **image_metrics(req),
+        **name_metrics(run),
     }
     if req.empty:
         # No load records at all (the variant died before its load): counts are unknown, not zero.
@@ -279,6 +282,8 @@ def _status(runs: list[VariantRun]) -> str:
         return "ok"
     if statuses == {"failed"}:
         return "failed"
+    if statuses <= {"ok", "stopped"}:
+        return "stopped"  # an abort threshold stopped a repetition (contend.live)
     return "interrupted" if "interrupted" in statuses else "partial"
 
 
@@ -342,11 +347,13 @@ def summarize(run: RunData) -> dict[str, Any]:
     for name, reps in run.variants.items():
         # A variant that failed has no figures: none in a comparison, a finding or a threshold.
         per_rep = [dict.fromkeys(METRICS) if r.status == "failed" else variant_metrics(r) for r in reps]
+        # METRICS, then the per-name ones of your own load's requests (absent without them).
+        keys = [*METRICS, *sorted({k for m in per_rep for k in m if k not in METRICS})]
         samples[name] = {metric: [float(m[metric]) for m in per_rep if m.get(metric) is not None]  # type: ignore[arg-type]
-                         for metric in METRICS}
+                         for metric in keys}
         metrics: dict[str, Any] = {}
         spread: dict[str, list[float]] = {}
-        for metric in METRICS:
+        for metric in keys:
             value, rng = _combine([m.get(metric) for m in per_rep])
             metrics[metric] = _clean(value)
             if len(reps) > 1 and rng is not None:
@@ -371,11 +378,23 @@ def summarize(run: RunData) -> dict[str, Any]:
             entry["phase_s"] = phase_s[0] if len(reps) == 1 else phase_s
         if spread:
             entry["spread"] = spread
+        stopped = [r.meta["stopped"] for r in reps if r.meta.get("stopped")]
+        if stopped:
+            entry["stopped"] = stopped[0]
+        firsts = [r.meta.get("first_finding_s") or {} for r in reps]
+        if any(firsts):
+            entry["first_finding_s"] = {kind: min(f[kind] for f in firsts if kind in f)
+                                        for kind in dict.fromkeys(k for f in firsts for k in f)}
         notes = [f"{r.folder.name}: {n}" for r in reps for n in r.notes]
         if notes:
             entry["notes"] = notes
         measured = [r for r in reps if r.status != "failed"]
         entry["findings"] = variant_findings(measured[0]) if measured else []
+        mapped = backend_mapping.over_run(measured[0].waitgraph) if measured else None
+        if mapped is not None:
+            entry["mapping"] = mapped
+        if measured and (rows := name_rows(measured[0])):
+            entry["requests_by_name"] = [{k: _clean(v) for k, v in row.items()} for row in rows]
         variants[name] = entry
     base = variants.get(run.baseline)
     for name, entry in variants.items():
@@ -406,6 +425,9 @@ def summarize(run: RunData) -> dict[str, Any]:
         elif base is not None and name != run.baseline:
             text.append(comparison(run.baseline, run.variants[run.baseline][0], base["findings"],
                                    name, first_rep, found))
+        if first_rep.load_commands and first_rep.requests.empty:
+            text.append("The load was a command that wrote no request records: request metrics "
+                        "(latency, failures, throughput) are absent; the Postgres figures cover its run.")
         entry["findings_text"] = text
     summary: dict[str, Any] = {
         "scenario": run.name,

@@ -21,6 +21,7 @@ import pandas as pd
 import psutil
 
 from contend.analysis.waits import Wait, waits_from_ticks
+from contend.diagnosis import sqlcomment
 from contend.errors import ConfigError
 from contend.jsonl import read_jsonl
 from contend.pglog import ServerLog, read_server_log
@@ -39,6 +40,8 @@ REQUEST_COLUMNS = (
     "dup_results",
     "worker",
     "job",
+    "name",
+    "method",
 )
 TICK_COLUMNS = (
     "t",
@@ -52,7 +55,7 @@ TICK_COLUMNS = (
     "late_ms",
     "blocking_calls",
 )
-ROOT_COLUMNS = ("t", "dt", "pid", "blocks", "state", "app", "xact_age", "fingerprint", "query")
+ROOT_COLUMNS = ("t", "dt", "pid", "blocks", "state", "app", "xact_age", "fingerprint", "query", "code")
 NATS_COLUMNS = (
     "t",
     "stream",
@@ -130,10 +133,17 @@ class VariantRun:
         return "interrupted" if status == "running" and self.interrupted else status
 
     @property
+    def load_commands(self) -> int:
+        """Command workloads of the load (``load/command-<k>.log``): a program of your own."""
+        return len(list((self.folder / "load").glob("command-*.log")))
+
+    @property
     def window(self) -> tuple[float, float] | None:
-        """The load window: first request start to last request end (None without requests)."""
+        """The load window: first request start to last request end (None without requests; the
+        load phase when the load was a command that wrote no records)."""
         if self.requests.empty:
-            return None
+            load = self.phase("load") if self.load_commands else None
+            return (float(load["start"]), float(load["end"])) if load is not None else None
         return float(self.requests["t0"].min()), float(self.requests["t1"].max())
 
     def phase(self, name: str) -> dict[str, Any] | None:
@@ -261,6 +271,7 @@ def _roots_frame(tick_rows: list[dict[str, Any]], ticks: pd.DataFrame) -> pd.Dat
                     "xact_age": root.get("xact_age"),
                     "fingerprint": root.get("fingerprint") or root.get("query") or "?",
                     "query": root.get("query"),
+                    "code": sqlcomment.words(root.get("comment")) or None,
                 }
             )
     return _frame(rows, ROOT_COLUMNS)

@@ -3,6 +3,9 @@
     forest     the wait-for graph of one Postgres snapshot: edges, blocked, depth, roots
     threads    where a server thread waits, from its py-spy stack; "7 of 8 result workers ..."
     clients    the client process and thread of a backend (application_name)
+    mapping    each backend's thread with its evidence: application_name, socket, elimination
+    sources    the lock constructs and transaction blocks of a source file, by line
+    sqlcomment sqlcommenter comments in a statement: which code sent it
     waitgraph  the wait-for graph over server threads: Python lock waits and Postgres lock waits
     findings   that graph in plain sentences: cross-layer deadlocks, lock convoys, idle holders
 

@@ -9,11 +9,12 @@ into "7 of 8 result workers in psycopg wait <- _update_job_progress".
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from contend.diagnosis.waitgraph import Sources
+from contend.diagnosis.sources import Sources
 
 # How the threads of a role are named in a sentence ("7 of 8 result workers ...").
 ROLE_LABELS = {"worker": "result workers", "web": "web threads"}
@@ -154,3 +155,14 @@ def dump_basis(dumps: Iterable[Mapping[str, Any]]) -> str:
         mode = "non-blocking " if nonblocking else ""
         text += f"; {bad} {mode}dump{'s' if bad != 1 else ''} failed ({bad / (total + bad):.0%})"
     return text
+
+
+_PACKAGE_ROOTS = re.compile(r".*/(?:site-packages|dist-packages|lib/python3(?:\.\d+)?)/")
+
+
+def short_path(filename: object) -> str:
+    """Name a frame's file for a sentence: a library file from its package (``celery/events/
+    dispatcher.py``, not ``dispatcher.py``), the application's own by its file name."""
+    text = str(filename or "?")
+    match = _PACKAGE_ROOTS.match(text)
+    return text[match.end():] if match else os.path.basename(text)

@@ -3,13 +3,15 @@
 Pure but for reading source files (through ``Sources``, which a test can replace): it takes the
 py-spy dumps of server processes taken at one moment (``pyspy.parse_dump``, with locals when they
 were captured), the backend rows of the Postgres snapshot nearest to them (``pg_backends`` records)
-and the client of each backend (``attribution.resolve_client``), and returns a ``Graph``.
+the client of each backend (``attribution.resolve_client``) and the threads blocked on backends'
+sockets (``sockets.backends_by_socket``), and returns a ``Graph``.
 
 Edges go from a waiting thread to the thread it waits for:
 
-* database edges: backend b waits for backend a (``pg_blocking_pids``), each backend mapped to the
-  thread whose ``application_name`` names it, else to its process (the socket table reaches a
-  process, not a thread);
+* database edges: backend b waits for backend a (``pg_blocking_pids``), each backend placed on its
+  thread by ``mapping.map_backends`` (application_name, socket, elimination), else on a node of its
+  own (``backend:<pid>``) that stands for its unknown thread or for its candidate threads; edges
+  through candidates are proven only when every candidate leads to the same node;
 * Python edges: thread W waits to take a lock that thread H holds. The lock is found in the source
   on disk: a thread stopped (py-spy: not active) on the line of ``with <expr>:`` or of
   ``<expr>.acquire(...)`` waits for ``<expr>``; a frame on a line inside that ``with`` block, or
@@ -28,18 +30,25 @@ Edges go from a waiting thread to the thread it waits for:
 
 from __future__ import annotations
 
-import ast
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from contend.diagnosis import mapping
 from contend.diagnosis.clients import Client
+from contend.diagnosis.sources import LockSites
+from contend.diagnosis.sources import Sources as Sources
+from contend.diagnosis.sources import parse_lock_sites as parse_lock_sites
+from contend.diagnosis.threads import short_path
 
 LIBRARY_MARKS = ("site-packages", "dist-packages", "/lib/python3", "<")
 _PSYCOPG = ("/psycopg/", "/psycopg_binary/", "/psycopg_c/", "/psycopg2/")
 _SOCKET = ("/socket.py", "/selectors.py", "/ssl.py", "/select.py", "/asyncio/", "/http/client.py")
 UNKNOWN = "unknown holder"
+CONNECTION_REPR = re.compile(r"<(?:[\w.]+\.)?(?:Connection|AsyncConnection|connection) ")
+"""py-spy's repr of a psycopg 3 or psycopg2 connection (a frame holding one may be in a transaction)."""
 
 Frame = Mapping[str, Any]
 
@@ -53,110 +62,12 @@ def _endswith(frame: Frame, *suffixes: str) -> bool:
     return str(frame.get("filename") or "").endswith(suffixes)
 
 
-# --- what the source says ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LockSites:
-    """The lock constructs of one source file, by line."""
-
-    waits: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    """Line -> lock expressions a thread stopped on this line is taking."""
-    holds: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    """Line -> lock expressions held by a frame on this line."""
-
-
-def _chain(node: ast.expr) -> str | None:
-    """Return ``a.b.c`` for a name or attribute chain, else None (a call is never a lock)."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        inner = _chain(node.value)
-        return None if inner is None else f"{inner}.{node.attr}"
-    return None
-
-
-def _method_calls(function: ast.AST, method: str) -> list[tuple[int, str]]:
-    """Return (line, receiver) of ``<receiver>.<method>(...)`` calls in a function, nested ones excluded."""
-    found = []
-    stack = list(ast.iter_child_nodes(function))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            continue
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method:
-            receiver = _chain(node.func.value)
-            if receiver is not None:
-                found.append((node.lineno, receiver))
-        stack.extend(ast.iter_child_nodes(node))
-    return sorted(found)
-
-
-def parse_lock_sites(text: str, aliases: Mapping[str, str] | None = None) -> LockSites:
-    """Return the ``with <lock>:`` blocks and ``acquire()``/``release()`` spans of a module's source."""
-    aliases = aliases or {}
-    waits: dict[int, list[str]] = {}
-    holds: dict[int, list[str]] = {}
-    tree = ast.parse(text)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.With):
-            exprs = [e for e in (_chain(item.context_expr) for item in node.items) if e]
-            if not exprs or not node.body:
-                continue
-            body_start = node.body[0].lineno
-            for line in range(node.lineno, body_start):
-                waits.setdefault(line, []).extend(exprs)
-            for line in range(body_start, (node.end_lineno or body_start) + 1):
-                holds.setdefault(line, []).extend(exprs)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            releases = [(line, aliases.get(e, e)) for line, e in _method_calls(node, "release")]
-            end = node.end_lineno or node.lineno
-            for line, receiver in _method_calls(node, "acquire"):
-                expr = aliases.get(receiver, receiver)
-                waits.setdefault(line, []).append(expr)
-                until = min((r for r, e in releases if e == expr and r > line), default=end)
-                for held in range(line + 1, until + 1):
-                    holds.setdefault(held, []).append(expr)
-    return LockSites(
-        waits={line: tuple(dict.fromkeys(e)) for line, e in waits.items()},
-        holds={line: tuple(dict.fromkeys(e)) for line, e in holds.items()},
-    )
-
-
-def _aliases(filename: str) -> dict[str, str]:
-    # logging.Handler.handle takes the handler's lock through self.acquire()/self.release().
-    return {"self": "self.lock"} if filename.endswith(os.path.join("logging", "__init__.py")) else {}
-
-
-class Sources:
-    """Parses each source file once (again when it changes); unreadable files have no lock sites."""
-
-    def __init__(self, read: Callable[[str], str] | None = None) -> None:
-        self._read = read or _read_text
-        self._cache: dict[tuple[str, float], LockSites] = {}
-
-    def sites(self, filename: str) -> LockSites:
-        try:
-            stamp = os.stat(filename).st_mtime if self._read is _read_text else 0.0
-            key = (filename, stamp)
-            if key not in self._cache:
-                self._cache[key] = parse_lock_sites(self._read(filename), _aliases(filename))
-            return self._cache[key]
-        except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-            return LockSites()
-
-
-def _read_text(filename: str) -> str:
-    with open(filename, encoding="utf-8") as f:
-        return f.read()
-
-
 # --- the graph -----------------------------------------------------------------------------------
 
 
 @dataclass
 class ThreadNode:
-    """One server thread (or, when attribution reaches only a process, one backend of it)."""
+    """One server thread (or, when its thread is not known, one backend of a process)."""
 
     key: str
     pid: int | None
@@ -166,22 +77,30 @@ class ThreadNode:
     active: bool = False
     backend: dict[str, Any] | None = None
     """The backend row of the thread's connection with the oldest open transaction, if any."""
+    mapped_by: str | None = None
+    """How the backend was mapped to this thread (``mapping.EVIDENCE``), None when it was not."""
+    candidates: tuple[str, ...] = ()
+    """A backend node: the threads one of which holds it (elimination left several)."""
+    candidate_of: bool = False
+    """A thread in a transaction that is a candidate of a backend mapped to several threads."""
 
     def site(self) -> dict[str, Any]:
         """Return where the thread is: its innermost own-code frame (else its innermost frame), and
         ``path``, the three innermost own-code functions, outermost first."""
         own = [f for f in self.frames if not is_library(str(f.get("filename") or ""))]
         frame = own[0] if own else (self.frames[0] if self.frames else {})
+        backend = self.backend or {}
         return {
             "pid": self.pid, "tid": self.tid, "name": self.name,
-            "backend_pid": self.backend["pid"] if self.backend else None,
+            "backend_pid": backend.get("pid"), "mapped_by": self.mapped_by,
+            "candidates": list(self.candidates), "comment": backend.get("comment"),
             "function": frame.get("name"), "file": frame.get("filename"), "line": frame.get("line"),
             "path": " -> ".join(str(f.get("name")) for f in reversed(own[:3])),
         }
 
     @property
     def in_transaction(self) -> bool:
-        return bool(self.backend and self.backend.get("xact_age") is not None)
+        return bool(self.backend and self.backend.get("xact_age") is not None) or self.candidate_of
 
     @property
     def idle_in_transaction(self) -> bool:
@@ -204,10 +123,16 @@ class Edge:
     """A stable identity of the Python lock (pid, object address or file and expression)."""
     inferred: str = ""
     """How the holder was found, or why it could not be."""
+    proof: str = "proven"
+    """``inferred`` for an edge through a backend mapped to candidate threads that do not all lead to
+    its holder."""
+    candidates: tuple[str, ...] = ()
+    """The candidate threads the edge goes through, if any."""
 
     def record(self) -> dict[str, Any]:
         return {"waiter": self.waiter, "holder": self.holder, "layer": self.layer, "kind": self.kind,
-                "what": self.what, "lock": self.lock, "inferred": self.inferred}
+                "what": self.what, "lock": self.lock, "inferred": self.inferred, "proof": self.proof,
+                "candidates": list(self.candidates)}
 
 
 @dataclass
@@ -218,12 +143,30 @@ class Graph:
     nodes: dict[str, ThreadNode]
     edges: list[Edge]
     with_locals: bool
+    holders: dict[int, mapping.Holder] = field(default_factory=dict)
+    """Backend pid -> its thread(s) and the evidence."""
+    dumped: frozenset[int] = frozenset()
+    targets: frozenset[int] = frozenset()
+    """The processes stacks are taken of, in this moment's round or another."""
 
     def out(self, key: str) -> list[Edge]:
         return [e for e in self.edges if e.waiter == key]
 
     def into(self, key: str) -> list[Edge]:
         return [e for e in self.edges if e.holder == key]
+
+    def mapping_record(self) -> dict[str, Any]:
+        """Return how the backends of the dumped processes were mapped, and the waits left open for
+        lack of a mapping (what would close each)."""
+        gaps = []
+        for edge in self.edges:
+            node = self.nodes.get(edge.holder or "")
+            if edge.layer == "db" and node is not None and node.tid is None and node.backend:
+                bpid = int(node.backend["pid"])
+                holder = self.holders.get(bpid) or mapping.Holder(bpid, None, why=mapping.UNKNOWN_CLIENT)
+                waiter = self.nodes[edge.waiter].backend
+                gaps.append(mapping.gap(holder, int(waiter["pid"]) if waiter else None, self.targets))
+        return mapping.summary(self.holders, self.dumped) | {"open": list(dict.fromkeys(gaps))[:5]}
 
     def record(self) -> dict[str, Any]:
         """Return the graph as a JSON-able record (nodes that take part in an edge or hold a transaction)."""
@@ -236,6 +179,7 @@ class Graph:
                 "idle_in_tx_s": _xact_age(self.nodes[k]) if self.nodes[k].idle_in_transaction else None,
             } for k in sorted(used)},
             "edges": [e.record() for e in self.edges],
+            "mapping": self.mapping_record(),
         }
 
 
@@ -254,16 +198,20 @@ def build(
     backends: Iterable[Mapping[str, Any]],
     clients: Mapping[int, Client | None],
     sources: Sources | None = None,
+    sockets: Mapping[int, mapping.OnSocket] | None = None,
+    remembered: Mapping[int, tuple[str, str]] | None = None,
+    targets: Iterable[int] = (),
 ) -> Graph:
     """Return the wait-for graph of one moment.
 
     ``dumps`` are ``pyspy.jsonl`` records (``pid``, ``threads``); ``backends`` the ``pg_backends``
-    records of one Postgres snapshot; ``clients`` maps a backend pid to its client (or None).
+    records of one Postgres snapshot; ``clients`` maps a backend pid to its client (or None);
+    ``sockets`` a backend pid to the thread blocked on its connection (``sockets.backends_by_socket``);
+    ``remembered`` the threads found for the same transactions at earlier moments (``mapping.map_backends``);
+    ``targets`` every process stacks are taken of (a round may dump only some).
     """
     sources = sources or Sources()
     nodes: dict[str, ThreadNode] = {}
-    by_native: dict[tuple[int, int], str] = {}
-    by_ident: dict[tuple[int, int], str] = {}
     with_locals = False
     for dump in dumps:
         pid = int(dump["pid"])
@@ -273,48 +221,117 @@ def build(
             frames = list(thread.get("frames") or ())
             with_locals = with_locals or any("locals" in f for f in frames)
             nodes[key] = ThreadNode(key, pid, native, thread.get("name"), frames, bool(thread.get("active")))
-            if native is not None:
-                by_native[(pid, int(native))] = key
-            if thread.get("thread_id") is not None:
-                by_ident[(pid, int(thread["thread_id"]))] = key
 
     backend_rows = {int(b["pid"]): b for b in backends}
+    facts = [thread_facts(node, sources) for node in nodes.values()]
+    holders = mapping.map_backends(backend_rows.values(), clients, sockets or {}, facts, remembered)
     blockers = {int(b) for row in backend_rows.values() for b in row.get("blocked_by") or ()}
     node_of_backend: dict[int, str] = {}
     for bpid, row in backend_rows.items():
-        client = clients.get(bpid)
-        found: str | None = None
-        if client is not None and client.native_thread_id is not None:
-            found = by_native.get((client.pid, client.native_thread_id))
-        if found is None and client is not None and client.thread_id is not None:
-            found = by_ident.get((client.pid, client.thread_id))
-        if found is None and client is not None and client.native_thread_id is not None:
+        holder = holders.get(bpid) or mapping.Holder(bpid, None)
+        waits = bool(row.get("blocked_by")) or bpid in blockers
+        found = holder.thread
+        if found is not None and found not in nodes:
+            if holder.evidence != "application_name" or not waits:
+                continue  # named, but neither dumped nor waiting: nothing to draw
             # A thread of a process not dumped at this moment: named by its application_name, so
             # it is the same node as in the graph of a moment its process was dumped.
-            found = thread_key(client.pid, client.native_thread_id)
-            if found not in nodes and (row.get("blocked_by") or bpid in blockers):
-                nodes[found] = ThreadNode(found, client.pid, client.native_thread_id)
-        if found is None or found not in nodes:
-            if client is None and not row.get("blocked_by") and bpid not in blockers:
+            owner, _, tid = found.partition(":")
+            nodes[found] = ThreadNode(found, int(owner), int(tid))
+        if found is None:
+            if not waits and len(holder.candidates) < 2:
                 continue
-            if client is not None and client.native_thread_id is not None:
-                continue  # named, but neither dumped nor waiting: nothing to draw
             found = f"backend:{bpid}"
-            nodes.setdefault(found, ThreadNode(found, client.pid if client else None, None))
+            nodes.setdefault(found, ThreadNode(found, holder.pid, None, candidates=holder.candidates))
+            for key in holder.candidates:
+                nodes[key].candidate_of = True
         node_of_backend[bpid] = found
         node = nodes[found]
+        node.mapped_by = node.mapped_by or holder.evidence
         if node.backend is None or (row.get("xact_age") or -1.0) > (node.backend.get("xact_age") or -1.0):
             node.backend = dict(row)
 
     edges = _python_edges(nodes, sources)
     for bpid, row in backend_rows.items():
         for blocker in row.get("blocked_by") or ():
-            waiter, holder = node_of_backend.get(bpid), node_of_backend.get(int(blocker))
-            if waiter is None or waiter == holder:
+            waiter, holder_key = node_of_backend.get(bpid), node_of_backend.get(int(blocker))
+            if waiter is None or waiter == holder_key:
                 continue
-            edges.append(Edge(waiter, holder, "db", "row lock", f"a lock held by backend {blocker}",
+            edges.append(Edge(waiter, holder_key, "db", "row lock", f"a lock held by backend {blocker}",
                               inferred="pg_blocking_pids"))
-    return Graph(t, nodes, edges, with_locals)
+    edges += _candidate_edges(nodes, edges)
+    return Graph(t, nodes, edges, with_locals, holders, frozenset(int(d["pid"]) for d in dumps),
+                 frozenset(targets))
+
+
+def thread_facts(node: ThreadNode, sources: Sources) -> mapping.ThreadFacts:
+    """Return what the mapping needs of a dumped thread: in a transaction, in a driver call, waiting
+    in Python."""
+    assert node.pid is not None
+    in_tx = any(_in_atomic(frame, node.frames[i + 1] if i + 1 < len(node.frames) else {}, sources) or any(
+        CONNECTION_REPR.match(str(var.get("repr") or "")) for var in frame.get("locals") or ())
+        for i, frame in enumerate(node.frames))
+    waits = False
+    if not node.active and node.frames:
+        top = node.frames[0]
+        sites = sources.sites(str(top.get("filename") or "")) if top.get("filename") else LockSites()
+        waits = _notify_wait(node.frames) is not None or int(top.get("line") or -1) in sites.waits
+    return mapping.ThreadFacts(node.key, node.pid, in_tx, frame_state(node.frames) == "postgres", waits)
+
+
+ATOMIC_REQUESTS_CALLERS = (
+    (os.path.join("django", "core", "handlers", "base.py"), "_get_response"),  # WSGI
+    # ASGI: Django runs a sync view in a thread through asgiref (Antenna under gunicorn + uvicorn)
+    (os.path.join("asgiref", "sync.py"), "thread_handler"),
+)
+"""Who calls the ``ContextDecorator`` wrapper with which ATOMIC_REQUESTS makes a view atomic."""
+
+
+def _in_atomic(frame: Frame, caller: Frame, sources: Sources) -> bool:
+    """Tell whether a frame runs inside Django's ``atomic``: its own frames, the ``ContextDecorator``
+    wrapper of ``@atomic`` (its ``self`` an Atomic, when locals were taken) or of ATOMIC_REQUESTS
+    (called by Django's request handler), or a line inside ``with transaction.atomic():`` or an
+    ``@atomic`` function."""
+    filename, name = str(frame.get("filename") or ""), str(frame.get("name") or "")
+    if filename.endswith(os.path.join("django", "db", "transaction.py")):
+        return True
+    if filename.endswith("contextlib.py") and name.endswith("inner"):
+        return "Atomic" in (_local_repr(frame, "self") or "") or any(
+            _endswith(caller, path) and str(caller.get("name") or "").endswith(function)
+            for path, function in ATOMIC_REQUESTS_CALLERS)
+    if not filename or frame.get("line") is None or is_library(filename):
+        return False
+    return int(frame["line"]) in sources.sites(filename).atomic
+
+
+def _candidate_edges(nodes: Mapping[str, ThreadNode], edges: Sequence[Edge]) -> list[Edge]:
+    """Return the edges through backends mapped to several candidate threads.
+
+    Out of such a backend: to the node every candidate waits for (proven), else to each node some
+    candidate waits for (inferred). Into it: from a thread waiting for one of its candidates (inferred).
+    """
+    out: list[Edge] = []
+    out_of: dict[str, list[Edge]] = {}
+    for edge in edges:
+        if edge.holder is not None:
+            out_of.setdefault(edge.waiter, []).append(edge)
+    for key, node in nodes.items():
+        if not node.candidates:
+            continue
+        leads = [out_of.get(c, []) for c in node.candidates]
+        targets = {e.holder for lead in leads for e in lead}
+        proven = len(targets) == 1 and all(leads)
+        for target in sorted(str(t) for t in targets):
+            first = next(e for lead in leads for e in lead if e.holder == target)
+            how = ("every candidate thread waits for it" if proven else
+                   f"some of the {len(node.candidates)} candidate threads wait for it")
+            out.append(Edge(key, target, first.layer, first.kind, first.what, first.lock, how,
+                            "proven" if proven else "inferred", node.candidates))
+        for edge in edges:
+            if edge.holder in node.candidates and edge.waiter not in node.candidates:
+                out.append(Edge(edge.waiter, key, edge.layer, edge.kind, edge.what, edge.lock,
+                                "it waits for one of the candidate threads", "inferred", node.candidates))
+    return out
 
 
 def _local_addr(frame: Frame, name: str) -> int | None:
@@ -349,7 +366,7 @@ def _lock_words(frame: Frame, expr: str) -> tuple[str, str]:
         shown = _local_repr(frame, "self") or ""
         cls = shown[1:].split(" ", 1)[0] if shown.startswith("<") else ""
         return "handler lock", f"the lock of logging handler {cls}" if cls else "a logging handler's lock"
-    return "lock", f"`{expr}` ({os.path.basename(filename)})"
+    return "lock", f"`{expr}` ({short_path(filename)})"
 
 
 _NOTIFY_WAITS = (
@@ -472,9 +489,15 @@ def describe(graph: Graph, key: str) -> str:
     site = node.site()
     if node.tid is None:
         owner = f" of pid {node.pid}" if node.pid else ""
-        return f"backend {site['backend_pid']}{owner} (its thread is not known)"
+        known = f"one of {len(node.candidates)} candidates" if node.candidates else "not known"
+        functions = {graph.nodes[c].site()["function"] for c in node.candidates if c in graph.nodes}
+        if len(functions) == 1 and None not in functions:
+            known += f", all in `{functions.pop()}`"
+        return f"backend {site['backend_pid']}{owner} (its thread is {known})"
     if not node.frames:
-        text = f"thread {node.tid} of pid {node.pid} (its process was not dumped at this moment)"
+        why = ("its process is a py-spy target, not dumped in this round" if node.pid in graph.targets
+               else "its process is not a py-spy target: add it with --pyspy-pid or pyspy_pids")
+        text = f"thread {node.tid} of pid {node.pid} ({why})"
         return text + (f", backend {site['backend_pid']}" if site["backend_pid"] else "")
     where = f"`{site['function']}` ({_short(site['file'])}:{site['line']})"
     text = f"thread {node.tid} of pid {node.pid} in {where}"
@@ -482,4 +505,4 @@ def describe(graph: Graph, key: str) -> str:
 
 
 def _short(filename: Any) -> str:
-    return os.path.basename(str(filename or "?"))
+    return short_path(filename)

@@ -34,7 +34,8 @@ from locust.env import Environment
 
 from contend.errors import ChildExit, ConfigError
 from contend.jsonl import JsonlWriter
-from contend.load import users
+from contend.load import locustfile, users
+from contend.load.config import Locustfile
 from contend.load.plan import TOKEN_ENV, Plan
 from contend.load.records import FLUSH_EVERY_S
 from contend.load.users import SHIP_EVERY_S, SLOTS, Node, Send, users_of
@@ -65,7 +66,7 @@ class Hub:
         self.files: dict[str, JsonlWriter] = {}
         self.in_flight: dict[str, int] = {}
         self.durations: list[float] = []
-        self.ok = self.failed = self.results = 0
+        self.ok = self.failed = self.results = self.iterations = 0
         self.started_at: float | None = None
         self.halted = False
 
@@ -94,6 +95,7 @@ class Hub:
         self.ok += data["ok"]
         self.failed += len(data["lines"]) - data["ok"]
         self.results += data["results"]
+        self.iterations += data.get("iterations", 0)
         if data["final"]:
             self.finals.add(worker)
 
@@ -111,6 +113,7 @@ class Hub:
             "in_flight": sum(self.in_flight.values()),
             "p95_s": quantile(self.durations, 0.95),  # result POSTs, failed ones included: latency_p95_s
             "results": self.results,
+            "iterations": self.iterations,
         }
         tmp = self.load_dir / "progress.json.tmp"
         tmp.write_text(json.dumps(progress))
@@ -144,35 +147,78 @@ class Hub:
 # --- process entry points ---------------------------------------------------------------------------
 
 
-def _environment(classes: list[type[User]]) -> Environment:
-    return Environment(user_classes=classes, events=locust.events)
+def _environment(classes: list[type[User]], host: str | None = None) -> Environment:
+    return Environment(user_classes=classes, events=locust.events, host=host)
+
+
+def _own_classes(plan: Plan) -> list[type[User]]:
+    """The user classes of the plan's locustfile workload (none without one), set up for this process."""
+    for slot, planned in enumerate(plan.workloads):
+        if isinstance(planned.workload, Locustfile):
+            locustfile.set_environment(plan, planned)
+            budget = locustfile.Budget(planned.workload, _user_done(slot))
+            return locustfile.user_classes(planned, budget)
+    return []
+
+
+def _user_done(slot: int) -> Callable[[], None]:
+    def done() -> None:
+        assert users.NODE is not None
+        users.NODE.send("user_done", {"slot": slot})
+    return done
+
+
+def _load_failure(error: Exception) -> str:
+    if isinstance(error, ConfigError):
+        return error.message
+    return f"cannot load the locustfile: {type(error).__name__}: {error}"
 
 
 def _master_classes(plan: Plan) -> list[type[User]]:
     classes: list[type[User]] = []
     for i, planned in enumerate(plan.workloads):
+        if isinstance(planned.workload, Locustfile):
+            continue  # its classes share out the users left, by their weights
         cls = SLOTS[i]
         cls.fixed_count = users_of(planned, plan.workers)
         classes.append(cls)
-    return classes
+    return classes + _own_classes(plan)
 
 
-def _token() -> str:
+def _token(plan: Plan | None) -> str:
     token = os.environ.get(TOKEN_ENV, "")
-    if not token:
+    if not token and plan is not None and plan.needs_token:  # a worker checks when the plan comes
         log.error("no API token in the environment of the load process")
         sys.exit(ChildExit.NO_TOKEN)
     return token
 
 
+def _spawn_rate(plan: Plan, total: int) -> float:
+    own = [p.workload.spawn_rate for p in plan.workloads if isinstance(p.workload, Locustfile)]
+    return own[0] if own and own[0] is not None else max(total, 1)
+
+
+def write_locust_stats(env: Environment, path: Path) -> None:
+    """Write locust's own request statistics (per method and name: requests, failures), to check
+    the records against."""
+    entries = [{"method": e.method, "name": e.name, "num_requests": e.num_requests,
+                "num_failures": e.num_failures} for e in env.stats.entries.values()]
+    path.write_text(json.dumps(sorted(entries, key=lambda e: (e["name"], e["method"])), indent=1))
+
+
 def run_hub(plan: Plan, load_dir: Path, bind: str | None) -> int:
     """Run the standalone process (``bind`` None) or the master; return the exit code."""
-    classes = _master_classes(plan)
-    env = _environment(classes)
+    try:
+        classes = _master_classes(plan)
+    except Exception as error:  # the user's module code may raise anything while it loads
+        log.error("%s", _load_failure(error))
+        return ChildExit.FAILED
+    env = _environment(classes, plan.base_url)
     if bind is None:
         runner: Any = env.create_local_runner()
-        users.NODE = node = Node(lambda kind, data: hub.handle(kind, data), _token())
+        users.NODE = node = Node(lambda kind, data: hub.handle(kind, data), _token(plan))
         node.environment = env
+        locustfile.record_requests(env, node)
         hub = Hub(plan, load_dir, node.handle, nodes=1)
         node.handle("plan", {"plan": plan.model_dump(mode="json"), "worker": "w0"})
         gevent.spawn(node.shipper)
@@ -205,8 +251,10 @@ def run_hub(plan: Plan, load_dir: Path, bind: str | None) -> int:
     gevent.signal_handler(signal.SIGTERM, lambda: setattr(hub, "halted", True))
     gevent.signal_handler(signal.SIGINT, lambda: setattr(hub, "halted", True))
     total = sum(hub.users)
-    status = hub.serve(lambda: runner.start(total, spawn_rate=max(total, 1)), workers)
+    status = hub.serve(lambda: runner.start(total, spawn_rate=_spawn_rate(plan, total)), workers)
     runner.quit()
+    if bind is None and _own_classes(plan):
+        write_locust_stats(env, load_dir / "locust-stats.json")
     return ChildExit.OK if status == "ok" else ChildExit.PARTIAL
 
 
@@ -215,8 +263,9 @@ def run_worker(master: str, allow_remote: bool) -> int:
     env = _environment(list(SLOTS))
     host, port = master.rsplit(":", 1)
     runner = env.create_worker_runner(host, int(port))
-    users.NODE = node = Node(lambda kind, data: runner.send_message(kind, data), _token())
+    users.NODE = node = Node(lambda kind, data: runner.send_message(kind, data), _token(None))
     node.environment = env
+    locustfile.record_requests(env, node)
     refused: list[str] = []
 
     def on_plan(environment: Environment, msg: Any, **kw: Any) -> None:
@@ -226,6 +275,14 @@ def run_worker(master: str, allow_remote: bool) -> int:
         except ConfigError as error:
             log.error("%s", error.message)
             refused.append(error.message)
+            runner.quit()
+            return
+        _token(plan)
+        try:
+            env.user_classes.extend(_own_classes(plan))  # before the master's spawn message, handled next
+        except Exception as error:
+            log.error("%s", _load_failure(error))
+            refused.append(_load_failure(error))
             runner.quit()
             return
         node.handle("plan", msg.data)

@@ -100,10 +100,64 @@ class PullWorkers(BaseModel):
     image_timeout_s: PositiveFloat = 30.0
 
 
-Workload = Annotated[BatchedPost | PullWorkers, Field(discriminator="kind")]
+class Locustfile(BaseModel):
+    """Your own locustfile: its user classes run in contend's load processes (docs/your-load.md).
+
+    They reach the target through ``host`` (the target's base URL) and the environment:
+    CONTEND_BASE_URL, CONTEND_TOKEN (when the target has one) and CONTEND_JOB_IDS (comma-separated).
+    Every request they make becomes one request record, named as locust names it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["locustfile"]
+    path: str
+    """The locustfile, relative to the scenario file."""
+    user_classes: list[str] = []
+    """User classes to run (their class names); empty: every user class of the file."""
+    users: PositiveInt = 1
+    """Users, spread over the classes by their weight (or fixed_count)."""
+    spawn_rate: PositiveFloat | None = None
+    """Users started per second; none: all at once."""
+    duration_s: PositiveFloat | None = None
+    """Run for this long (each user ends after the task it is in); give this or iterations."""
+    iterations: PositiveInt | None = None
+    """Task runs per user, then the user stops; give this or duration_s."""
+
+    @model_validator(mode="after")
+    def _one_driver(self) -> Self:
+        if (self.iterations is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of duration_s or iterations")
+        return self
 
 
-def workload_from(data: dict[str, object]) -> BatchedPost | PullWorkers:
+class CommandLoad(BaseModel):
+    """Any program as the load (docs/your-load.md): its output is kept, its exit code counts.
+
+    It gets CONTEND_BASE_URL, CONTEND_TOKEN (when the target has one), CONTEND_JOB_IDS and
+    CONTEND_REQUEST_RECORDS, a path where it may write request records (docs/records.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["command"]
+    run: Annotated[list[str], Field(min_length=1)]
+    """The program and its arguments, e.g. [python, load.py, --users, "10"] (no shell)."""
+    cwd: str | None = None
+    """Folder it runs in, relative to the scenario file; none: the scenario file's folder."""
+    env: dict[str, str] = {}
+    """More environment variables (over contend's own environment); never put a secret here."""
+    timeout_s: PositiveFloat = 600.0
+    """Longest run; a program still running then is stopped and its variant fails."""
+
+
+Workload = Annotated[BatchedPost | PullWorkers | Locustfile | CommandLoad, Field(discriminator="kind")]
+AnyWorkload = BatchedPost | PullWorkers | Locustfile | CommandLoad
+LocustWorkload = BatchedPost | PullWorkers | Locustfile
+"""The workloads the load processes run (a command runs on its own)."""
+
+
+def workload_from(data: dict[str, object]) -> AnyWorkload:
     """Return the workload described by ``data`` (keys as in a scenario), or raise a one-line ConfigError."""
     try:
         return TypeAdapter(Workload).validate_python(data)

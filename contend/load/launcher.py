@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from contend.errors import ChildExit, ConfigError, LoadError
-from contend.load.config import BatchedPost, Workload
+from contend.errors import ChildExit, ConfigError, LoadError, StackError
+from contend.load.config import BatchedPost, Locustfile, LocustWorkload, PullWorkers
 from contend.load.plan import DEFAULT_TOKEN_VARS, TOKEN_ENV, Plan, PlannedWorkload, read_token
 from contend.load.records import LoadSummary, read_records
 from contend.stack.process import ManagedProcess, free_port
@@ -56,6 +56,8 @@ class LoadProgress:
     in_flight: int
     p95_s: float | None
     results: int
+    iterations: int = 0
+    """Task runs of a locustfile's users so far."""
 
 
 def read_token_for(target: LoadTarget) -> str:
@@ -72,8 +74,26 @@ def read_token_for(target: LoadTarget) -> str:
     return token
 
 
+def optional_token(target: LoadTarget) -> str | None:
+    """Return the target's token when it has one (a locustfile or a command may do without)."""
+    try:
+        return read_token_for(target)
+    except ConfigError:
+        return None
+
+
+def target_environment(target: LoadTarget) -> dict[str, str]:
+    """Return what a user's own load learns of the target: CONTEND_BASE_URL, CONTEND_JOB_IDS and,
+    when the target has a token, CONTEND_TOKEN (in the environment only, never argv or files)."""
+    env = {"CONTEND_BASE_URL": target.base_url.rstrip("/"),
+           "CONTEND_JOB_IDS": ",".join(str(j) for j in target.job_ids)}
+    token = optional_token(target)
+    return env | ({"CONTEND_TOKEN": token} if token else {})
+
+
 def make_plan(
-    workloads: Sequence[Workload], target: LoadTarget, *, workers: int = 0, workers_timeout_s: float = 60.0
+    workloads: Sequence[LocustWorkload], target: LoadTarget, *, workers: int = 0,
+    workers_timeout_s: float = 60.0,
 ) -> Plan:
     """Check every input against the target (no traffic is sent) and return the plan to run."""
     check_target(target.base_url, target.allow_remote)
@@ -100,7 +120,14 @@ def make_plan(
                     )
             planned.append(PlannedWorkload(workload=w, job=job, pipeline_slug=target.pipeline_slug,
                                            image_ids=images))
-        else:
+        elif isinstance(w, Locustfile):
+            path = Path(w.path).resolve()
+            if not path.is_file():
+                raise ConfigError(f"locustfile {w.path}: no such file",
+                                  hint="the path is relative to the scenario file")
+            planned.append(PlannedWorkload(workload=w.model_copy(update={"path": str(path)}),
+                                           job_ids=tuple(target.job_ids)))
+        elif isinstance(w, PullWorkers):
             slug = w.pipeline_slug or target.pipeline_slug
             if not slug:
                 raise ConfigError("pull_workers needs a pipeline slug", hint="pass --pipeline SLUG")
@@ -118,7 +145,7 @@ class LoadRun:
 
     def __init__(
         self,
-        workloads: Sequence[Workload],
+        workloads: Sequence[LocustWorkload],
         target: LoadTarget,
         out_dir: Path,
         *,
@@ -131,7 +158,8 @@ class LoadRun:
             raise ConfigError("the number of remote workers must be >= 0")
         self.plan = make_plan(workloads, target, workers=load_workers + remote_workers,
                               workers_timeout_s=workers_timeout_s)
-        self.env = {**os.environ, TOKEN_ENV: read_token_for(target)}
+        token = read_token_for(target) if self.plan.needs_token else optional_token(target)
+        self.env = {**os.environ, **({TOKEN_ENV: token} if token else {})}
         self.out_dir = out_dir
         self.load_workers = load_workers
         self.master_bind = master_bind or f"127.0.0.1:{free_port()}"
@@ -161,7 +189,11 @@ class LoadRun:
         self.hub = ManagedProcess("load-hub", argv, self.out_dir / "hub.log", ready=progress.exists,
                                   ready_timeout=60.0, env=self.env)
         try:
-            self.hub.start()
+            try:
+                self.hub.start()
+            except StackError as error:  # e.g. a locustfile that does not load
+                raise LoadError(f"the load process exited while starting{self._last_error()}",
+                                hint=error.hint) from None
             host, port = self.master_bind.rsplit(":", 1)
             connect = f"{'127.0.0.1' if host in ('0.0.0.0', '*', '') else host}:{port}"
             for i in range(self.load_workers):
@@ -186,6 +218,7 @@ class LoadRun:
         return LoadProgress(
             state=p["state"], elapsed_s=max(0.0, p["t"] - started), requests_ok=p["ok"],
             requests_failed=p["failed"], in_flight=p["in_flight"], p95_s=p["p95_s"], results=p["results"],
+            iterations=p.get("iterations", 0),
         )
 
     def running(self) -> bool:
@@ -226,9 +259,19 @@ class LoadRun:
                 hint=self.hub.log_tail(),
             )
         if code not in (ChildExit.OK, ChildExit.PARTIAL, None) and not (asked and self.stopped_early(code)):
-            raise LoadError(f"the load process exited with code {code}", hint=self.hub.log_tail())
+            raise LoadError(f"the load process exited with code {code}{self._last_error()}",
+                            hint=self.hub.log_tail())
         status = "ok" if code == ChildExit.OK else "partial"
         return LoadSummary.from_records(read_records(self.out_dir), status=status)
+
+    def _last_error(self) -> str:
+        """``": <message>"`` of the hub log's last ERROR line (a locustfile that does not load), or ""."""
+        try:
+            lines = (self.out_dir / "hub.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line.split(" ERROR ", 1)[1] for line in lines if " ERROR " in line]
+        return f": {errors[-1]}" if errors else ""
 
     def stopped_early(self, code: int | None) -> bool:
         # A negative code is a signal: ours when stop() ran before the hub exited by itself.
@@ -236,7 +279,7 @@ class LoadRun:
 
 
 def run_load(
-    workloads: Sequence[Workload],
+    workloads: Sequence[LocustWorkload],
     target: LoadTarget,
     out_dir: Path,
     *,
@@ -267,12 +310,13 @@ def run_remote_worker(master: str, log_dir: Path, *, allow_remote: bool = False,
     host, _, port = master.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--master must be HOST:PORT, got {master!r}")
-    token = read_token_for(LoadTarget(base_url="http://localhost", token_env=token_env))
+    # A locustfile may need no token: the worker checks when the plan comes (exit code NO_TOKEN).
+    token = optional_token(LoadTarget(base_url="http://localhost", token_env=token_env))
     argv = [sys.executable, "-m", "contend.load.child", "worker", "--master", master]
     if allow_remote:
         argv.append("--allow-remote")
     worker = ManagedProcess("load-worker", argv, log_dir / "worker.log", ready=lambda: True,
-                            env={**os.environ, TOKEN_ENV: token})
+                            env={**os.environ, **({TOKEN_ENV: token} if token else {})})
     with worker:
         assert worker.proc is not None
         code = worker.proc.wait()

@@ -29,6 +29,8 @@ class PlannedWorkload(BaseModel):
     pipeline_slug: str | None = None
     image_ids: tuple[str, ...] = ()
     """batched_post with realistic bodies: the job's image ids."""
+    job_ids: tuple[int, ...] = ()
+    """locustfile: the target's jobs (CONTEND_JOB_IDS of its user classes)."""
 
 
 class Plan(BaseModel):
@@ -40,6 +42,11 @@ class Plan(BaseModel):
     workers: int = 0
     """Load worker processes the master waits for (0: one standalone process)."""
     workers_timeout_s: float = 60.0
+
+    @property
+    def needs_token(self) -> bool:
+        """Whether contend's own users run (they send the target's token; a locustfile may not)."""
+        return any(p.workload.kind != "locustfile" for p in self.workloads)
 
     @classmethod
     def read(cls, path: Path) -> Plan:

@@ -34,13 +34,19 @@ def request_record(
     dup_tasks: int = 0,
     dup_results: int = 0,
     wave: int | None = None,
+    name: str | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
-    """Return one record with every key of the contract, in the documented order."""
-    return {
+    """Return one record with every key of the contract, in the documented order (``name`` and
+    ``method`` only for a request of your own load: a locustfile's, or a command's)."""
+    rec: dict[str, Any] = {
         "t0": round(t0, 6), "t1": round(t1, 6), "kind": kind, "status": status, "sent": sent,
         "recv": recv, "error": error, "job": job, "results": results, "tasks": tasks,
         "dup_tasks": dup_tasks, "dup_results": dup_results, "worker": worker, "wave": wave,
     }
+    if name is not None:
+        rec |= {"name": name, "method": method}
+    return rec
 
 
 def read_records(load_dir: Path) -> Iterator[dict[str, Any]]:
@@ -105,22 +111,22 @@ class LoadSummary:
         first: float | None = None
         last: float | None = None
         for r in records:
-            kind = r["kind"]
+            kind = r.get("kind") or "request"  # a command's own records may leave out what is not HTTP
             durations.setdefault(kind, [])
             failed.setdefault(kind, 0)
             errors.setdefault(kind, {})
             # Latency counts every request of the kind, failed ones with the time they took (a
             # timed-out POST with its timeout): the definition of summary.json's latency_p*_s.
             durations[kind].append(r["t1"] - r["t0"])
-            if r["error"] is None:
-                results += r["results"]
+            if r.get("error") is None:
+                results += r.get("results") or 0
             else:
                 failed[kind] += 1
                 errors[kind][r["error"]] = errors[kind].get(r["error"], 0) + 1
                 timeouts += is_timeout(r["error"])
-            tasks += r["tasks"]
-            dup_tasks += r["dup_tasks"]
-            dup_results += r["dup_results"]
+            tasks += r.get("tasks") or 0
+            dup_tasks += r.get("dup_tasks") or 0
+            dup_results += r.get("dup_results") or 0
             first = r["t0"] if first is None else min(first, r["t0"])
             last = r["t1"] if last is None else max(last, r["t1"])
         kinds = {}

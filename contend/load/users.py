@@ -33,7 +33,7 @@ from locust.exception import StopUser
 from contend.errors import ConfigError
 from contend.jsonl import dumps
 from contend.load import bodies
-from contend.load.config import BatchedPost, PullWorkers
+from contend.load.config import BatchedPost, Locustfile, PullWorkers
 from contend.load.plan import Plan, PlannedWorkload
 from contend.load.records import request_record
 from contend.target import check_target
@@ -53,6 +53,9 @@ def users_of(planned: PlannedWorkload, workers: int) -> int:
     w = planned.workload
     if isinstance(w, PullWorkers):
         return w.pollers
+    if isinstance(w, Locustfile):
+        return w.users
+    assert isinstance(w, BatchedPost)
     if w.arrival_rate is not None:
         return max(1, workers)
     return w.concurrency
@@ -85,6 +88,8 @@ class Node:
         self.halted = Event()
         self.records: list[dict[str, Any]] = []
         self.in_flight = 0
+        self.iterations = 0
+        """Task runs of a locustfile's users finished since the last shipment."""
         self.finished = False
         self.user_numbers = itertools.count()
         self.tasks_seen: set[tuple[int, str]] = set()
@@ -118,6 +123,7 @@ class Node:
             return
         records, self.records = self.records, []
         self.finished = final
+        iterations, self.iterations = self.iterations, 0
         ok = [r for r in records if r["error"] is None]
         self.send("records", {
             "worker": self.worker,
@@ -125,9 +131,10 @@ class Node:
             # Progress figures, so the hub need not parse lines: the live p95 is summary.json's
             # latency_p95_s so far (every result POST, a timed-out one with its timeout).
             "ok": len(ok),
-            "post_s": [r["t1"] - r["t0"] for r in records if r["kind"] == "result"],
+            "post_s": [r["t1"] - r["t0"] for r in records if r["kind"] in ("result", "request")],
             "results": sum(r["results"] for r in ok),
             "in_flight": self.in_flight,
+            "iterations": iterations,
             "final": final,
         })
 
@@ -203,7 +210,7 @@ class Slot(User):
         try:
             if isinstance(planned.workload, BatchedPost):
                 BatchedPoster(node, node.plan, planned, self.slot, worker).run()
-            else:
+            elif isinstance(planned.workload, PullWorkers):
                 PullWorker(node, node.plan, planned, worker).run()
         finally:
             node.send("user_done", {"slot": self.slot})

@@ -4,7 +4,11 @@
                                 [--setup FIXTURES_JSON --jobs K --images N]
     python -m contend.refserver worker --index N [--ready FILE]
     python -m contend.refserver images --port P [--host H] [--ready FILE]
+    python -m contend.refserver setup --out FILE [--jobs K --images N --wait-s S]   (containers)
     python -m contend.refserver manage <django-admin arguments>
+
+In containers, web and worker take ``--after FILE``: they wait (``--wait-s``) for the file that
+``setup`` writes once migrations and fixtures are done (contend/refserver/startup.py).
 
 Configuration comes from the environment (CONTEND_REF_DSN, CONTEND_REF_NATS, the flags; the API
 token of --setup from CONTEND_REF_TOKEN, the images' public base URL from CONTEND_REF_IMAGES_URL).
@@ -66,7 +70,19 @@ def _fork(processes: int) -> int:
     sys.exit(0)
 
 
+def _after_setup(args: argparse.Namespace) -> None:
+    if args.after is None:
+        return
+    from contend.refserver import startup
+
+    try:
+        startup.wait_for_setup(args.after, args.wait_s)
+    except startup.StartupError as error:
+        startup.fail(error)
+
+
 def web(args: argparse.Namespace) -> None:
+    _after_setup(args)
     _django("web")
     from django.core.management import call_command
     from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
@@ -98,6 +114,7 @@ def web(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
+    _after_setup(args)
     _django(f"worker-{args.index + _fork(args.processes)}")
     import nats
     from django.conf import settings
@@ -145,6 +162,32 @@ def serve_images(args: argparse.Namespace) -> None:
     server.serve_forever()
 
 
+def setup(args: argparse.Namespace) -> None:
+    """Containers: wait for Postgres and NATS, migrate, create the fixtures; print their JSON and
+    write it to ``--out`` (the file web and workers wait for)."""
+    from contend.refserver import startup
+
+    args.out.unlink(missing_ok=True)  # a file of an earlier start must not let web and workers in
+    if not os.environ.get("CONTEND_REF_TOKEN"):
+        startup.fail(startup.StartupError("no CONTEND_REF_TOKEN: export a throw-away 40-hex key before up"))
+    try:
+        startup.wait_for_services(args.wait_s)
+    except startup.StartupError as error:
+        startup.fail(error)
+    _django("setup")
+    from django.core.management import call_command
+    from django.db import connections
+
+    from contend.refserver.fixtures import create_fixtures
+
+    call_command("migrate", verbosity=0)
+    made = create_fixtures(args.jobs, args.images, token=os.environ.get("CONTEND_REF_TOKEN"))
+    connections.close_all()
+    record = startup.write_setup(args.out, {"project_id": made.project_id,
+                                            "pipeline_slug": made.pipeline_slug, "job_ids": made.job_ids})
+    print(json.dumps(record), flush=True)
+
+
 def manage(argv: list[str]) -> None:
     _django("manage")
     from django.core.management import execute_from_command_line
@@ -172,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--port", type=int, required=True)
     i.add_argument("--host", default="127.0.0.1")
     i.add_argument("--ready", type=Path)
+    s = sub.add_parser("setup", help="containers: wait for Postgres and NATS, migrate, create fixtures")
+    s.add_argument("--out", type=Path, required=True, help="the fixtures JSON web and workers wait for")
+    s.add_argument("--jobs", type=int, default=1)
+    s.add_argument("--images", type=int, default=100)
+    s.add_argument("--wait-s", type=float, default=120.0, help="seconds to wait for Postgres and NATS")
+    for p in (w, k):
+        p.add_argument("--after", type=Path, help="containers: start once setup has written this file")
+        # longer than setup's own wait, which comes first, and then its migrations
+        p.add_argument("--wait-s", type=float, default=300.0, help="seconds to wait for --after's file")
     sub.add_parser("manage", help="django-admin commands: migrate, contend_fixtures, ...")
     return parser
 
@@ -182,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         manage(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    {"web": web, "worker": worker, "images": serve_images}[args.command](args)
+    {"web": web, "worker": worker, "images": serve_images, "setup": setup}[args.command](args)
 
 
 if __name__ == "__main__":

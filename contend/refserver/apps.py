@@ -70,8 +70,9 @@ def _cachalot(execute: Callable[..., Any], sql: str, params: Any, many: bool, co
 
 def _on_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
     # Django opens connections lazily in the thread that uses them, so this runs in that thread.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('application_name', %s, false)", [application_name()])
+    if settings.FLAGS["APPLICATION_NAME"] == "on":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false)", [application_name()])
     if settings.FLAGS["CACHALOT"] == "on" and _cachalot not in connection.execute_wrappers:
         connection.execute_wrappers.append(_cachalot)
 

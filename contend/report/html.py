@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 
 from contend import __version__
 from contend.analysis import RunData, VariantRun, iter_reps, stack_summary, top_blockers
-from contend.diagnosis.threads import dump_basis
+from contend.analysis.findings import variant_items
+from contend.diagnosis.threads import dump_basis, short_path
 from contend.report import figures
 from contend.report.tables import (
     OTHER_ROWS,
     common_text,
     differing,
+    first_findings,
     flags_text,
     fmt,
     headlines,
     rows,
     verdict_rows,
 )
+from contend.report.waitpicture import finding_picture
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("contend.report", "templates"),
@@ -33,6 +38,9 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_ENV.filters["ticks"] = lambda text: markupsafe.Markup(
+    re.sub(r"`([^`]+)`", r"<code>\1</code>", str(markupsafe.escape(text))))
+"""Escape a sentence, then show its `code` spans as code."""
 STACK_FRAMES = 14
 FINGERPRINT_CHARS = 240
 
@@ -149,11 +157,45 @@ def _graph_cost(records: list[dict[str, Any]]) -> str:
         cpu = sum(float(r.get("locals_cpu_s") or 0.0) for r in records)
         text += (f", {dumps:,} py-spy dumps with locals for them ({fmt(cpu)} s CPU, "
                  f"{fmt(cpu / dumps * 1000)} ms each)")
+    sockets_s = sum(float(r.get("sockets_s") or 0.0) for r in records)
+    if sockets_s:
+        text += f", {fmt(sockets_s)} s reading which threads wait on which socket for them"
     return text
 
 
 def _link(path: Path, out_dir: Path) -> str:
     return os.path.relpath(path, out_dir)
+
+
+THREAD_ROWS = 8
+THREAD_COLUMNS = ("role", "function", "where", "backend", "transaction", "waits for")
+
+
+def _thread_row(thread: dict[str, Any]) -> list[str]:
+    age = thread.get("xact_age_s")
+    return [str(thread.get("role") or "-"), str(thread.get("function") or "?"),
+            f"{short_path(thread.get('file'))}:{thread.get('line') or '?'}",
+            str(thread.get("backend_pid") or "-"), "-" if age is None else f"{float(age):.1f} s",
+            str(thread.get("waits_for") or "-")]
+
+
+def finding_items(rep: VariantRun, entry: dict[str, Any], comparison: bool) -> list[dict[str, Any]]:
+    """The variant's findings for the page: each sentence with its threads' table, the first finding
+    of the wait-for graph with its picture, then the comparison with the baseline (a sentence alone)."""
+    items, drawn = [], False
+    for item in variant_items(rep, entry.get("findings") or []):
+        finding = item["finding"] or {}
+        svg = None if drawn else finding_picture(finding)
+        drawn = drawn or svg is not None
+        threads = [_thread_row(t) for t in finding.get("threads") or ()]
+        if len(threads) > THREAD_ROWS:
+            more = len(threads) - THREAD_ROWS
+            threads = [*threads[:THREAD_ROWS], ["", f"… {more} more", "", "", "", ""]]
+        items.append({"text": item["text"], "threads": threads, "svg": svg})
+    texts = entry.get("findings_text") or []
+    if comparison and texts and len(texts) > len(items):
+        items.append({"text": texts[-1], "threads": [], "svg": None})
+    return items
 
 
 def variant_context(
@@ -171,6 +213,7 @@ def variant_context(
                 if len(b.fingerprint) <= FINGERPRINT_CHARS
                 else b.fingerprint[:FINGERPRINT_CHARS] + " …",
                 "example": b.query[:300] if b.query != b.fingerprint else "",
+                "code": b.code,
                 "states": b.states,
                 "attribution": att,
                 "blocked_s": fmt(b.blocked_s),
@@ -195,8 +238,11 @@ def variant_context(
         "stack_basis": dump_basis(rep.pyspy),
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
-        "findings": entry.get("findings_text", []),
+        "findings": finding_items(rep, entry, comparison=name != baseline),
+        "mapping": entry.get("mapping"),
         "notes": entry.get("notes", []),
+        "by_name": [{k: v if k in ("name", "method") else fmt(v, k) for k, v in row.items()}
+                    for row in entry.get("requests_by_name") or []],
     }
 
 
@@ -229,9 +275,11 @@ def render_html(
         status=summary["status"],
         when=_when(meta),
         time_breakdown=time_breakdown(run),
+        first_findings=first_findings(summary),
         baseline=baseline,
         sweep=run.sweep,
         variants=variants,
+        thread_columns=THREAD_COLUMNS,
         headlines=headlines(summary),
         verdict=rows(summary, verdict_rows(summary)),
         other=rows(summary, OTHER_ROWS),

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from contend.analysis import Blocker
-from contend.report.tables import common_text, differing, flags_text, headlines, rows, verdict_rows
+from contend.report.tables import common_text, differing, flags_text, fmt, headlines, rows, verdict_rows
 
 
 def _md(text: str) -> str:
-    """Keep text from the database from breaking a table cell or opening markup."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """Keep text from the database from breaking a table cell or opening markup, and readable as text:
+    ``|`` escaped, ``<`` backslash-escaped outside `code spans` (inside them markdown shows it as is)."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(part if i % 2 else part.replace("<", "\\<") for i, part in enumerate(parts))
 
 
 def render_markdown(
@@ -20,7 +22,9 @@ def render_markdown(
     names = list(summary["variants"])
     lines = [f"## contend: {_md(title or summary['scenario'])} ({summary['status']})", ""]
     for name, entry in summary["variants"].items():
-        if entry["status"] != "ok":
+        if entry["status"] == "stopped" and entry["reason"]:
+            lines.append(f"- **{_md(name)}** {_md(entry['reason'])}")  # "stopped at 2.5 s: ..."
+        elif entry["status"] != "ok":
             lines.append(
                 f"- **{_md(name)}** {entry['status']}: {_md(entry['reason'] or 'no reason recorded')}"
             )
@@ -36,11 +40,20 @@ def render_markdown(
                 mark = " ✓" if cell.real else ""
                 text += f" ({cell.delta}{mark})"
             cells.append(_md(text))
-        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md(row.label)} | " + " | ".join(cells) + " |")
+    for name, entry in summary["variants"].items():
+        if by_name := entry.get("requests_by_name"):
+            lines += ["", f"**Requests by name: {_md(name)}**", "",
+                      "| name | requests | failed | p50 (s) | p95 (s) | p99 (s) |", "|---" * 6 + "|"]
+            lines += [f"| {_md(r['name'])} | {fmt(r['requests_total'])} | {fmt(r['requests_failed'])} | "
+                      f"{fmt(r['latency_p50_s'])} | {fmt(r['latency_p95_s'])} | {fmt(r['latency_p99_s'])} |"
+                      for r in by_name]
     lines += ["", "**Findings**", ""]
     for name, entry in summary["variants"].items():
-        text = " ".join(entry.get("findings_text") or ["no findings recorded."])
-        lines.append(f"- `{_md(name)}`: {_md(text)}")
+        lines.append(f"- `{_md(name)}`:")
+        lines += [f"  - {_md(text)}" for text in entry.get("findings_text") or ["no findings recorded."]]
+        if entry.get("mapping"):
+            lines.append(f"  - {_md('Backends to threads: ' + entry['mapping']['text'] + '.')}")
     lines.append("")
     varying = differing(summary)
     for name in names:

@@ -292,7 +292,26 @@ def _write_variant(
                 _line(fh, {"t": start + s, "pid": pid, "role": role, "threads": threads})
     with _writer(samples / "waitgraph.jsonl") as fh:
         holder = {"pid": 41, "tid": 43, "name": "t0", "backend_pid": 1000, "function": "emit",
-                  "file": "/srv/app/contend/refserver/jobs/logging.py", "line": 31, "path": "result -> emit"}
+                  "file": "/srv/app/contend/refserver/jobs/logging.py", "line": 31, "path": "result -> emit",
+                  "key": "41:43", "role": "web", "xact_age_s": 2.5, "waits_for": "a row of jobs_job"}
+        # The logs-on cycle: `job_result` holds the job row and waits for the job log handler's lock;
+        # the worker's `_cachalot` holds that lock and waits for the row.
+        job_result = {"pid": 41, "tid": 43, "name": "t0", "backend_pid": 1000, "function": "job_result",
+                      "file": "/srv/app/contend/refserver/views.py", "line": 299,
+                      "path": "dispatch -> job_result", "key": "41:43", "role": "web", "xact_age_s": 5.2,
+                      "waits_for": "JobLogHandler's lock"}
+        cachalot = {"pid": 52, "tid": 53, "name": "MainThread", "backend_pid": 1001, "function": "_cachalot",
+                    "file": "/srv/app/contend/refserver/apps.py", "line": 58, "path": "handle -> _cachalot",
+                    "key": "52:53", "role": "worker", "xact_age_s": 4.8, "waits_for": "a row of jobs_job"}
+        cycle_edges = [
+            {"waiter": "41:43", "holder": "52:53", "layer": "python", "kind": "handler lock",
+             "what": "the lock of logging handler JobLogHandler", "lock": "52:0x7f00.lock",
+             "inferred": "object identity from locals", "thing": "JobLogHandler's lock"},
+            {"waiter": "52:53", "holder": "41:43", "layer": "db", "kind": "row lock",
+             "what": "a lock held by backend 1000", "lock": None, "inferred": "pg_blocking_pids",
+             "thing": "a row of jobs_job"},
+        ]
+        first: dict[str, float] = {}
         for s in range(0, int(duration_s), 2):
             waiters = int(8 * c * rng.random())
             found = []
@@ -300,21 +319,36 @@ def _write_variant(
                 found.append({
                     "kind": "python_lock_convoy", "key": "41:0x7f00.lock", "t": start + s,
                     "threads": [holder] + [
-                        holder | {"tid": 44 + k, "backend_pid": 1001 + k, "function": "result", "line": 120}
+                        holder | {"tid": 44 + k, "backend_pid": 1001 + k, "function": "result", "line": 120,
+                                  "key": f"41:{44 + k}", "waits_for": "JobLogHandler's lock"}
                         for k in range(waiters)
                     ],
                     "text": f"{waiters} threads with open transactions wait for the lock of logging handler "
                             "JobLogHandler, held by thread 43 of pid 41 in `emit` (logging.py:31), "
                             "backend 1000, which waits on Postgres in `emit` (logging.py:31).",
+                    "short": f"`emit` holds JobLogHandler's lock; {waiters} threads with open transactions "
+                             "(oldest 2.5 s) wait for it.",
+                    "edges": [{"waiter": f"41:{44 + k}", "holder": "41:43", "layer": "python",
+                               "kind": "handler lock", "what": "the lock of logging handler JobLogHandler",
+                               "lock": "41:0x7f00.lock", "inferred": "object identity from locals",
+                               "thing": "JobLogHandler's lock"} for k in range(waiters)],
                     "waiters": waiters, "holder": holder,
                 })
             if waiters >= 6:
                 found.insert(0, {
-                    "kind": "cross_layer_deadlock", "key": "41:43|41:44", "t": start + s,
-                    "threads": [holder, holder | {"tid": 44, "backend_pid": 1001}],
-                    "text": "Cross-layer deadlock of 2 threads: thread 43 of pid 41 waits for a lock held by "
-                            "backend 1001, held by thread 44 of pid 41, which waits for the lock of logging "
-                            "handler JobLogHandler, held by the first. Postgres cannot see it.",
+                    "kind": "cross_layer_deadlock", "key": "41:43|52:53", "t": start + s,
+                    "threads": [job_result, cachalot],
+                    "text": "Cross-layer deadlock of 2 threads: thread 43 of pid 41 in `job_result` "
+                            "(views.py:299), backend 1000 waits for the lock of logging handler "
+                            "JobLogHandler, held by thread 53 of pid 52 in `_cachalot` (apps.py:58), backend "
+                            "1001, which waits for a lock held by backend 1000, held by the first. Postgres "
+                            "cannot see it (one wait is in Python); statement_timeout (30 s) cancels backend "
+                            "1001 and ends it.",
+                    "short": "`job_result` holds a row of jobs_job and waits for JobLogHandler's lock; "
+                             "`_cachalot` holds that lock and waits for the row. Only statement_timeout "
+                             "(30 s) ends it.",
+                    "ends": {"name": "statement_timeout", "ms": 30000.0, "backend_pid": 1001},
+                    "edges": cycle_edges,
                 })
             _line(fh, {"t": start + s, "locals": s % 10 == 0, "threads": {}, "edges": [], "pg_t": start + s,
                        "gauges": {"python_lock_waiters": waiters,
@@ -322,6 +356,10 @@ def _write_variant(
                        "findings": found}
                   | ({"locals_dumps": 2, "locals_failed": 0, "locals_cpu_s": 0.04, "locals_wall_s": 0.05}
                      if s % 10 == 0 else {}))
+            for f in found:  # as the live figures record it: seconds from the load's start
+                first.setdefault(str(f["kind"]), float(s))
+    if first:
+        (folder / "meta.json").write_text(json.dumps(meta | {"first_finding_s": first}))
     with _writer(samples / "attribution.jsonl") as fh:
         if c > 0:
             for k in range(3):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from contend.metrics import BETTER, MEANINGS, PHASE_SPLIT
+from contend.diagnosis.findings import KIND_WORDS, KINDS
+from contend.metrics import BETTER, MEANINGS, PHASE_SPLIT, named_metric
 
 # The verdict table, in the shape of the seed's before/after table (PR #1261's runbook). Postgres and
 # queue figures cover the load and its drain; the load and drain apart are under "Other metrics".
@@ -114,7 +115,7 @@ class Row:
 def _tone(metric: str, abs_: float, real: bool | None) -> str:
     if real is False:
         return "noise"
-    direction = BETTER.get(metric, 0) * (1 if abs_ > 0 else -1 if abs_ < 0 else 0)
+    direction = BETTER.get(metric.split("{")[0], 0) * (1 if abs_ > 0 else -1 if abs_ < 0 else 0)
     return "better" if direction > 0 else "worse" if direction < 0 else ""
 
 
@@ -178,9 +179,37 @@ def verdict_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     server = any(m.get(metric) for m in metrics for metric, _ in SERVER_ROWS)
     graph = any(m.get(metric) for m in metrics for metric, _ in GRAPH_ROWS)
     images = any(m.get("image_loads") is not None for m in metrics)
-    return (VERDICT_ROWS + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
+    posted = any(m.get("posts_total") for m in metrics)
+    seed = VERDICT_ROWS if posted else tuple(r for r in VERDICT_ROWS if r[0] not in POST_ROWS)
+    return (seed + name_rows(summary) + (FAIRNESS_ROWS if jobs > 1 else ()) + ((LOST_ROW,) if lost else ())
             + (IMAGE_ROWS if images else ()) + (GRAPH_ROWS if graph else ())
             + (SERVER_ROWS if server else ()))
+
+
+POST_ROWS = frozenset(("posts", "latency_p50_s", "latency_p95_s", "latency_p99_s", "latency_max_s",
+                       "results_accepted_per_s", "results_processed_per_s", "duplicate_results"))
+"""Rows of Antenna's result POSTs: left out when no variant posted any (your own load)."""
+
+
+def request_names(summary: dict[str, Any]) -> list[str]:
+    """The request names of your own load the report lists, most requests first (folded rows apart)."""
+    counts: dict[str, int] = {}
+    for entry in summary["variants"].values():
+        for row in entry.get("requests_by_name") or []:
+            if not row["name"].startswith("("):
+                counts[row["name"]] = counts.get(row["name"], 0) + int(row["requests_total"] or 0)
+    return sorted(counts, key=lambda n: -counts[n])[:NAMES_IN_VERDICT]
+
+
+NAMES_IN_VERDICT = 8
+
+
+def name_rows(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Verdict rows of the request names of your own load: p95 and failures of each."""
+    return tuple(row for name in request_names(summary) for row in (
+        (named_metric("latency_p95_s", name), f"{name}: p95 (s)"),
+        (named_metric("requests_failed", name), f"{name}: failed"),
+    ))
 
 
 def rows(summary: dict[str, Any], which: tuple[tuple[str, str], ...] = VERDICT_ROWS) -> list[Row]:
@@ -212,18 +241,36 @@ def headlines(summary: dict[str, Any]) -> list[str]:
         if all(v is None for v in m.values()):
             out.append(f"{name}{status}: no records")
             continue
+        posted = m.get("posts_total") or b.get("posts_total")
         parts = [
             f"{label} {fmt(b.get(k), k)} → {fmt(m.get(k), k)}"
             for k, label in HEADLINE
-            if m.get(k) is not None or b.get(k) is not None
+            if (m.get(k) is not None or b.get(k) is not None) and (posted or k not in POST_ROWS)
         ]
-        parts.insert(
-            3,
-            f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
-            f"{fmt(m.get('posts_ok'))}/{fmt(m.get('posts_total'))}",
-        )
+        if posted:
+            parts.insert(
+                3,
+                f"POSTs ok {fmt(b.get('posts_ok'))}/{fmt(b.get('posts_total'))} → "
+                f"{fmt(m.get('posts_ok'))}/{fmt(m.get('posts_total'))}",
+            )
+        for request in request_names(summary)[:1]:  # your own load: its busiest request name
+            key = named_metric("latency_p95_s", request)
+            parts.append(f"{request} p95 (s) {fmt(b.get(key), key)} → {fmt(m.get(key), key)}")
         out.append(f"{name} vs {base_name}{status}: " + ", ".join(parts))
     return out
+
+
+def first_findings(summary: dict[str, Any]) -> str:
+    """``Time to the first finding, from the load's start: logs-on: cross-layer deadlock 5.0 s, ...``,
+    from each variant's ``first_finding_s`` (what the live display showed); empty when none has one."""
+    parts = []
+    for name, entry in summary["variants"].items():
+        first = entry.get("first_finding_s") or {}
+        if first:
+            order = sorted(first, key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
+            kinds = ", ".join(f"{KIND_WORDS.get(k, k)} {float(first[k]):.1f} s" for k in order)
+            parts.append(f"{name}: {kinds}")
+    return "Time to the first finding, from the load's start: " + "; ".join(parts) + "." if parts else ""
 
 
 def differing(summary: dict[str, Any]) -> set[str]:

@@ -4,7 +4,7 @@ A backend is mapped to its client from ``application_name`` when the client sets
 reference server's format (docs/records.md), else from its client address and port through the
 TCP socket table of ``/proc`` (``psutil.net_connections``) to the owning pid. The socket path
 reaches a process, not a thread: the thread is named only when that process has one thread.
-This module is the only one of the samplers that reads ``/proc`` (psutil).
+This module reads ``/proc`` through psutil; contend/sample/namespaces.py reads the pid namespaces there.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 ``CrossLayer`` keeps the latest Postgres snapshot (``observe``, from the Postgres loop). Each time
 the py-spy sampler hands over dumps (``on_dumps``) it builds the graph of that moment
-(``waitgraph.build``) and writes one ``samples/waitgraph.jsonl`` record with its findings. Dumps
+(``waitgraph.build``) and writes one ``samples/waitgraph.jsonl`` record with its findings and how
+its backends were mapped to threads: the threads blocked on sockets are read just before each dump
+(``sockets``), and a thread found for a transaction is remembered for the rest of it. Dumps
 with locals tell lock objects apart but cost more: ``run`` takes them only when the forest shows
 a reason (a root blocker idle in transaction, or a lock waiter older than ``waiter_age_s``), at
 most once per ``locals_interval_s``, and records their count and CPU time in the same records.
@@ -18,10 +20,12 @@ from typing import Any
 from contend.diagnosis import findings, waitgraph
 from contend.diagnosis.clients import Client
 from contend.errors import SamplerError
-from contend.sample import pyspy
+from contend.sample import pyspy, sockets
 from contend.sample.attribution import resolve_client
+from contend.sample.namespaces import resolver_in_our_namespace, source_reader
 
 Dumper = Callable[..., list[dict[str, Any]]]
+SocketReader = Callable[[Sequence[int]], tuple[list[sockets.SocketWait], list[str]]]
 
 
 def locals_reason(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]],
@@ -39,6 +43,17 @@ def locals_reason(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]]
     return None
 
 
+SOCKETS_BEFORE_DUMP_S = 15.0
+"""Socket waits read this long before a dump (py-spy's timeout and more) still go with it."""
+SAME_XACT_S = 0.25
+"""Two snapshots see the same transaction of a backend when their starts differ by less than this."""
+
+
+def _xact_start(backend: Mapping[str, Any]) -> float | None:
+    age = backend.get("xact_age")
+    return None if age is None or backend.get("t") is None else float(backend["t"]) - float(age)
+
+
 class CrossLayer:
     """Builds the wait-for graph of a run's server processes; thread-safe between its callers."""
 
@@ -54,22 +69,34 @@ class CrossLayer:
         locals_interval_s: float = 5.0,
         sources: waitgraph.Sources | None = None,
         budget: Callable[[int], bool] = lambda dumps: True,
+        socket_reader: SocketReader = sockets.socket_waits,
     ) -> None:
         self.pids = list(pids)
         self.timeouts = dict(timeouts)
         self.write = write
         self.dumper = dumper
         self.resolver = resolver
+        self._resolve = resolver_in_our_namespace(self.pids, resolver)  # containers: their pids as ours
         self.waiter_age_s = waiter_age_s
         self.locals_interval_s = locals_interval_s
         self.budget = budget
+        self.socket_reader = socket_reader
+        """Reads which threads of the dumped processes are blocked on which socket (``/proc``)."""
         """Asked for a round's dumps before it is taken (the py-spy sampler's ``spend``)."""
-        self.sources = sources or waitgraph.Sources()
+        self.sources = sources or waitgraph.Sources(source_reader(self.pids))
         self.disabled = False
         self._lock = threading.Lock()
         self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
         self._clients: dict[tuple[Any, ...], Client | None] = {}
         self._last_locals = float("-inf")
+        self._waits: dict[int, tuple[float, list[sockets.SocketWait], list[str]]] = {}
+        """pid -> (when, its threads blocked on sockets, what could not be read), read before its dump."""
+        self._sockets_s = 0.0
+        """Time spent reading socket waits since the last record."""
+        self._remembered: dict[int, tuple[float, str, str]] = {}
+        """Backend pid -> (its transaction's start, thread key, evidence): a transaction stays on the
+        thread that opened it, so a thread found once (its socket, or elimination with locals) is
+        known for the rest of that transaction."""
 
     def observe(self, tick: dict[str, Any], backends: list[dict[str, Any]]) -> None:
         """Keep the latest Postgres snapshot (called by the Postgres loop at every tick)."""
@@ -88,10 +115,19 @@ class CrossLayer:
         tick, backends = latest
         clients = {int(b["pid"]): self._client(b) for b in backends}
         t = max(float(r["t"]) for r in dumps)
-        graph = waitgraph.build(t, dumps, backends, clients, self.sources)
+        started = time.perf_counter()
+        waits, problems = self._socket_waits(dumps)
+        on_socket = sockets.backends_by_socket(waits, backends)
+        with self._lock:
+            sockets_s, self._sockets_s = self._sockets_s + time.perf_counter() - started, 0.0
+        graph = waitgraph.build(t, dumps, backends, clients, self.sources, on_socket, self._recall(backends),
+                                self.pids)
+        self._remember(graph, backends)
         found = findings.of_graph(graph, self.timeouts)
-        return graph.record() | {"pg_t": tick["t"], "gauges": findings.gauges(graph), "findings": found,
-                                 **(extra or {})}
+        record = graph.record()
+        record["mapping"]["problems"] = problems[:5]
+        return record | {"pg_t": tick["t"], "gauges": findings.gauges(graph), "findings": found,
+                         "sockets_s": round(sockets_s, 4), **(extra or {})}
 
     def on_dumps(self, records: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> None:
         """Build and write the graph of the moment these ``pyspy.jsonl`` records were taken.
@@ -102,11 +138,64 @@ class CrossLayer:
         if record is not None and (record["edges"] or record["findings"] or extra):
             self.write([record])
 
+    def read_sockets(self, pids: Sequence[int]) -> None:
+        """Read which threads of ``pids`` wait on sockets, before they are dumped: a blocking py-spy
+        dump interrupts a thread's system call, which the kernel then shows as ``restart_syscall``
+        without its file descriptors until the call returns."""
+        for pid in pids:
+            started = time.perf_counter()
+            waits, problems = self.socket_reader([pid])
+            with self._lock:
+                self._waits[pid] = (time.time(), waits, problems)
+                self._sockets_s += time.perf_counter() - started
+
+    def reading_sockets(self, dumper: Dumper) -> Dumper:
+        """Return ``dumper`` that reads the process's socket waits just before each dump."""
+        def dump(pid: int, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            self.read_sockets([pid])
+            return dumper(pid, *args, **kwargs)
+        return dump
+
+    def _socket_waits(self, dumps: Sequence[Mapping[str, Any]]) -> tuple[list[sockets.SocketWait], list[str]]:
+        """Return the socket waits read just before these dumps (read now for a pid read too long ago)."""
+        waits: list[sockets.SocketWait] = []
+        problems: list[str] = []
+        for dump in dumps:
+            pid = int(dump["pid"])
+            with self._lock:
+                read = self._waits.get(pid)
+            if read is None or abs(read[0] - float(dump["t"])) > SOCKETS_BEFORE_DUMP_S:
+                self.read_sockets([pid])
+                with self._lock:
+                    read = self._waits[pid]
+            waits += read[1]
+            problems += read[2]
+        return waits, problems
+
+    def _recall(self, backends: Sequence[Mapping[str, Any]]) -> dict[int, tuple[str, str]]:
+        """Return the threads remembered for the transactions these backends are still in."""
+        out = {}
+        for b in backends:
+            start = _xact_start(b)
+            known = self._remembered.get(int(b["pid"]))
+            if known is not None and start is not None and abs(known[0] - start) < SAME_XACT_S:
+                out[int(b["pid"])] = (known[1], known[2])
+        return out
+
+    def _remember(self, graph: waitgraph.Graph, backends: Sequence[Mapping[str, Any]]) -> None:
+        starts = {int(b["pid"]): _xact_start(b) for b in backends}
+        self._remembered = {
+            bpid: (start, str(holder.thread), str(holder.evidence))
+            for bpid, holder in graph.holders.items()
+            if holder.thread is not None and holder.evidence in ("socket", "elimination")
+            and (start := starts.get(bpid)) is not None
+        }
+
     def _client(self, backend: Mapping[str, Any]) -> Client | None:
         # The socket table is read once per connection, not at every moment (psutil walks /proc).
         key = (backend["pid"], backend.get("app"), backend.get("client_addr"), backend.get("client_port"))
         if key not in self._clients:
-            self._clients[key] = self.resolver(backend)
+            self._clients[key] = self._resolve(backend)
         return self._clients[key]
 
     def involved(self) -> list[int]:
@@ -141,6 +230,7 @@ class CrossLayer:
         for pid in pids:
             cost: dict[str, float] = {}
             try:
+                self.read_sockets([pid])
                 threads = self.dumper(pid, with_locals=with_locals, cost=cost)
                 records.append({"t": time.time(), "pid": pid, "threads": threads})
             except SamplerError:

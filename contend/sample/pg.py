@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from contend.diagnosis import sqlcomment
 from contend.diagnosis.forest import build_forest
 from contend.errors import SamplerError
 from contend.redact import redact_message
@@ -56,6 +57,7 @@ SELECT pid, application_name AS app, host(client_addr) AS client_addr, client_po
        EXTRACT(EPOCH FROM now() - state_change)::float8 AS state_age,
        backend_xid IS NOT NULL AS has_xid,
        left(query, %(chars)s) AS query,
+       substring(query from '/\\*[^*]*=''[^*]*\\*/') AS query_comment,
        CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
        CASE WHEN wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
        EXTRACT(EPOCH FROM now())::float8 AS server_now
@@ -300,6 +302,8 @@ def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
         "has_xid": row["has_xid"],
         "query": row["query"],
         "fingerprint": fingerprint(row["query"]),
+        # Kept apart: the query text is cut and its fingerprint drops literals, the comment's values.
+        "comment": sqlcomment.parse(row["query_comment"]),
         # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
         "blocked_by": sorted(set(blocked_by) - {0}) if blocked_by else [],
         "waitstart": row["waitstart"],
@@ -316,6 +320,7 @@ def _root(pid: int, blocks: int, backend: dict[str, Any] | None) -> dict[str, An
         "xact_age": backend.get("xact_age"),
         "fingerprint": backend.get("fingerprint"),
         "query": backend.get("query"),
+        "comment": backend.get("comment"),
     }
 
 

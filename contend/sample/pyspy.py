@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ import psutil
 
 from contend.diagnosis.clients import parse_app_name
 from contend.errors import SamplerError
+from contend.sample.namespaces import with_thread_states
 from contend.stack.process import ManagedProcess
 
 PERMISSION_HINT = "py-spy needs root or the SYS_PTRACE capability (docker run --cap-add SYS_PTRACE)"
@@ -45,13 +47,18 @@ def py_spy_binary() -> str:
     return found
 
 
+CONNECTION_REPR = re.compile(r"<(?:[\w.]+\.)?(?:Connection|AsyncConnection|connection) ")
+
+
 def _frame(frame: dict[str, Any]) -> dict[str, Any]:
     out = {"name": frame.get("name"), "filename": frame.get("filename"), "line": frame.get("line")}
-    # dump --locals: addresses tell objects apart; only self's repr (its class) is kept
+    # dump --locals: addresses tell objects apart; only the repr (the class) of self and of a database
+    # connection is kept (a connection in a frame tells the thread may be in a transaction)
     if frame.get("locals") is not None:
         out["locals"] = [
             {"name": var.get("name"), "addr": var.get("addr")}
-            | ({"repr": str(var.get("repr") or "")[:80]} if var.get("name") == "self" else {})
+            | ({"repr": str(var.get("repr") or "")[:80]}
+               if var.get("name") == "self" or CONNECTION_REPR.match(str(var.get("repr") or "")) else {})
             for var in frame.get("locals") or ()
         ]
     return out
@@ -97,7 +104,7 @@ def dump(pid: int, *, timeout: float = 10.0, nonblocking: bool = False, with_loc
         if any(word in stderr for word in ("Permission denied", "Operation not permitted")):
             raise SamplerError(f"py-spy cannot read pid {pid}: {first}", hint=PERMISSION_HINT)
         raise SamplerError(f"py-spy dump of pid {pid} failed: {first}")
-    return parse_dump(stdout)
+    return with_thread_states(pid, parse_dump(stdout))  # a container's threads: their state as seen here
 
 
 def _run(argv: list[str], timeout: float) -> tuple[int | None, str, str, float]:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from contend.errors import ChildExit, ConfigError, SamplerError, StackError
 from contend.jsonl import JsonlWriter
 from contend.redact import redact_message
-from contend.sample import attribution, crosslayer, nats, pg, pyspy
+from contend.sample import attribution, crosslayer, namespaces, nats, pg, pyspy
 from contend.stack.process import Lifecycle, ManagedProcess
 
 log = logging.getLogger("contend.sample")
@@ -211,14 +211,16 @@ def run_child(samples: Path, stop: threading.Event) -> None:
         cross.on_dumps(records)  # the graph is built whenever stacks are taken
 
     spy = pyspy.PySpySampler(
-        targets, dumper=functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking),
+        targets,
+        dumper=cross.reading_sockets(functools.partial(pyspy.dump, nonblocking=config.pyspy_nonblocking)),
         on_warning=lambda message: log.warning("py-spy: %s", message), write=dumped,
         min_interval_s=config.pyspy_interval_s, max_per_s=config.pyspy_max_per_s,
         baseline_s=config.pyspy_baseline_s,
         nonblocking=config.pyspy_nonblocking,
     )
     attributor = attribution.Attributor(config.attribution_threshold_s,
-                                        dumper=spy.dump_now_for("attribution"))
+                                        dumper=spy.dump_now_for("attribution"),
+                                        resolver=namespaces.resolver_in_our_namespace(cross.pids))
     todo: queue.Queue[tuple[dict[str, Any], list[dict[str, Any]]]] = queue.Queue()
     recorders = []
     threads = []

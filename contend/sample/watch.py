@@ -4,7 +4,10 @@ Rendering is pure (``render`` turns one snapshot into rich renderables); ``watch
 loop around it. Read-only: the sampler's connection runs with ``default_transaction_read_only``.
 Given server processes (``pyspy_pids``, ``pyspy_pattern``), it also dumps their stacks whenever
 backends wait on a lock or sit idle in a transaction (at most once a second; with locals when the
-forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings.
+forest shows a reason, at most every 5 s) and shows the cross-layer wait-for graph's findings, each
+with when it first appeared and how often it has been seen since, how the backends of those processes
+were mapped to their threads (docs/metrics.md), and the Python waits next to the Postgres ones in the
+forest.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from contend.diagnosis import sqlcomment
 from contend.errors import SamplerError
+from contend.live import LiveFinding
 from contend.sample import pyspy
 from contend.sample.attribution import pids_matching
 from contend.sample.crosslayer import CrossLayer, Dumper
@@ -30,7 +35,7 @@ from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
 
 QUERY_WIDTH = 100
 MIN_DUMP_INTERVAL_S = 1.0
-THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid")
+THREAD_KEYS = ("pid", "tid", "function", "file", "line", "backend_pid", "mapped_by", "comment")
 
 
 def _age(seconds: float | None) -> str:
@@ -41,14 +46,31 @@ def _query(text: str | None) -> str:
     return " ".join((text or "").split())[:QUERY_WIDTH]
 
 
-def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "") -> Text:
+def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "",
+           thread: Mapping[str, Any] | None = None) -> Text:
     if backend is None:
         return Text(f"pid {pid}  (not in this database){extra}", style="dim")
     label = Text(f"pid {pid} ", style="bold")
     label.append(f"{backend['state'] or '?'}", style="yellow" if backend["state"] != "active" else "green")
     label.append(f"  xact {_age(backend['xact_age'])}  {backend['app'] or ''}{extra}\n")
     label.append(_query(backend["query"]), style="cyan")
+    code = sqlcomment.words(backend.get("comment"))
+    if code:
+        label.append(f"\n{code}", style="magenta")
+    if thread is not None:
+        label.append(f"\n{thread_words(thread)}", style="dim")
     return label
+
+
+def thread_words(thread: Mapping[str, Any]) -> str:
+    """Say which thread holds a backend, and how that is known: ``thread 12 of pid 7 in `save` (socket)``."""
+    n = len(thread.get("candidates") or ())
+    if thread.get("tid") is None and n:
+        return f"thread: one of {n} candidates of pid {thread.get('pid')} (elimination)"
+    if thread.get("tid") is None:
+        return "thread not known"
+    return (f"thread {thread['tid']} of pid {thread.get('pid')} in `{thread.get('function')}` "
+            f"({thread.get('mapped_by') or 'not mapped'})")
 
 
 def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
@@ -71,13 +93,50 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
     }
 
 
+def _thread_words(thread: Mapping[str, Any] | None) -> str:
+    if not thread:
+        return "an unknown holder"
+    backend = f", backend {thread['backend_pid']}" if thread.get("backend_pid") else ""
+    where = f"thread {thread.get('tid')} of pid {thread.get('pid')}{backend}"
+    return f"`{thread.get('function') or '?'}` ({where})"
+
+
+def python_waits(graph: Mapping[str, Any] | None) -> list[tuple[int | None, str]]:
+    """Return each Python edge of a wait-for graph record as (the waiter's backend pid, words):
+    ``python: `job_result` (thread ...) waits for the lock of logging handler JobLogHandler, held by
+    `_cachalot` (thread ...)``."""
+    if not graph:
+        return []
+    threads = graph.get("threads") or {}
+    out = []
+    for edge in graph.get("edges") or ():
+        if edge.get("layer") != "python":
+            continue
+        waiter = threads.get(edge["waiter"]) or {}
+        holder = threads.get(edge["holder"]) if edge.get("holder") else None
+        out.append((waiter.get("backend_pid"), f"python: {_thread_words(waiter)} waits for {edge['what']}, "
+                                              f"held by {_thread_words(holder)}"))
+    return out
+
+
 def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
            warnings: Sequence[str] = (),
-           findings: Sequence[Mapping[str, Any]] | None = None) -> RenderableType:
-    """Return the view of one snapshot: metrics line, findings, blocker forest, idle-in-transaction holders.
+           findings: Sequence[Mapping[str, Any]] | None = None,
+           graph: Mapping[str, Any] | None = None,
+           mapping: Mapping[str, Any] | None = None,
+           threads: Mapping[int, Mapping[str, Any]] | None = None) -> RenderableType:
+    """Return the view of one snapshot: metrics line, findings, how backends were mapped to threads,
+    blocker forest with the Python waits beside the Postgres ones, idle-in-transaction holders.
 
-    ``findings`` is None when no server process is watched with py-spy.
+    ``findings`` is None when no server process is watched with py-spy; a finding's ``line`` (when
+    set) says when it first appeared and how often it has been seen. ``graph`` is the wait-for graph
+    record of the latest stacks; its ``mapping`` and the thread it placed each backend on are shown
+    unless ``mapping`` and ``threads`` (backend pid -> thread) are given.
     """
+    if mapping is None and graph is not None:
+        mapping = graph.get("mapping")
+    if threads is None:
+        threads = backend_threads(graph)
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
     drawn_under = parents(blocked_by)
@@ -94,14 +153,31 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     ))
     if findings:
         parts.append(Text("findings", style="bold"))
-        parts += [Text(f"  {i}. {f['text']}", style="red") for i, f in enumerate(findings, 1)]
+        for i, found in enumerate(findings, 1):
+            words = found.get("short") or found["text"]
+            parts.append(Text(f"  {i}. {found['line']}: {words}" if found.get("line") else f"  {i}. {words}",
+                              style="red"))
+            parts += [Text(f"     {line}", style="dim") for line in finding_details(found)]
     elif findings is not None:
         parts.append(Text("findings: none (no cross-layer cycle, convoy or idle holder blocked in the app)",
                           style="dim"))
+    if mapping:
+        lines = mapping_lines(mapping)
+        parts += [Text(lines[0], style="dim"), *(Text(line, style="yellow") for line in lines[1:])]
     forest = Tree("blocker forest" if tick["roots"] else "blocker forest: nobody waits on a lock")
+    python: dict[int | None, list[str]] = {}
+    for backend_pid, words in python_waits(graph):
+        python.setdefault(backend_pid, []).append(words)
+    drawn: set[int] = set()
     for root in tick["roots"]:
-        node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}"))
-        _add_waiters(node, root["pid"], children, by_pid, {root["pid"]})
+        node = forest.add(_label(by_pid.get(root["pid"]), root["pid"], f"  blocks {root['blocks']}",
+                                 threads.get(root["pid"])))
+        _python(node, python.get(root["pid"]))
+        drawn.add(root["pid"])
+        _add_waiters(node, root["pid"], children, by_pid, threads, {root["pid"]}, python, drawn)
+    for backend_pid, lines in python.items():  # Python waits of threads the forest does not show
+        if backend_pid not in drawn:
+            _python(forest, lines)
     parts.append(forest)
     if tick["locked_relations"]:
         parts.append(Text("root blockers hold locks on: " + ", ".join(tick["locked_relations"])))
@@ -118,28 +194,76 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
     return Group(*parts)
 
 
+def backend_threads(graph: Mapping[str, Any] | None) -> dict[int, Mapping[str, Any]]:
+    """Return backend pid -> the thread a wait-for graph record placed it on."""
+    threads = (graph or {}).get("threads") or {}
+    return {int(t["backend_pid"]): t for t in threads.values() if t.get("backend_pid") is not None}
+
+
+def _python(node: Tree, lines: Sequence[str] | None) -> None:
+    for line in lines or ():
+        node.add(Text(line, style="magenta"))
+
+
 def _add_waiters(node: Tree, pid: int, children: Mapping[int, list[int]],
-                 by_pid: Mapping[int, Mapping[str, Any]], seen: set[int]) -> None:
+                 by_pid: Mapping[int, Mapping[str, Any]], threads: Mapping[int, Mapping[str, Any]],
+                 seen: set[int], python: Mapping[int | None, list[str]], drawn: set[int]) -> None:
     for waiter in children.get(pid, ()):
         if waiter in seen:
             continue
         seen.add(waiter)
+        drawn.add(waiter)
         backend = by_pid.get(waiter)
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
-        _add_waiters(node.add(_label(backend, waiter, event)), waiter, children, by_pid, seen)
+        child = node.add(_label(backend, waiter, event, threads.get(waiter)))
+        _python(child, python.get(waiter))
+        _add_waiters(child, waiter, children, by_pid, threads, seen, python, drawn)
+
+
+def finding_details(found: Mapping[str, Any]) -> list[str]:
+    """Return the lines under a finding: an inferred one's candidates, each backend's thread evidence
+    and its sqlcommenter code."""
+    lines = []
+    if found.get("proof") == "inferred":
+        for c in found.get("candidates") or ():
+            tids = ", ".join(str(t.get("tid")) for t in c["candidates"])
+            lines.append(f"inferred: backend {c['backend_pid']} is held by one of threads {tids}")
+    for thread in found.get("threads") or ():
+        if thread.get("backend_pid") is None:
+            continue
+        how = f"mapped by {thread['mapped_by']}" if thread.get("mapped_by") else "thread not known"
+        code = sqlcomment.words(thread.get("comment"))
+        lines.append(f"backend {thread['backend_pid']}: {how}" + (f"; {code}" if code else ""))
+    return lines
+
+
+def mapping_lines(mapping: Mapping[str, Any]) -> list[str]:
+    """Return how the backends of the dumped processes were mapped, then each wait left open for lack
+    of a mapping and each thing the socket evidence could not read."""
+    lines = [f"mapping: {mapping['text']}"]
+    lines += [f"  open: {gap}" for gap in mapping.get("open") or ()]
+    lines += [f"  socket evidence: {problem}" for problem in mapping.get("problems") or ()]
+    return lines
 
 
 def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Return the findings as ``--json`` lines carry them: kind, threads (pid, tid, function, file,
-    line, backend_pid) and text."""
-    return [{"kind": f["kind"], "text": f["text"],
-             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in f.get("threads") or ()]}
+    """Return the findings as ``--json`` lines carry them: kind, text, proof, threads (pid, tid, function,
+    file, line, backend_pid, mapped_by, comment), a convoy's holder and waiters, and the candidates of
+    backends mapped to several threads."""
+    return [{"kind": f["kind"], "text": f["text"], "proof": f.get("proof", "proven"),
+             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in f.get("threads") or ()],
+             "holder": {k: f["holder"].get(k) for k in THREAD_KEYS} if f.get("holder") else None,
+             "waiters": f.get("waiters"),
+             "candidates": [{"backend_pid": c["backend_pid"],
+                             "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in c["candidates"]]}
+                            for c in f.get("candidates") or ()]}
             for f in found]
 
 
 class StackWatch:
     """py-spy on the watched server processes, on a thread of its own: the findings of the latest
-    moment something waited. The Postgres loop hands it each snapshot and never waits for a dump."""
+    moment something waited, and every finding since the watch began. The Postgres loop hands it each
+    snapshot and never waits for a dump."""
 
     def __init__(self, dsn: str, pids: Sequence[int], warn: Callable[[str], None],
                  dumper: Dumper = pyspy.dump, app_timeouts: Mapping[str, float] | None = None) -> None:
@@ -151,7 +275,10 @@ class StackWatch:
         timeouts |= app_timeouts or {}  # what the application declares it sets wins over the defaults
         self.cross = CrossLayer(pids, timeouts, write=lambda records: None, dumper=dumper)
         self.warn = warn
+        self._seen_so_far: dict[tuple[str, str], LiveFinding] = {}
+        self.started = time.monotonic()
         self._findings: list[dict[str, Any]] = []
+        self._graph: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -165,11 +292,28 @@ class StackWatch:
         waits = bool(tick["blocked"] or tick["idle_in_tx"]) and bool(self.cross.pids)
         with self._lock:
             if not waits:
-                self._findings = []
+                self._findings, self._graph = [], None
             found = list(self._findings)
         if waits:
             self._wake.set()
         return found
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._findings)
+
+    @property
+    def graph(self) -> dict[str, Any] | None:
+        """The wait-for graph record of the latest stacks (None while nothing waits)."""
+        with self._lock:
+            return self._graph
+
+    @property
+    def mapping(self) -> dict[str, Any] | None:
+        """How the backends were mapped at the latest moment stacks were taken."""
+        graph = self.graph
+        return graph.get("mapping") if graph else None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -185,8 +329,26 @@ class StackWatch:
                           "processes? py-spy needs root or SYS_PTRACE)")
             record = self.cross.moment(records)
             with self._lock:
-                self._findings = record["findings"] if record else []
+                self._graph = record
+                self._findings = [self._seen(f) for f in (record["findings"] if record else [])]
             self._stop.wait(max(0.0, MIN_DUMP_INTERVAL_S - (time.monotonic() - started)))
+
+    @property
+    def seen(self) -> dict[tuple[str, str], LiveFinding]:
+        """Every finding since the watch began: when it first appeared, how often it has been seen."""
+        with self._lock:
+            return dict(self._seen_so_far)
+
+    def _seen(self, found: dict[str, Any]) -> dict[str, Any]:
+        """Count the finding in the watch's history; return it with its ``line`` ("5.0 s ..., seen 3x")."""
+        ident = (str(found["kind"]), str(found["key"]))
+        entry = self._seen_so_far.get(ident)
+        if entry is None:
+            since = round(time.monotonic() - self.started, 1)
+            threads = list(found.get("threads") or ())
+            entry = self._seen_so_far[ident] = LiveFinding(ident[0], ident[1], since, 0, threads)
+        entry.seen += 1
+        return found | {"line": entry.line()}
 
     def close(self) -> None:
         """Stop the py-spy thread (a dump in progress ends within py-spy's own timeout)."""
@@ -223,7 +385,10 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             while True:
                 tick, backends = sampler.tick(late_ms=ticker.late_ms())
                 found = stacks.update(tick, backends) if stacks else []
-                out.write(json.dumps(tick | {"findings": json_findings(found)}, default=str) + "\n")
+                line = tick | {"findings": json_findings(found)}
+                if stacks and stacks.mapping is not None:
+                    line["mapping"] = stacks.mapping
+                out.write(json.dumps(line, default=str) + "\n")
                 out.flush()
                 time.sleep(ticker.wait_s())
         console = Console(file=out)
@@ -231,7 +396,8 @@ def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO
             while True:
                 tick, backends = sampler.tick(late_ms=ticker.late_ms())
                 shown = stacks.update(tick, backends) if stacks else None
-                live.update(render(tick, backends, sampler.warnings, shown), refresh=True)
+                live.update(render(tick, backends, sampler.warnings, shown, stacks.graph if stacks else None),
+                            refresh=True)
                 time.sleep(ticker.wait_s())
     except KeyboardInterrupt:
         return

@@ -52,11 +52,12 @@ def load_scenario(path: Path | str) -> Scenario:
         line = data.count(b"\n", 0, error.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x})",
                           hint="save the scenario as UTF-8") from None
-    return parse_scenario(text, str(path))
+    return parse_scenario(text, str(path), folder=path.resolve().parent)
 
 
-def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
-    """Return the validated scenario in ``text``; errors name ``source`` and the line."""
+def parse_scenario(text: str, source: str = "<scenario>", folder: Path | None = None) -> Scenario:
+    """Return the validated scenario in ``text``; errors name ``source`` and the line. The workloads'
+    relative paths are taken against ``folder`` (the scenario file's; none: the current folder)."""
     data, lines = _read_yaml(text, source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: a scenario is a mapping of keys (name:, workloads:, ...)",
@@ -71,7 +72,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
         found = [f"{source}:{lines[_known_prefix(e.path, lines)]}: {key_path(e.path)}: {e.detail}"
                  for e in (error, *error.also)]
         raise ConfigError("\n".join(found), hint=error.hint or DOCS_HINT) from None
-    return scenario
+    return scenario.resolved(folder) if folder is not None else scenario
 
 
 def dump_scenario(scenario: Scenario) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import (
@@ -28,7 +29,7 @@ from pydantic import (
 )
 
 from contend.flags import FLAGS
-from contend.load.config import BatchedPost, PullWorkers, Workload
+from contend.load.config import BatchedPost, CommandLoad, Locustfile, PullWorkers, Workload
 from contend.scenario.variants import (
     KeyPath,
     Scalar,
@@ -246,10 +247,13 @@ class ThresholdCheck(_Model):
     """Noise allowance in the metric's unit; the larger of the two applies."""
     variants: list[str] = []
     """Variant names or patterns (fnmatch: "*=true,*") it applies to; empty: all."""
+    abort: bool = False
+    """Stop the variant (its load, no drain) the moment this threshold fails; only for a growing
+    metric under an absolute upper bound (docs/ci-gating.md, "Stopping a variant early")."""
 
     @model_validator(mode="after")
     def _parses(self) -> Self:
-        parse_threshold(self.check, self.tolerance, self.tolerance_abs, self.variants)
+        parse_threshold(self.check, self.tolerance, self.tolerance_abs, self.variants, self.abort)
         return self
 
 
@@ -267,7 +271,8 @@ def to_threshold(spec: str | ThresholdCheck, variants: Sequence[str] = ()) -> Th
     """Return the parsed Threshold of a scenario entry (``variants`` scopes a one-line entry)."""
     if isinstance(spec, str):
         return parse_threshold(spec, variants=variants)
-    return parse_threshold(spec.check, spec.tolerance, spec.tolerance_abs, spec.variants or variants)
+    return parse_threshold(spec.check, spec.tolerance, spec.tolerance_abs, spec.variants or variants,
+                           spec.abort)
 
 
 def _distinct(values: list[Scalar]) -> list[Scalar]:
@@ -312,7 +317,7 @@ class Scenario(_Model):
     target: Target = EmbeddedTarget()
     """The server under load: kind embedded (the default), external, or command (your own stack)."""
     workloads: Annotated[list[Workload], Field(min_length=1)]
-    """One or more workloads, run at the same time (kind: batched_post or pull_workers)."""
+    """One or more workloads, run at the same time (kind: batched_post, pull_workers, locustfile, command)."""
     warm_up_s: NonNegativeFloat = 5.0
     """Seconds of sampling before the load starts."""
     drain_timeout_s: NonNegativeFloat = 120.0
@@ -342,6 +347,25 @@ class Scenario(_Model):
         if isinstance(value, dict) and "kind" not in value:
             return {"kind": "embedded", **value}
         return value
+
+    @field_validator("workloads")
+    @classmethod
+    def _one_locustfile(cls, workloads: list[Workload]) -> list[Workload]:
+        if sum(isinstance(w, Locustfile) for w in workloads) > 1:
+            raise ValueError("at most one locustfile workload (list several user_classes of one file)")
+        return workloads
+
+    def resolved(self, folder: Path) -> Scenario:
+        """Return the scenario with its workloads' files and folders made absolute against ``folder``
+        (the scenario file's): a locustfile's path, a command's cwd."""
+        workloads: list[Workload] = []
+        for w in self.workloads:
+            if isinstance(w, Locustfile):
+                w = w.model_copy(update={"path": str(folder / w.path)})
+            elif isinstance(w, CommandLoad):
+                w = w.model_copy(update={"cwd": str(folder / (w.cwd or "."))})
+            workloads.append(w)
+        return self.model_copy(update={"workloads": workloads})
 
     @field_validator("variants")
     @classmethod

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from contend.flags import FLAGS, PRESETS
-from contend.load.config import BatchedPost, PullWorkers
+from contend.load.config import BatchedPost, CommandLoad, Locustfile, PullWorkers
 from contend.scenario.models import Scenario
 
 
@@ -19,7 +19,7 @@ def schema() -> dict[str, Any]:
     result["title"] = "contend scenario"
     # The workload models document their fields in attribute docstrings without asking pydantic
     # to publish them; read them from the source so editors and the reference page show them.
-    for model in (BatchedPost, PullWorkers):
+    for model in (BatchedPost, PullWorkers, Locustfile, CommandLoad):
         props = result["$defs"][model.__name__]["properties"]
         for key, doc in _attribute_docs(model).items():
             props[key].setdefault("description", doc)

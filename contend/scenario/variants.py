@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from contend.errors import ConfigError
 from contend.flags import flag_names, resolve_flags
-from contend.load.config import BatchedPost, PullWorkers
+from contend.load.config import AnyWorkload
 from contend.stack.command import ENV_NAME
 from contend.thresholds import Threshold, did_you_mean
 
@@ -35,7 +35,7 @@ class Variant:
     flags: dict[str, str]
     """Every flag of the reference server; a command target's environment variables; empty for an
     external target."""
-    workloads: tuple[BatchedPost | PullWorkers, ...]
+    workloads: tuple[AnyWorkload, ...]
     baseline: bool
     repetitions: int
     preset: str | None = None
@@ -90,8 +90,8 @@ def located(path: Sequence[str | int], fn: Any, *args: Any) -> Any:
         raise ScenarioError(path, error.message, error.hint or None) from None
 
 
-def apply_params(workloads: Sequence[BatchedPost | PullWorkers], params: Mapping[str, Scalar],
-                 path: KeyPath) -> list[BatchedPost | PullWorkers]:
+def apply_params(workloads: Sequence[AnyWorkload], params: Mapping[str, Scalar],
+                 path: KeyPath) -> list[AnyWorkload]:
     """Return the workloads with ``params`` set (``key`` on every workload that has it, ``kind.key``
     on that kind only), each re-validated."""
     result = list(workloads)
@@ -117,7 +117,7 @@ def apply_params(workloads: Sequence[BatchedPost | PullWorkers], params: Mapping
 
 
 def matrix_combinations(matrix: Mapping[str, Sequence[Scalar]],
-                        workloads: Sequence[BatchedPost | PullWorkers]) -> Iterator[dict[str, Any]]:
+                        workloads: Sequence[AnyWorkload]) -> Iterator[dict[str, Any]]:
     """Yield one variant spec (as data) per combination of the matrix, the first the baseline.
 
     Each workload parameter value is tried on the workloads first, so a bad one names its key.

@@ -127,7 +127,8 @@ class Fixtures(BaseModel):
     pyspy_pids: dict[str, list[PositiveInt]] = {}
 
 
-def _masked(text: str, secrets: Sequence[str]) -> str:
+def masked(text: str, secrets: Sequence[str]) -> str:
+    """Return ``text`` with every value of ``secrets`` replaced by ``***``."""
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
@@ -141,7 +142,7 @@ def tail(path: Path, secrets: Sequence[str] = (), lines: int = LOG_LINES) -> str
         text = []
     if not text:
         return f"{path.name}: (no output)"
-    return f"last lines of {path.name}:\n" + "\n".join("    " + _masked(line, secrets) for line in text)
+    return f"last lines of {path.name}:\n" + "\n".join("    " + masked(line, secrets) for line in text)
 
 
 class CommandStack(Lifecycle):
@@ -291,10 +292,12 @@ class CommandStack(Lifecycle):
     # --- stop ----------------------------------------------------------------------------------
 
     def dead(self) -> str | None:
-        """Return 'up' when up ran in the foreground at ready time and has exited since."""
-        if self._up_ran_at_ready and self.up is not None and not self.up.alive():
-            return "up"
-        return None
+        """Return 'up' when up ran in the foreground at ready time and has failed since (an exit code
+        other than 0, or a signal). An up that exits with 0 after ready was a detached start that
+        finished late (``podman-compose up -d`` still starting the last container while the first
+        already answered)."""
+        code = self.up.proc.poll() if self._up_ran_at_ready and self.up and self.up.proc else None
+        return "up" if code not in (None, 0) else None
 
     def stop(self) -> None:
         """Run down (with its timeout), then stop what is left of up's process group; never raises
@@ -325,7 +328,7 @@ class CommandStack(Lifecycle):
             with contextlib.suppress(OSError):
                 text = log.read_text(errors="replace")
                 if any(s in text for s in secrets):
-                    log.write_text(_masked(text, secrets))
+                    log.write_text(masked(text, secrets))
 
 
 def _last_json(text: str) -> str:
