@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SCENARIO ?= scenarios/log-persist.yaml
+WORKERS ?= 4
 
 .PHONY: demo test check fast install bench
 
@@ -17,9 +18,11 @@ install: $(BIN)/contend
 demo: install
 	$(BIN)/contend run $(SCENARIO)
 
-# Lint, types, then every test: the fast tier, `integration` (real processes) and `slow` (end to end).
+# Lint, types, then every test: the fast tier, `integration` (real processes) and `slow` (end to end),
+# in WORKERS parallel processes as they mostly wait; the tests marked `timing` run one at a time
+# (tests/conftest.py). The 15 slowest are listed at the end.
 test: install check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 # Lint and strict types on the package.
 check: install

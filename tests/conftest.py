@@ -3,6 +3,25 @@
 Tiers (markers in pyproject.toml): a test that starts any process (Postgres, NATS, a server, a
 subprocess) is marked ``integration``, an end-to-end one ``slow``; the rest is the fast tier
 (``make fast``), and there a test that starts a process fails at once with what to do.
+
+``make test`` runs every test in parallel worker processes (pytest-xdist, ``-n 4 --dist loadgroup``):
+most of them wait (servers starting, loads and drains running, timeouts expiring). Each worker has
+its own temporary folders, process registry (``CONTEND_STATE_DIR``) and session ``stack``; a test is
+parallel-safe when it
+
+- writes only below ``tmp_path`` / ``tmp_path_factory`` (never the repository's ``reports/``);
+- takes ports from the stack or ``free_port()``, never a fixed number;
+- looks for processes by a path of its own (``stack_processes(tmp_path)``,
+  ``processes_mentioning(str(tmp_path))``), never by a program's name: other workers run the same
+  programs;
+- changes the environment through ``monkeypatch`` or a child's ``env``, and leaves the shared stack
+  as it found it (its own database, table or role names; rolled back or dropped at the end);
+- asserts no timing that a busy machine stretches. A test that measures contention against a bound
+  or between variants run one after the other (lock waits, latencies, poll order, a sampling rate)
+  is marked ``timing``: those run one after another on one worker, never two at once.
+
+Tests that share a module- or class-scoped fixture (a reference stack started once for them) stay on
+one worker, in their module's order (``_shared_fixtures_stay_together``), so it still starts once.
 """
 
 from __future__ import annotations
@@ -141,6 +160,57 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     with _no_processes(item):
         yield
+
+
+TIMING_GROUP = "timing"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timing"):
+            item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))  # one at a time, on one worker
+    _shared_fixtures_stay_together(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the order is the one tests are handed out in
+        _longest_first(items)
+
+
+def _group(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    return str(mark.args[0]) if mark else None
+
+
+def _shared_fixtures_stay_together(items: list[pytest.Item]) -> None:
+    """Put the tests that use one module- or class-scoped fixture in one pytest-xdist group."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or _group(item):
+            continue
+        scopes = {defs[-1].scope for defs in info.name2fixturedefs.values() if defs}
+        if "module" in scopes:
+            group = item.nodeid.split("::")[0]
+        elif "class" in scopes and getattr(item, "cls", None) is not None:
+            group = item.nodeid.rsplit("::", 1)[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    """Order the tests as workers should take them: the ``timing`` group (the longest chain), then
+    ``slow``, then ``integration``, the fast tier last to fill the gaps. A group moves as one, in
+    its own order (a module may end with a test that stops its stack)."""
+    def rank(item: pytest.Item) -> int:
+        if _group(item) == TIMING_GROUP:
+            return 0
+        return next((n for n, marker in enumerate(("slow", "integration"), 1)
+                     if item.get_closest_marker(marker)), 3)
+
+    group_rank: dict[str, int] = {}
+    for item in items:
+        if (group := _group(item)) is not None:
+            group_rank[group] = min(group_rank.get(group, 3), rank(item))
+    items.sort(key=lambda item: group_rank[g] if (g := _group(item)) is not None else rank(item))
 
 
 @pytest.fixture(autouse=True, scope="session")

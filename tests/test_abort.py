@@ -47,6 +47,7 @@ def _run(tmp_path: Path, log_persist: bool) -> tuple[int, dict[str, Any], ET.Ele
     return out.returncode, meta, ET.fromstring(junit.read_text())
 
 
+@pytest.mark.timing  # the threshold stops the variant within 15 s
 def test_the_broken_flag_stops_ci_smoke_early_and_names_the_threshold(tmp_path: Path) -> None:
     code, meta, junit = _run(tmp_path, log_persist=True)
     assert code == ExitCode.THRESHOLDS_FAILED

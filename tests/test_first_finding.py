@@ -80,6 +80,7 @@ def deadlock_dsn(stack: Stack) -> str:
     return dsn
 
 
+@pytest.mark.timing  # the first finding within a py-spy round of the deadlock's start
 def test_a_deadlock_that_begins_mid_load_is_shown_live_and_timed_in_meta(
         tmp_path: Path, deadlock_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TINY_TOKEN", "tiny-token-value-1234")

@@ -32,6 +32,7 @@ SECRET = "contend-test-secret-0b9917d0"
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # 10 Hz ticks, stopped within 5 s
 def test_sampler_set_records_everything_and_stops_on_sigterm(
     stack: Stack, sample_dsn: str, tmp_path: Path
 ) -> None:
