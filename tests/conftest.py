@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -303,3 +304,37 @@ class Contention:
         for conn in self.waiters:
             conn.close()
         assert not self.errors, self.errors
+
+
+def end_sessions(dsn: str) -> None:
+    """End every other session of the database (a backend inside pg_sleep() does not notice that its
+    client is gone)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+@contextlib.contextmanager
+def helper_processes(dsn: str, helper: Path, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """Yield ``start(mode)``: run the threaded helper script ``helper`` in a mode against ``dsn`` (its
+    table wg_rows made first) and return its info (pid, threads); every one is killed at the end and
+    its sessions ended."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS wg_rows (id int PRIMARY KEY, n int NOT NULL)")
+        conn.execute("INSERT INTO wg_rows SELECT g, 0 FROM generate_series(1, 20) g ON CONFLICT DO NOTHING")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> dict[str, Any]:
+        info_path = tmp_path / f"info-{mode}.json"
+        procs.append(subprocess.Popen([sys.executable, str(helper), mode, str(info_path)],
+                                      env={"SAMPLE_DSN": dsn, "PATH": "/usr/bin:/bin"}))
+        wait_for(info_path.exists, timeout=60)
+        return dict(json.loads(info_path.read_text()))
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+        end_sessions(dsn)

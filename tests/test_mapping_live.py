@@ -27,7 +27,7 @@ import yaml
 from contend.errors import ExitCode
 from contend.stack import Stack
 from contend.stack.process import free_port
-from tests.conftest import CONTEND, wait_for
+from tests.conftest import CONTEND, end_sessions, helper_processes, wait_for
 
 HELPER = Path(__file__).with_name("mapping_helper.py")
 
@@ -40,32 +40,11 @@ def map_dsn(stack: Stack) -> str:
     return stack.dsn.rsplit("/", 1)[0] + "/mapping_tests"
 
 
-def end_sessions(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
-
-
 @pytest.fixture()
 def app(map_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
     """Start the helper with a driver; return its info (pid, threads); always killed."""
-    with psycopg.connect(map_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS wg_rows (id int PRIMARY KEY, n int NOT NULL)")
-        conn.execute("INSERT INTO wg_rows SELECT g, 0 FROM generate_series(1, 20) g ON CONFLICT DO NOTHING")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(driver: str) -> dict[str, Any]:
-        info_path = tmp_path / f"info-{driver}.json"
-        procs.append(subprocess.Popen([sys.executable, str(HELPER), driver, str(info_path)],
-                                      env={"SAMPLE_DSN": map_dsn, "PATH": "/usr/bin:/bin"}))
-        wait_for(info_path.exists, timeout=60)
-        return dict(json.loads(info_path.read_text()))
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait(timeout=10)
-    end_sessions(map_dsn)
+    with helper_processes(map_dsn, HELPER, tmp_path) as start:
+        yield start
 
 
 def application_names(dsn: str, pids: list[int]) -> set[str]:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
 from contend.sample.watch import StackWatch, render
 from contend.stack import Stack
-from tests.conftest import CONTEND, wait_for
+from tests.conftest import CONTEND, helper_processes, wait_for
 
 HELPER = Path(__file__).with_name("waitgraph_helper.py")
 
@@ -44,26 +43,8 @@ def wg_dsn(stack: Stack) -> str:
 @pytest.fixture()
 def server(wg_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
     """Start the helper in a mode; return its info (pid, threads); always killed (rolling back)."""
-    with psycopg.connect(wg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS wg_rows (id int PRIMARY KEY, n int NOT NULL)")
-        conn.execute("INSERT INTO wg_rows SELECT g, 0 FROM generate_series(1, 20) g ON CONFLICT DO NOTHING")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(mode: str) -> dict[str, Any]:
-        info_path = tmp_path / f"info-{mode}.json"
-        procs.append(subprocess.Popen([sys.executable, str(HELPER), mode, str(info_path)],
-                                      env={"SAMPLE_DSN": wg_dsn, "PATH": "/usr/bin:/bin"}))
-        wait_for(info_path.exists, timeout=60)
-        return dict(json.loads(info_path.read_text()))
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait(timeout=10)
-    # A backend inside pg_sleep() does not notice its client is gone: end the helpers' sessions.
-    with psycopg.connect(wg_dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                     " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    with helper_processes(wg_dsn, HELPER, tmp_path) as start:
+        yield start
 
 
 def snapshot(dsn: str, pid: int, with_locals: bool = True) -> waitgraph.Graph:

@@ -179,9 +179,13 @@ def _thread_row(thread: dict[str, Any]) -> list[str]:
             str(thread.get("waits_for") or "-")]
 
 
-def finding_items(rep: VariantRun, entry: dict[str, Any], comparison: bool) -> list[dict[str, Any]]:
+def finding_items(rep: VariantRun, entry: dict[str, Any]) -> list[dict[str, Any]]:
     """The variant's findings for the page: each sentence with its threads' table, the first finding
-    of the wait-for graph with its picture, then the comparison with the baseline (a sentence alone)."""
+    of the wait-for graph with its picture, then the sentences about the variant as a whole (the
+    comparison with the baseline, a load without request records), alone."""
+    texts = entry.get("findings_text") or []
+    if entry.get("status") == "failed":
+        return [{"text": text, "threads": [], "svg": None} for text in texts]
     items, drawn = [], False
     for item in variant_items(rep, entry.get("findings") or []):
         finding = item["finding"] or {}
@@ -192,10 +196,7 @@ def finding_items(rep: VariantRun, entry: dict[str, Any], comparison: bool) -> l
             more = len(threads) - THREAD_ROWS
             threads = [*threads[:THREAD_ROWS], ["", f"… {more} more", "", "", "", ""]]
         items.append({"text": item["text"], "threads": threads, "svg": svg})
-    texts = entry.get("findings_text") or []
-    if comparison and texts and len(texts) > len(items):
-        items.append({"text": texts[-1], "threads": [], "svg": None})
-    return items
+    return items + [{"text": text, "threads": [], "svg": None} for text in texts[len(items):]]
 
 
 def variant_context(
@@ -238,7 +239,7 @@ def variant_context(
         "stack_basis": dump_basis(rep.pyspy),
         "speedscope": [_link(p, out_dir) for p in rep.speedscope],
         "cost": _cost(rep),
-        "findings": finding_items(rep, entry, comparison=name != baseline),
+        "findings": finding_items(rep, entry),
         "mapping": entry.get("mapping"),
         "notes": entry.get("notes", []),
         "by_name": [{k: v if k in ("name", "method") else fmt(v, k) for k, v in row.items()}
