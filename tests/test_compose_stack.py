@@ -45,6 +45,11 @@ def engine() -> tuple[str, str]:
         missing = [image for image in BASE_IMAGES if not _ok(["podman", "image", "exists", image])]
         if missing:
             pytest.skip(f"podman has no {', '.join(missing)} (no registry here: build local stand-ins first)")
+        # podman-compose says nothing when its containers cannot start (an OCI runtime that fails on
+        # this machine): they stay "Created" and up exits 0. Ask the engine to run one first.
+        if not _ok(["podman", "run", "--rm", "--pull=never", BASE_IMAGES[0], "true"]):
+            pytest.skip(f"podman cannot start a container here ({BASE_IMAGES[0]}): check its OCI runtime "
+                        "(CONTAINERS_CONF with runtime = runc where crun fails)")
         return "podman-compose", "podman"
     pytest.skip("neither docker compose (with an engine) nor podman-compose is installed")
 
