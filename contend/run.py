@@ -31,12 +31,11 @@ from typing import Any, Protocol
 import yaml
 
 from contend import __version__
-from contend.errors import ConfigError, ContendError, Interrupted, StackError
+from contend.errors import ContendError, Interrupted, StackError
 from contend.gate import gate_run
 from contend.live import LiveFigures, LiveFinding, Stopped, decided
 from contend.load import LoadProgress, LoadTarget
-from contend.load.command import run_workloads
-from contend.load.config import CommandLoad, Locustfile
+from contend.load.command import check_paths, run_workloads
 from contend.redact import redact_message
 from contend.run_targets import command_target, embedded_target, external_target
 from contend.runfolder import run_folder
@@ -381,7 +380,7 @@ def run_scenario(
     keeps each variant's Postgres data directory and NATS store (else only their logs stay).
     """
     stop = stop or threading.Event()
-    _check_own_load(scenario)
+    check_paths(scenario.workloads)
     run_dir = run_folder(scenario.name, reports)
     (run_dir / "scenario.yaml").write_text(
         source if source is not None else yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
@@ -463,17 +462,6 @@ def run_scenario(
             meta["report_s"] = round(time.monotonic() - rendering, 3)
             _write_json(run_dir / "meta.json", meta)
     return result
-
-
-def _check_own_load(scenario: Scenario) -> None:
-    """Refuse, before anything starts, a locustfile or a command folder that is not there."""
-    for i, w in enumerate(scenario.workloads):
-        if isinstance(w, Locustfile) and not Path(w.path).is_file():
-            raise ConfigError(f"workloads[{i}].path: no locustfile {w.path}",
-                              hint="the path is relative to the scenario file")
-        if isinstance(w, CommandLoad) and w.cwd is not None and not Path(w.cwd).is_dir():
-            raise ConfigError(f"workloads[{i}].cwd: no folder {w.cwd}",
-                              hint="the folder is relative to the scenario file")
 
 
 def _save_variant_meta(folder: Path, vmeta: dict[str, Any], phases: Phases) -> None:

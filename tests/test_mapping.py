@@ -7,7 +7,7 @@ from typing import Any
 
 from contend.diagnosis import findings, mapping, sqlcomment, waitgraph
 from contend.diagnosis.clients import Client
-from contend.diagnosis.sources import parse_lock_sites
+from contend.diagnosis.sources import Sources, parse_lock_sites
 
 SOURCE = (
     "def view(conn):\n"                  # 1
@@ -45,7 +45,7 @@ def moment(threads: list[dict[str, Any]], idle_backends: int = 2) -> waitgraph.G
                   "comment": {"controller": "JobViewSet"}} for i in range(idle_backends)]
     clients = {int(b["pid"]): Client(pid=7, via="socket") for b in backends}
     sockets = {201: SimpleNamespace(pid=7, tid=21)}
-    sources = waitgraph.Sources(read=lambda filename: SOURCE)
+    sources = Sources(read=lambda filename: SOURCE)
     return waitgraph.build(1.0, [{"pid": 7, "threads": threads}], backends, clients, sources, sockets)
 
 
@@ -166,7 +166,7 @@ def test_a_thread_found_by_its_socket_keeps_its_backend_for_the_rest_of_that_tra
     cross = crosslayer.CrossLayer([7], {}, lambda records: None, dumper=lambda pid, **kw: dumps[pid],
                                   socket_reader=lambda pids: next(reads),
                                   resolver=lambda b: Client(pid=7, via="socket"),
-                                  sources=waitgraph.Sources(read=lambda filename: SOURCE))
+                                  sources=Sources(read=lambda filename: SOURCE))
 
     def moment(t: float, holder_xact_age: float) -> dict[str, Any]:
         backends = [
@@ -198,7 +198,7 @@ def test_a_blocker_whose_client_is_not_known_is_said_so() -> None:
                 {"pid": 299, "state": "idle in transaction", "xact_age": 9.0, "blocked_by": []}]
     clients = {201: Client(pid=7, via="socket"), 299: None}  # 299: a Unix socket, or another host
     graph = waitgraph.build(1.0, [{"pid": 7, "threads": [HOLDER]}], backends, clients,
-                            waitgraph.Sources(read=lambda filename: SOURCE),
+                            Sources(read=lambda filename: SOURCE),
                             {201: SimpleNamespace(pid=7, tid=21)})
     (gap,) = graph.record()["mapping"]["open"]
     assert gap.startswith("backend 201 waits for a lock held by backend 299, whose thread is not known: its "
@@ -209,7 +209,7 @@ def test_a_blocker_whose_client_is_not_known_is_said_so() -> None:
 def test_a_view_made_atomic_by_atomic_requests_under_asgi_is_inside_a_transaction() -> None:
     # Antenna under gunicorn + uvicorn: Django runs the sync view in a thread through asgiref, and
     # ATOMIC_REQUESTS wraps it in atomic's ContextDecorator, so the wrapper's caller is asgiref's.
-    from contend.diagnosis.waitgraph import Sources, ThreadNode, thread_facts
+    from contend.diagnosis.waitgraph import ThreadNode, thread_facts
 
     site = "/srv/venv/lib/python3.11/site-packages"
     frames = [

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from contend.diagnosis import findings, waitgraph
 from contend.diagnosis.clients import Client
+from contend.diagnosis.sources import Sources, parse_lock_sites
 from contend.report.waitpicture import finding_picture
 from contend.sample import crosslayer, pyspy
 from contend.sample.attribution import resolve_client
@@ -203,7 +204,7 @@ def test_c_plain_row_lock_queues_give_no_python_finding(server, wg_dsn: str) -> 
 
 
 def test_lock_sites_of_with_blocks_and_acquire_spans() -> None:
-    sites = waitgraph.parse_lock_sites(
+    sites = parse_lock_sites(
         "import threading\n"            # 1
         "LOCK = threading.Lock()\n"     # 2
         "def f(self):\n"                # 3
@@ -360,7 +361,7 @@ def deadlock_moment(timeouts: dict[str, float]) -> list[dict[str, Any]]:
         {"pid": 102, "state": "active", "xact_age": 4.0, "wait_event_type": "Lock", "blocked_by": [101]},
     ]
     clients = {101: Client(pid=7, native_thread_id=11), 102: Client(pid=7, native_thread_id=12)}
-    sources = waitgraph.Sources(read=lambda filename: SERVER_SOURCE)
+    sources = Sources(read=lambda filename: SERVER_SOURCE)
     graph = waitgraph.build(1.0, [{"pid": 7, "threads": threads}], backends, clients, sources)
     return findings.of_graph(graph, timeouts)
 
@@ -389,7 +390,7 @@ def test_a_thread_of_a_process_not_dumped_says_why() -> None:
         {"pid": 102, "state": "active", "xact_age": 4.0, "wait_event_type": "Lock", "blocked_by": [101]},
     ]
     clients = {101: Client(pid=7, native_thread_id=11), 102: Client(pid=8, native_thread_id=21)}
-    sources = waitgraph.Sources(read=lambda filename: SERVER_SOURCE)
+    sources = Sources(read=lambda filename: SERVER_SOURCE)
 
     def words(targets: list[int]) -> str:
         graph = waitgraph.build(1.0, [{"pid": 7, "threads": threads}], backends, clients, sources,

@@ -38,9 +38,7 @@ from typing import Any
 
 from contend.diagnosis import mapping
 from contend.diagnosis.clients import Client
-from contend.diagnosis.sources import LockSites
-from contend.diagnosis.sources import Sources as Sources
-from contend.diagnosis.sources import parse_lock_sites as parse_lock_sites
+from contend.diagnosis.sources import LockSites, Sources
 from contend.diagnosis.threads import short_path
 
 LIBRARY_MARKS = ("site-packages", "dist-packages", "/lib/python3", "<")
@@ -279,13 +277,10 @@ def thread_facts(node: ThreadNode, sources: Sources) -> mapping.ThreadFacts:
     return mapping.ThreadFacts(node.key, node.pid, in_tx, frame_state(node.frames) == "postgres", waits)
 
 
-ATOMIC_REQUESTS_CALLERS = (
-    (os.path.join("django", "core", "handlers", "base.py"), "_get_response"),  # WSGI
-    # ASGI: Django runs a sync view in a thread through asgiref (Antenna under gunicorn + uvicorn),
-    # called from SyncToAsync.thread_handler or, in asgiref 3.8, its run_child closure
-    (os.path.join("asgiref", "sync.py"), ""),
-)
-"""Who calls the ``ContextDecorator`` wrapper with which ATOMIC_REQUESTS makes a view atomic."""
+# Who calls the ContextDecorator wrapper with which ATOMIC_REQUESTS makes a view atomic: Django's
+# handler (WSGI), or asgiref, which runs a sync view in a thread (ASGI: gunicorn + uvicorn).
+ATOMIC_REQUESTS_CALLERS = ((os.path.join("django", "core", "handlers", "base.py"), "_get_response"),
+                           (os.path.join("asgiref", "sync.py"), ""))
 
 
 def _in_atomic(frame: Frame, caller: Frame, sources: Sources) -> bool:
@@ -455,7 +450,7 @@ def activity(graph: Graph, key: str) -> str:
             return f"waits for {edge.what} ({holder})"
         return f"waits for {edge.what}" + ("" if edge.kind in _NOTIFY_KINDS else f" held by {holder}")
     site = node.site()
-    where = f"`{site['function']}` ({_short(site['file'])}:{site['line']})"
+    where = f"`{site['function']}` ({short_path(site['file'])}:{site['line']})"
     state = frame_state(node.frames)
     if state == "postgres":
         return f"waits on Postgres in {where}"
@@ -500,10 +495,6 @@ def describe(graph: Graph, key: str) -> str:
                else "its process is not a py-spy target: add it with --pyspy-pid or pyspy_pids")
         text = f"thread {node.tid} of pid {node.pid} ({why})"
         return text + (f", backend {site['backend_pid']}" if site["backend_pid"] else "")
-    where = f"`{site['function']}` ({_short(site['file'])}:{site['line']})"
+    where = f"`{site['function']}` ({short_path(site['file'])}:{site['line']})"
     text = f"thread {node.tid} of pid {node.pid} in {where}"
     return text + (f", backend {site['backend_pid']}" if site["backend_pid"] else "")
-
-
-def _short(filename: Any) -> str:
-    return short_path(filename)

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from contend.load.config import AnyWorkload, CommandLoad, LocustWorkload
+from contend.errors import ConfigError
+from contend.load.config import AnyWorkload, CommandLoad, Locustfile, LocustWorkload
 from contend.load.launcher import LoadProgress, LoadTarget, run_load, target_environment
 from contend.load.records import LoadSummary, read_records
 from contend.stack.command import masked, tail
@@ -112,3 +113,14 @@ def run_workloads(
     failures = [f for c in commands if (f := c.failure()) is not None]
     summary = LoadSummary.from_records(read_records(out_dir), status=status)
     return summary, (failures[0] if failures and status == "ok" else None)
+
+
+def check_paths(workloads: Sequence[AnyWorkload]) -> None:
+    """Refuse, before anything starts, a locustfile or a command folder that is not there."""
+    for i, w in enumerate(workloads):
+        if isinstance(w, Locustfile) and not Path(w.path).is_file():
+            raise ConfigError(f"workloads[{i}].path: no locustfile {w.path}",
+                              hint="the path is relative to the scenario file")
+        if isinstance(w, CommandLoad) and w.cwd is not None and not Path(w.cwd).is_dir():
+            raise ConfigError(f"workloads[{i}].cwd: no folder {w.cwd}",
+                              hint="the folder is relative to the scenario file")

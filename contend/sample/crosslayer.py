@@ -19,6 +19,7 @@ from typing import Any
 
 from contend.diagnosis import findings, waitgraph
 from contend.diagnosis.clients import Client
+from contend.diagnosis.sources import Sources
 from contend.errors import SamplerError
 from contend.sample import pyspy, sockets
 from contend.sample.attribution import resolve_client
@@ -67,7 +68,7 @@ class CrossLayer:
         resolver: Callable[[Mapping[str, Any]], Client | None] = resolve_client,
         waiter_age_s: float = 1.0,
         locals_interval_s: float = 5.0,
-        sources: waitgraph.Sources | None = None,
+        sources: Sources | None = None,
         budget: Callable[[int], bool] = lambda dumps: True,
         socket_reader: SocketReader = sockets.socket_waits,
     ) -> None:
@@ -83,7 +84,7 @@ class CrossLayer:
         self.socket_reader = socket_reader
         """Reads which threads of the dumped processes are blocked on which socket (``/proc``)."""
         """Asked for a round's dumps before it is taken (the py-spy sampler's ``spend``)."""
-        self.sources = sources or waitgraph.Sources(source_reader(self.pids))
+        self.sources = sources or Sources(source_reader(self.pids))
         self.disabled = False
         self._lock = threading.Lock()
         self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None

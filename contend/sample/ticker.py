@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from contend.sample.pg import PgSampler
 
 SLOWEST_INTERVAL_S = 1.0
 """The budget never stretches the interval beyond this (1 Hz)."""
@@ -105,3 +108,28 @@ def describe_episode(episode: Mapping[str, Any], since: float) -> str:
     return (f"{episode['asked_hz']:.3g} Hz lowered to {episode['lowest_hz']:.2g} Hz "
             f"from {episode['start'] - since:.1f} s to {episode['end'] - since:.1f} s: "
             f"{episode['backends']:,} backends")
+
+
+class Budget:
+    """The watch's sampler on its CPU budget: the CPU of each tick (reading only, not drawing) goes
+    to the Ticker, and ``lowered`` says since when and how far the rate is lowered."""
+
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
+        self.since: float | None = None
+
+    def tick(self, sampler: PgSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        cpu_at = time.thread_time()
+        found = sampler.tick(late_ms=self.ticker.late_ms(), interval_s=self.ticker.interval_s)
+        self.ticker.spend(time.thread_time() - cpu_at)
+        return found
+
+    def lowered(self, tick: Mapping[str, Any]) -> list[str]:
+        """A line while the rate is lowered (none otherwise)."""
+        if self.ticker.interval_s <= self.ticker.asked_s:
+            self.since = None
+            return []
+        self.since = self.since or tick["t"]
+        return [f"sampler {1 / self.ticker.asked_s:.3g} Hz lowered to {1 / self.ticker.interval_s:.2g} Hz "
+                f"since {time.strftime('%H:%M:%S', time.localtime(self.since))} to keep within its CPU "
+                f"budget ({self.ticker.cpu_budget_pct:g} % of a core): {tick['backends']:,} backends"]

@@ -32,6 +32,7 @@ from contend.sample import pyspy
 from contend.sample.attribution import pids_matching
 from contend.sample.crosslayer import CrossLayer, Dumper
 from contend.sample.pg import PgSampler, Ticker, connect, session_timeouts
+from contend.sample.ticker import Budget
 
 QUERY_WIDTH = 100
 MIN_DUMP_INTERVAL_S = 1.0
@@ -420,31 +421,6 @@ def _view_key(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]]) ->
     rows = tuple((b["pid"], b["state"], b["wait_event"], b["query"], tuple(b["blocked_by"]))
                  for b in backends)
     return counts, tuple(tick["locked_relations"]), roots, rows
-
-
-class Budget:
-    """The watch's sampler on its CPU budget: the CPU of each tick (reading only, not drawing) goes
-    to the Ticker, and ``lowered`` says since when and how far the rate is lowered."""
-
-    def __init__(self, ticker: Ticker) -> None:
-        self.ticker = ticker
-        self.since: float | None = None
-
-    def tick(self, sampler: PgSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        cpu_at = time.thread_time()
-        found = sampler.tick(late_ms=self.ticker.late_ms(), interval_s=self.ticker.interval_s)
-        self.ticker.spend(time.thread_time() - cpu_at)
-        return found
-
-    def lowered(self, tick: Mapping[str, Any]) -> list[str]:
-        """A line while the rate is lowered (none otherwise)."""
-        if self.ticker.interval_s <= self.ticker.asked_s:
-            self.since = None
-            return []
-        self.since = self.since or tick["t"]
-        return [f"sampler {1 / self.ticker.asked_s:.3g} Hz lowered to {1 / self.ticker.interval_s:.2g} Hz "
-                f"since {time.strftime('%H:%M:%S', time.localtime(self.since))} to keep within its CPU "
-                f"budget ({self.ticker.cpu_budget_pct:g} % of a core): {tick['backends']:,} backends"]
 
 
 def watch(dsn: str, *, interval: float = 1.0, as_json: bool = False, out: TextIO | None = None,
