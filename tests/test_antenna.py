@@ -64,9 +64,12 @@ def antenna(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _names(finding: dict[str, Any]) -> set[str]:
-    """Return every function named by a finding: its threads' functions and their paths."""
+    """Return every function named by a finding: its threads' functions and their paths, and the
+    functions of the candidate threads of a backend mapped by elimination."""
+    candidates = [t for c in finding.get("candidates") or () for t in c["threads"]]
+    threads = [*finding.get("threads", []), *candidates]
     names = set()
-    for thread in finding.get("threads", []):
+    for thread in threads:
         names.add(str(thread.get("function")))
         names.update(part.strip() for part in str(thread.get("path") or "").split("->"))
     return names

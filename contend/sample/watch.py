@@ -304,10 +304,10 @@ def mapping_lines(mapping: Mapping[str, Any]) -> list[str]:
 
 
 def json_findings(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Return the findings as ``--json`` lines carry them: kind, text, proof, threads (pid, tid, function,
-    file, line, backend_pid, mapped_by, comment), a convoy's holder and waiters, and the candidates of
-    backends mapped to several threads."""
-    return [{"kind": f["kind"], "text": f["text"], "proof": f.get("proof", "proven"),
+    """Return the findings as ``--json`` lines carry them: kind, key (the finding's identity), text,
+    proof, threads (pid, tid, function, file, line, backend_pid, mapped_by, comment), a convoy's
+    holder and waiters, and the candidates of backends mapped to several threads."""
+    return [{"kind": f["kind"], "key": f.get("key"), "text": f["text"], "proof": f.get("proof", "proven"),
              "threads": [{k: t.get(k) for k in THREAD_KEYS} for t in f.get("threads") or ()],
              "holder": {k: f["holder"].get(k) for k in THREAD_KEYS} if f.get("holder") else None,
              "waiters": f.get("waiters"),
