@@ -5,9 +5,9 @@ ae14c7b0 (PR #1261) shows the deadlock. CONTEND_ANTENNA_WORK names a work folder
 runs (its venv takes minutes to install); else a temporary one is used.
 
 Antenna sets no application_name, so the finding needs contend to map each Postgres backend to its
-Python thread without one (issue 18: socket evidence, elimination). Until that mapping exists the
-last two assertions fail: the pile-up is measured (0/10 POSTs, 9 blocked backends, 37 edges) but
-`contend watch` reports no finding. They state the goal and stay as they are.
+Python thread without one: the thread in Job.save by the socket it waits on, the request threads in
+JobViewSet.result by elimination (a candidate set, every candidate inside ATOMIC_REQUESTS'
+transaction and waiting for the same log handler's lock).
 """
 
 from __future__ import annotations
