@@ -285,7 +285,8 @@ def test_watch_json_lines_carry_the_findings_of_the_processes_it_reads(server, w
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert all("findings" in line for line in seen)
-    assert set(found) == {"kind", "threads", "text", "proof", "candidates", "holder", "waiters"}
+    assert set(found) == {"kind", "key", "threads", "text", "proof", "candidates", "holder", "waiters"}
+    assert found["key"]  # the finding's identity, to count it over snapshots
     assert found["waiters"] == 4 and found["holder"]["tid"] == info["threads"]["emitter"]["tid"]
     assert found["proof"] == "proven" and found["candidates"] == []
     assert {t["pid"] for t in found["threads"]} == {info["pid"]}
