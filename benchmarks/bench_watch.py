@@ -94,7 +94,9 @@ class Terminal:
             self.proc.send_signal(signal.SIGINT)
         try:
             _, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # say where it hangs, then end it
+            spy = Path(sys.executable).parent / "py-spy"
+            subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], check=False, timeout=30)
             self.proc.kill()
             _, err = self.proc.communicate()
         os.close(self.master)
@@ -143,6 +145,8 @@ def measure(tool: str, pg: EmbeddedPostgres, interval: float, window_s: float,
         "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
     }
     if tool == "contend":
+        if not err.strip():
+            raise SystemExit(f"contend watch printed no ticks (exit status {term.proc.returncode}): {err}")
         ticks = json.loads(err.strip().splitlines()[-1])
         row["ticks_per_s"] = round(sum(1 for t in ticks if t0 <= t <= t1) / wall, 2)
     row["total_ms_per_refresh"] = round(row["own_ms_per_refresh"] + row["backend_ms_per_refresh"], 2)
@@ -161,6 +165,9 @@ def main() -> None:
     parser.add_argument("--skip-pg-activity", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # Started in the background, this process ignores SIGINT and its tools would inherit that: they
+    # are stopped by SIGINT (Ctrl-C), so it is handled here, and reset to its default in the tools.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     pgstack.SERVER_SETTINGS["max_connections"] = str(args.backends + 30)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg") as pg:
