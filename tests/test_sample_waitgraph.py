@@ -26,7 +26,8 @@ from contend.report.waitpicture import finding_picture
 from contend.sample import crosslayer, pyspy
 from contend.sample.attribution import resolve_client
 from contend.sample.pg import PgSampler, connect, session_timeouts
-from contend.sample.watch import StackWatch, render
+from contend.sample.watch import StackWatch
+from contend.sample.watchview import render
 from contend.stack import Stack
 from tests.conftest import CONTEND, helper_processes, wait_for
 

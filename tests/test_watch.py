@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from contend.sample.pg import APPLICATION_NAME, PgSampler, Ticker, connect
-from contend.sample.watch import StackWatch, parents, render
+from contend.sample.watch import StackWatch
+from contend.sample.watchview import parents, render
 from tests.conftest import CONTEND, Contention, contend, wait_for
 
 
