@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from contend.sample.watchview import Lines, Screen, render
+from contend.sample.watchview import Lines, Queues, Screen, parents, render
 
 
 def backend(pid: int, state: str, blocked_by: tuple[int, ...] = (), query: str = "SELECT 1",
@@ -97,3 +97,19 @@ def test_at_a_one_second_interval_every_tick_is_drawn() -> None:
     assert screen.frame(*snapshot(), [], None, None, 50) is not None
     now[0] += 0.98  # the next tick, a little early: its clock and ages are drawn all the same
     assert screen.frame(*snapshot(age=3.98), [], None, None, 50) is not None
+
+
+def test_the_waiters_under_a_backend_are_worked_out_only_for_the_queues_drawn() -> None:
+    # 50 queues of 10 row-lock waiters, each waiter blocked by its holder and every waiter ahead.
+    blocked_by = {}
+    for q in range(50):
+        holder, queue = 1000 * (q + 1), [1000 * (q + 1) + k for k in range(1, 11)]
+        blocked_by |= {w: [holder, *queue[:k]] for k, w in enumerate(queue)}
+    queues = Queues(blocked_by)
+    chain, pid = [], 1000
+    while under := queues.children(pid):  # the first queue reads as one chain
+        [pid] = under
+        chain.append(pid)
+    assert chain == list(range(1001, 1011))
+    assert set(queues.parents) == set(chain)  # no other queue was looked at
+    assert parents(blocked_by) == {w: max(b for b in blocked_by[w]) for w in blocked_by}

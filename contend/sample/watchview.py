@@ -127,24 +127,46 @@ def parents(blocked_by: Mapping[int, Sequence[int]]) -> dict[int, int]:
     Postgres queues row-lock waiters so that each is blocked by every waiter ahead of it; drawing
     a waiter under its deepest blocker turns that queue into one readable chain.
     """
-    level: dict[int, int] = {}
-    visiting: set[int] = set()  # on the current path: a cycle is not followed round again
+    queues = Queues(blocked_by)
+    return {pid: queues.parent(pid) for pid, blockers in blocked_by.items() if blockers}
 
-    def depth(pid: int) -> int:
-        if pid in level:
-            return level[pid]
-        if pid in visiting:
+
+class Queues:
+    """The waiters to draw under each backend (``parents``), worked out only for the backends drawn:
+    a terminal shows a few queues of the hundreds a big server may have."""
+
+    def __init__(self, blocked_by: Mapping[int, Sequence[int]]) -> None:
+        self.blocked_by = blocked_by
+        self.level: dict[int, int] = {}
+        self.visiting: set[int] = set()  # on the current path: a cycle is not followed round again
+        self.parents: dict[int, int] = {}
+        self.waiters: dict[int, set[int]] = {}  # blocker -> the waiters it blocks
+        for pid, blockers in blocked_by.items():
+            for b in blockers:
+                self.waiters.setdefault(b, set()).add(pid)
+
+    def depth(self, pid: int) -> int:
+        if pid in self.level:
+            return self.level[pid]
+        if pid in self.visiting:
             return -1
-        visiting.add(pid)
-        level[pid] = 1 + max((depth(b) for b in blocked_by.get(pid, ())), default=-1)
-        visiting.discard(pid)
-        return level[pid]
+        self.visiting.add(pid)
+        self.level[pid] = 1 + max((self.depth(b) for b in self.blocked_by.get(pid, ())), default=-1)
+        self.visiting.discard(pid)
+        return self.level[pid]
 
-    for blockers in blocked_by.values():  # in the order the waiters' blockers are compared below
-        for b in blockers:
-            depth(b)
-    return {pid: max(blockers, key=lambda b: (level[b], b))
-            for pid, blockers in blocked_by.items() if blockers}
+    def parent(self, pid: int) -> int:
+        """The blocker of waiter ``pid`` to draw it under."""
+        if pid not in self.parents:
+            blockers = self.blocked_by[pid]
+            for b in blockers:
+                self.depth(b)
+            self.parents[pid] = max(blockers, key=lambda b: (self.level[b], b))
+        return self.parents[pid]
+
+    def children(self, pid: int) -> list[int]:
+        """The waiters drawn under ``pid``, by pid."""
+        return sorted(w for w in self.waiters.get(pid, ()) if self.parent(w) == pid)
 
 
 def _thread_words(thread: Mapping[str, Any] | None) -> str:
@@ -219,10 +241,7 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
         threads = backend_threads(graph)
     by_pid = {int(b["pid"]): b for b in backends}
     blocked_by = {int(b["pid"]): list(b["blocked_by"]) for b in backends if b["blocked_by"]}
-    drawn_under = parents(blocked_by)
-    children: dict[int, list[int]] = {}
-    for pid, parent in sorted(drawn_under.items()):
-        children.setdefault(parent, []).append(pid)
+    queues = Queues(blocked_by)
     lines = [Line([(f"Warning: {w}", BOLD_RED)]) for w in warnings]
     lines.append(Line([(
         f"{time.strftime('%H:%M:%S', time.localtime(tick['t']))}  backends {tick['backends']}  "
@@ -262,8 +281,8 @@ def render(tick: Mapping[str, Any], backends: Sequence[Mapping[str, Any]],
                                  threads.get(root["pid"])))
         _python(node, python.get(root["pid"]))
         drawn.add(root["pid"])
-        _add_waiters(node, root["pid"], children, by_pid, threads, {root["pid"]}, python, drawn, room)
-    more_waiters, more_roots = len(drawn_under) - room.waiters, len(tick["roots"]) - room.roots
+        _add_waiters(node, root["pid"], queues, by_pid, threads, {root["pid"]}, python, drawn, room)
+    more_waiters, more_roots = len(blocked_by) - room.waiters, len(tick["roots"]) - room.roots
     if more_waiters > 0 or more_roots > 0:
         forest.add([[(f"… and {more_waiters:,} more waiters"
                       + (f" under {more_roots:,} more roots" if more_roots else "")
@@ -343,11 +362,11 @@ def _idle_rows(max_lines: int, idle: int) -> int:
     return min(idle, max(3, max_lines // 4))
 
 
-def _add_waiters(node: _Node, pid: int, children: Mapping[int, list[int]],
+def _add_waiters(node: _Node, pid: int, queues: Queues,
                  by_pid: Mapping[int, Mapping[str, Any]], threads: Mapping[int, Mapping[str, Any]],
                  seen: set[int], python: Mapping[int | None, list[str]], drawn: set[int],
                  room: _Room) -> None:
-    for waiter in children.get(pid, ()):
+    for waiter in queues.children(pid):
         if waiter in seen or room.full():
             continue
         seen.add(waiter)
@@ -357,7 +376,7 @@ def _add_waiters(node: _Node, pid: int, children: Mapping[int, list[int]],
         event = f"  waits on {backend['wait_event_type']}:{backend['wait_event']}" if backend else ""
         child = node.add(_label(backend, waiter, event, threads.get(waiter)))
         _python(child, python.get(waiter))
-        _add_waiters(child, waiter, children, by_pid, threads, seen, python, drawn, room)
+        _add_waiters(child, waiter, queues, by_pid, threads, seen, python, drawn, room)
 
 
 def finding_details(found: Mapping[str, Any]) -> list[str]:
