@@ -98,15 +98,15 @@ def _label(backend: Mapping[str, Any] | None, pid: int, extra: str = "",
     """The lines of a backend's node: pid, state, transaction age, application; query; code; thread."""
     if backend is None:
         return [[(f"pid {pid}  (not in this database){extra}", DIM)]]
-    state = backend["state"]
-    lines = [[(f"pid {pid} ", BOLD), (f"{state or '?'}", YELLOW if state != "active" else GREEN),
-              (f"  xact {_age(backend['xact_age'])}  {backend['app'] or ''}{extra}", PLAIN)],
-             [(_query(backend["query"]), CYAN)]]
+    state = backend["state"]  # all in bold, the parts in colour
+    lines = [[(f"pid {pid} ", BOLD), (f"{state or '?'}", BOLD + (YELLOW if state != "active" else GREEN)),
+              (f"  xact {_age(backend['xact_age'])}  {backend['app'] or ''}{extra}", BOLD)],
+             [(_query(backend["query"]), BOLD + CYAN)]]
     code = sqlcomment.words(backend.get("comment"))
     if code:
-        lines.append([(code, MAGENTA)])
+        lines.append([(code, BOLD + MAGENTA)])
     if thread is not None:
-        lines.append([(thread_words(thread), DIM)])
+        lines.append([(thread_words(thread), BOLD + DIM)])
     return lines
 
 
@@ -309,11 +309,17 @@ def _idle_table(rows: Sequence[Mapping[str, Any]], more: int) -> list[Line]:
         padded = (f" {v}{' ' * (w - cell_len(v))} " for v, w in zip(values, widths, strict=True))
         return bar + bar.join(padded) + bar
 
+    def header() -> Line:  # bold names between plain borders
+        pieces = [("┃", PLAIN)]
+        for v, w in zip(cells[0], widths, strict=True):
+            pieces += [(" ", PLAIN), (v, BOLD), (" " * (w - cell_len(v) + 1) + "┃", PLAIN)]
+        return Line(pieces, cont=None)
+
     def rule(left: str, fill: str, mid: str, right: str) -> Line:
         return Line([(left + mid.join(fill * (w + 2) for w in widths) + right, PLAIN)], cont=None)
 
     out = [Line([("idle in transaction", ITALIC)], cont=None), rule("┏", "━", "┳", "┓"),
-           Line([(row(cells[0], "┃"), BOLD)], cont=None), rule("┡", "━", "╇", "┩")]
+           header(), rule("┡", "━", "╇", "┩")]
     out += [Line([(row(values, "│"), PLAIN)], cont=None) for values in cells[1:]]
     out.append(rule("└", "─", "┴", "┘"))
     if more:
