@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
 
+from contend.sample import pg
 from contend.sample.pg import APPLICATION_NAME, PgSampler, connect, fingerprint
-from tests.conftest import Contention, wait_for
+from tests.conftest import HOT_UPDATE, Contention, wait_for
 
 
 @pytest.fixture()
@@ -210,3 +212,85 @@ def test_a_sqlcommenter_comment_is_kept_beyond_the_cut_query_text(sample_dsn: st
     assert mine["comment"] == {"controller": "JobViewSet", "route": "api/v2/jobs/<pk>/result/",
                                "traceparent": "00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01"}
     assert all(b["comment"] is None for b in backends if b["pid"] != pid)
+
+
+def _seen(sampler: PgSampler) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    tick, backends = sampler.tick()
+    metrics = {k: tick[k] for k in ("backends", "idle_hidden", "blocked", "edges", "depth", "idle_in_tx",
+                                    "wait_events", "roots")}
+    for root in metrics["roots"]:
+        root.pop("xact_age")
+    # A statement still running may take a transaction id without any change the keys show: its
+    # has_xid is read again with the next change or the next full read (docs/metrics.md).
+    return metrics, {b["pid"]: {k: v for k, v in b.items() if k != "t" and not k.endswith("_age")
+                                and not (k == "has_xid" and b["state"] == "active")}
+                     for b in backends}
+
+
+def _same_as_a_fresh_read(kept: PgSampler, dsn: str) -> bool:
+    """The kept sampler's tick (rows and edges kept from tick to tick) equals a first tick's (all read)."""
+    with connect(dsn) as conn:
+        return _seen(kept) == _seen(PgSampler(conn))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("by_pid_max", [pg.ROWS_BY_PID_MAX, 0])  # rows read by pid, or in one pass
+def test_rows_and_edges_kept_from_tick_to_tick_equal_a_fresh_read(
+        sample_dsn: str, monkeypatch: pytest.MonkeyPatch, by_pid_max: int) -> None:
+    monkeypatch.setattr(pg, "ROWS_BY_PID_MAX", by_pid_max)
+    # Nothing is read again by age: what the kept sampler shows follows from what changed alone.
+    kept = PgSampler(connect(sample_dsn), edges_max_age_s=3600, rows_full_every_s=3600)
+    try:
+        kept.tick()
+        with Contention(sample_dsn, waiters=3) as c:
+            wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+            assert _seen(kept)[0]["blocked"] == 3
+            # Nothing changes: no row and no edge is read again.
+            tick, _ = kept.tick()
+            assert (tick["rows_read"], tick["blocking_calls"], tick["edges"]) == (0, 0, 1 + 3)
+            # The holder commits: each waiter in turn takes the row, the queue drains.
+            assert c.holder is not None
+            c.holder.commit()
+            wait_for(lambda: _seen(kept)[0]["blocked"] == 0, timeout=20)
+            wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+            # A new holder idle in its transaction, and two waiters that keep the row once they have it.
+            c.holder.execute(HOT_UPDATE)
+            queue = [psycopg.connect(sample_dsn) for _ in range(2)]
+            threads = []
+            try:
+                for n, conn in enumerate(queue, 1):
+                    threads.append(threading.Thread(target=conn.execute, args=(HOT_UPDATE,), daemon=True))
+                    threads[-1].start()
+                    wait_for(lambda n=n: _seen(kept)[0]["blocked"] == n, timeout=20)
+                wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+                # The holder ends: the first waiter holds the row, idle in its transaction, the
+                # second waits on it now (its own wait event unchanged: transactionid, then tuple).
+                c.holder.rollback()
+                wait_for(lambda: _seen(kept)[0]["idle_in_tx"] == 1, timeout=20)
+                wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+                assert [r["pid"] for r in _seen(kept)[0]["roots"]] == [queue[0].info.backend_pid]
+            finally:  # the queue ends from its head, the holder first, so that no rollback waits
+                c.holder.rollback()
+                for conn in queue:
+                    conn.rollback()
+                for thread in threads:
+                    thread.join(timeout=20)
+                for conn in queue:
+                    conn.close()
+            wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+        # A session-level advisory lock held by an idle session, outside any transaction.
+        with psycopg.connect(sample_dsn, autocommit=True) as holder, \
+                psycopg.connect(sample_dsn, autocommit=True) as other:
+            holder.execute("SELECT pg_advisory_lock(4243)")
+            blocked = threading.Thread(target=lambda: other.execute("SELECT pg_advisory_lock(4243)"))
+            blocked.start()
+            try:
+                wait_for(lambda: _seen(kept)[0]["blocked"] == 1, timeout=20)
+                wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+                assert [r["pid"] for r in kept.tick()[0]["roots"]] == [holder.info.backend_pid]
+            finally:
+                holder.execute("SELECT pg_advisory_unlock(4243)")
+                blocked.join(timeout=20)
+            wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+    finally:
+        kept.conn.close()

@@ -27,13 +27,13 @@ def start_watch(dsn: str, *args: str) -> subprocess.Popen[str]:
 
 
 def watch_ticks(dsn: str, n: int) -> None:
-    """Wait until the watch's sampler has begun ``n`` ticks, seen from outside: each tick reads
-    pg_stat_activity once, and the view of a tick is drawn before the next one begins."""
+    """Wait until the watch's sampler has ended ``n`` ticks, seen from outside: each tick is one
+    transaction, and the view of a tick is drawn before the next one begins."""
     starts: set[object] = set()
     with psycopg.connect(dsn, autocommit=True) as conn:
         def begun() -> bool:
             rows = conn.execute("SELECT query_start FROM pg_stat_activity WHERE application_name = %s "
-                                "AND query LIKE %s", (APPLICATION_NAME, "%pg_blocking_pids(pid)%")).fetchall()
+                                "AND query = 'COMMIT'", (APPLICATION_NAME,)).fetchall()
             starts.update(row[0] for row in rows)
             return len(starts) >= n
         wait_for(begun, timeout=30, interval=0.02)

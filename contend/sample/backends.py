@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ class ChangeLog:
 
     def __init__(self, full_every_s: float = FULL_EVERY_S) -> None:
         self.full_every_s = full_every_s
-        self._last: dict[int, dict[str, Any]] = {}
+        self._last: dict[int, tuple[Any, ...]] = {}
+        self._getters: dict[tuple[str, ...], Callable[[dict[str, Any]], Any]] = {}
         self._full_at: float | None = None
 
     def lines(self, t: float, server_now: float, backends: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,11 +49,20 @@ class ChangeLog:
         full = self._full_at is None or t - self._full_at >= self.full_every_s
         if full:
             self._full_at = t
-        current = {b["pid"]: _stored(b) for b in backends}
+        current = {b["pid"]: (b, self._values(b)) for b in backends}
         gone = sorted(set(self._last) - set(current))
-        changed = [r for pid, r in current.items() if full or self._last.get(pid) != r]
-        self._last = current
+        changed = [_stored(b) for pid, (b, values) in current.items()
+                   if full or self._last.get(pid) != values]
+        self._last = {pid: values for pid, (_, values) in current.items()}
         return [{"tick": t, "server_now": server_now, "full": full, "gone": gone}, *changed]
+
+    def _values(self, backend: dict[str, Any]) -> tuple[Any, ...]:
+        """The stored values of a record (all but ``t`` and the ages), compared from tick to tick."""
+        keys = tuple(backend)
+        if (getter := self._getters.get(keys)) is None:
+            getter = self._getters[keys] = operator.itemgetter(*_stored(backend))
+        values = getter(backend)
+        return values if isinstance(values, tuple) else (values,)  # one key: itemgetter gives the value
 
 
 def _stored(backend: dict[str, Any]) -> dict[str, Any]:

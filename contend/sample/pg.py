@@ -1,10 +1,23 @@
-"""The Postgres sampler: one snapshot of pg_stat_activity per tick, blocker graph built client-side.
+"""The Postgres sampler: what the backends do, per tick, at a cost that follows what changes.
 
-A polite observer (field-notes section 8): its own connection in autocommit, named
-``contend-sampler``, short ``statement_timeout`` and ``lock_timeout``, its own backend excluded, and
-``pg_blocking_pids()`` called only for backends that wait on a heavyweight lock, because each call
-takes every lock-manager partition lock. A query that fails for lack of privileges is reported once
-and then skipped. The SQL of every metric is in docs/metrics.md.
+A polite observer (field-notes section 8): its own connection, named ``contend-sampler``, short
+``statement_timeout`` and ``lock_timeout``, read-only, its own backend excluded. A tick is one
+transaction, so that its statements read one snapshot of the backends' status (Postgres keeps it
+for the transaction):
+
+1. ``KEYS_SQL`` reads every backend of the database through the per-backend functions, which build
+   no row of thirty columns for each: an idle session (waiting for its client's next command,
+   outside a transaction) is only counted; every other backend returns its key (wait event,
+   transaction start, query start).
+2. ``ROWS_SQL`` reads the full row (state, query, client, ...) of each backend that is new or whose
+   key changed since its record; the others keep their record. Every ``ROWS_FULL_EVERY_S`` all rows
+   are read again.
+3. The lock-wait edges are read again only when a waiter or a blocker changed, came or went, or
+   the edges are ``EDGES_MAX_AGE_S`` old: ``pg_blocking_pids()`` per waiter (each call takes every
+   lock-manager partition lock), or above ``LOCKS_PATH_WAITERS`` waiters one read of ``pg_locks``.
+
+A query that fails for lack of privileges is reported once and then skipped. The SQL of every
+metric is in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -36,89 +49,79 @@ LOCK_TIMEOUT_MS = 50
 QUERY_CHARS = 500
 LOCKED_RELATIONS_MAX_AGE_S = 1.0
 
-# One read of pg_stat_activity; pg_blocking_pids() only in the CASE branch of Lock waiters
-# (CASE evaluates its branches lazily, and the function is volatile so it is never pre-computed).
-# The exact start of each lock wait (pg_locks.waitstart, Postgres 14+) comes from a materialized CTE
-# that is read only from that same branch: a CTE is evaluated when first read, so pg_locks (which,
-# like pg_blocking_pids, takes every lock-manager partition lock) is read once per tick, and only
-# on ticks that have a waiter.
-# Cost follows what happens, not how many backends exist: a backend that is idle (not in a
-# transaction), waits on no lock and blocks no one is counted in SQL (per wait event) and not
-# returned row by row; a server with a thousand pooled connections returns the few that matter. The
-# summary (pid null) comes first, once, so that a snapshot with nothing to show still returns it.
-WAITS_CTE = """
-WITH waits AS MATERIALIZED (
-  SELECT pid, EXTRACT(EPOCH FROM min(waitstart))::float8 AS waitstart
-    FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL GROUP BY pid
-),"""
-ACTIVITY_SELECT = """
-act AS MATERIALIZED (
-SELECT pid, backend_type, state, wait_event_type, wait_event,
-       CASE WHEN wait_event_type = 'Lock' THEN {blocked_by} END AS blocked_by
-  FROM pg_stat_get_activity(NULL)
- WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND pid <> pg_backend_pid()
-), blockers AS MATERIALIZED (
-  {blockers}
-), shown_pids AS MATERIALIZED (
-  SELECT pid, blocked_by FROM act
-   WHERE state IS DISTINCT FROM 'idle' OR wait_event_type = 'Lock' OR pid IN (SELECT pid FROM blockers)
-), shown AS MATERIALIZED (
-SELECT a.pid, a.application_name AS app, host(a.client_addr) AS client_addr, a.client_port, a.backend_type,
-       a.state, a.wait_event_type, a.wait_event,
+# Every backend of the database, the sampler's own excepted, through the per-backend functions (one
+# pass over the backends' status; the wait event, which each call finds by a walk over all processes,
+# is read only for the rows returned). A session outside a transaction (state 'idle': its client's
+# next command is all it waits for) is counted in the first row, unless it is in ``keep`` (blockers
+# of the last edges: a session-level advisory lock outlives its transaction); the others return
+# their key, what tells the sampler that a backend changed.
+KEYS_SQL = """
+WITH k AS MATERIALIZED (
+  SELECT id, pid, xact_start,
+         -- a session of a role whose activity this one may not see shows no transaction start
+         xact_start IS NULL AND (%(all)s OR pg_has_role(pg_stat_get_backend_userid(id), 'USAGE')) AS idle
+    FROM (SELECT id, pg_stat_get_backend_pid(id) AS pid, pg_stat_get_backend_xact_start(id) AS xact_start
+            FROM pg_stat_get_backend_idset() id
+           WHERE pg_stat_get_backend_dbid(id) = (SELECT oid FROM pg_database
+                                                  WHERE datname = current_database())) b
+   WHERE pid <> pg_backend_pid()
+)
+SELECT NULL::int AS pid, NULL::text AS wait_event_type, NULL::text AS wait_event, NULL::float8 AS xact_start,
+       EXTRACT(EPOCH FROM now())::float8 AS query_start, count(*) AS idle
+  FROM k WHERE idle AND pid <> ALL(%(keep)s)
+UNION ALL
+SELECT pid, pg_stat_get_backend_wait_event_type(id), pg_stat_get_backend_wait_event(id),
+       EXTRACT(EPOCH FROM xact_start)::float8,
+       EXTRACT(EPOCH FROM pg_stat_get_backend_activity_start(id))::float8, NULL
+  FROM k WHERE NOT idle OR pid = ANY(%(keep)s)
+"""
+ROW_COLUMNS = """a.pid, a.application_name AS app, host(a.client_addr) AS client_addr, a.client_port,
+       a.backend_type, a.state, a.wait_event_type, a.wait_event,
        EXTRACT(EPOCH FROM a.xact_start)::float8 AS xact_start,
        EXTRACT(EPOCH FROM a.query_start)::float8 AS query_start,
        EXTRACT(EPOCH FROM a.state_change)::float8 AS state_change,
        a.backend_xid IS NOT NULL AS has_xid,
        left(a.query, %(chars)s) AS query,
-       substring(a.query from '/\\*[^*]*=''[^*]*\\*/') AS query_comment,
-       p.blocked_by,
-       CASE WHEN a.wait_event_type = 'Lock' THEN {waitstart} END AS waitstart,
-       EXTRACT(EPOCH FROM now())::float8 AS server_now{act_extra}
-  FROM shown_pids p, LATERAL pg_stat_get_activity(p.pid) a
-), hidden AS (
-  SELECT (SELECT count(*) FROM act WHERE backend_type = 'client backend'
-             AND pid NOT IN (SELECT pid FROM shown_pids)) AS hidden_clients,
-         (SELECT coalesce(jsonb_object_agg(event, n), '{{}}')
-            FROM (SELECT wait_event_type || ':' || wait_event AS event, count(*) AS n FROM act
-                   WHERE wait_event_type IS NOT NULL AND pid NOT IN (SELECT pid FROM shown_pids)
-                   GROUP BY 1) e) AS hidden_events{summary_extra}
+       substring(a.query from '/\\*[^*]*=''[^*]*\\*/') AS query_comment, {leader} AS leader_pid"""
+# A few rows: one pg_stat_get_activity(pid) each (each walks the backends); many: one pass over all.
+ROWS_SQL = f"""SELECT {ROW_COLUMNS}
+  FROM unnest(%(pids)s::int[]) p(pid), LATERAL pg_stat_get_activity(p.pid) a
+ WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+ROWS_SQL_MANY = f"""SELECT {ROW_COLUMNS}
+  FROM pg_stat_get_activity(NULL) a
+ WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid = ANY(%(pids)s)"""
+ROWS_BY_PID_MAX = 40
+
+# pg_blocking_pids() per waiter, and the start of each wait (pg_locks.waitstart, Postgres 14+) from
+# one read of pg_locks.
+EDGES_SQL = """
+WITH waits AS MATERIALIZED (
+  SELECT pid, EXTRACT(EPOCH FROM min(waitstart))::float8 AS waitstart
+    FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL GROUP BY pid
 )
-SELECT hidden.*, shown.* FROM hidden LEFT JOIN shown ON false
-UNION ALL
-SELECT {summary_nulls}, shown.* FROM shown
+SELECT w.pid, pg_blocking_pids(w.pid) AS blocked_by, (SELECT waitstart FROM waits WHERE waits.pid = w.pid)
+  FROM unnest(%(pids)s::int[]) w(pid)
 """
-_BLOCKING_PIDS = {
-    "blocked_by": "pg_blocking_pids(pid)", "act_extra": "", "summary_extra": "",
-    "summary_nulls": "NULL, NULL",
-    "blockers": "SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE blocked_by IS NOT NULL",
-}
-ACTIVITY_SQL = WAITS_CTE + ACTIVITY_SELECT.format(
-    waitstart="(SELECT w.waitstart FROM waits w WHERE w.pid = a.pid)", **_BLOCKING_PIDS)
-# Before Postgres 14 pg_locks has no waitstart: waits are then not timed.
-ACTIVITY_SQL_PRE14 = "WITH " + ACTIVITY_SELECT.format(waitstart="NULL::float8", **_BLOCKING_PIDS)
+EDGES_SQL_PRE14 = """
+SELECT w.pid, pg_blocking_pids(w.pid) AS blocked_by, NULL::float8 FROM unnest(%(pids)s::int[]) w(pid)
+"""
 
 # Many waiters (Postgres 14+): no pg_blocking_pids() call; ONE read of pg_locks, kept for the targets
-# someone waits on, returned once in the summary (pid, its group's leader, target, mode, granted,
-# waitstart); contend.diagnosis.locks turns them into edges (docs/metrics.md, "Lock waits from
-# pg_locks"). Every holder of a lock on such a target is shown, idle or not.
-LOCKS_CTE = """
+# someone waits on (pid, target, mode, granted, waitstart); contend.diagnosis.locks turns them into
+# edges (docs/metrics.md, "Lock waits from pg_locks").
+LOCKS_SQL = """
 WITH locks AS MATERIALIZED (
   SELECT pid, ROW(locktype, database, relation, page, tuple, virtualxid, transactionid, classid, objid,
                   objsubid)::text AS target,
          mode, granted, EXTRACT(EPOCH FROM waitstart)::float8 AS waitstart
     FROM pg_locks WHERE pid IS NOT NULL
-), contended AS MATERIALIZED (
-  SELECT * FROM locks WHERE target IN (SELECT target FROM locks WHERE NOT granted)
-),"""
-ACTIVITY_SQL_LOCKS = LOCKS_CTE + ACTIVITY_SELECT.format(
-    blocked_by="NULL::int[]", waitstart="NULL::float8", act_extra=", a.leader_pid",
-    blockers="SELECT DISTINCT pid FROM contended WHERE granted", summary_nulls="NULL, NULL, NULL",
-    summary_extra=""",
-         (SELECT json_agg(json_build_array(c.pid, coalesce(g.leader_pid, c.pid), c.target, c.mode,
-                                           c.granted, c.waitstart))
-            FROM contended c LEFT JOIN shown g ON g.pid = c.pid) AS locks""")
+)
+SELECT * FROM locks WHERE target IN (SELECT target FROM locks WHERE NOT granted)
+"""
 LOCKS_PATH_WAITERS = 20
-"""Above this many Lock waiters (at the previous tick), edges come from pg_locks, not pg_blocking_pids()."""
+"""Above this many Lock waiters, edges come from one read of pg_locks, not pg_blocking_pids()."""
+EDGES_MAX_AGE_S = 1.0
+ROWS_FULL_EVERY_S = 5.0
 
 # Relations (tables) the root blockers hold granted locks on; read only when there are roots.
 LOCKED_RELATIONS_SQL = """
@@ -192,9 +195,11 @@ class PgSampler:
     """Samples one Postgres database through a connection it owns; ``tick()`` takes one snapshot."""
 
     def __init__(self, conn: psycopg.Connection[Any], clock: Callable[[], float] = time.time,
-                 locks_above: int | None = LOCKS_PATH_WAITERS) -> None:
-        """``locks_above``: above this many Lock waiters at the previous tick the edges come from one
-        read of pg_locks (0: always; None: never; Postgres 14+ only)."""
+                 locks_above: int | None = LOCKS_PATH_WAITERS, edges_max_age_s: float = EDGES_MAX_AGE_S,
+                 rows_full_every_s: float = ROWS_FULL_EVERY_S) -> None:
+        """``locks_above``: above this many Lock waiters the edges come from one read of pg_locks
+        (0: always; None: never; Postgres 14+ only). Edges are read again at least every
+        ``edges_max_age_s``, every row every ``rows_full_every_s``, whatever changed."""
         self.conn = conn
         self.clock = clock
         if not conn.autocommit:
@@ -213,9 +218,20 @@ class PgSampler:
         self.can_see_all = bool(row and row[0])
         if not self.can_see_all:
             self._warn(NO_MONITOR_WARNING.format(role=role))
-        self.activity_sql = ACTIVITY_SQL if conn.info.server_version >= 140000 else ACTIVITY_SQL_PRE14
-        self.locks_above = locks_above if conn.info.server_version >= 140000 else None
-        self._waiters = 0
+        version = conn.info.server_version
+        self.rows_sql = {sql: sql.format(leader="a.leader_pid" if version >= 130000 else "NULL::int")
+                         for sql in (ROWS_SQL, ROWS_SQL_MANY)}
+        self.edges_sql = EDGES_SQL if version >= 140000 else EDGES_SQL_PRE14
+        self.locks_above = locks_above if version >= 140000 else None
+        self._records: dict[int, dict[str, Any]] = {}  # the last record of each backend shown or kept
+        self._edges: dict[int, tuple[list[int], float | None]] = {}  # waiter: (blocked_by, waitstart)
+        self._edges_at = self._rows_at = float("-inf")
+        self.edges_max_age_s, self.rows_full_every_s = edges_max_age_s, rows_full_every_s
+        self._rows_read = 0
+        self._wait_graph = "pg_blocking_pids"
+        self._edges_read = 0
+        self._shape: tuple[int, list[tuple[int, str | None]]] | None = None
+        self._forest = build_forest([])
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -257,79 +273,151 @@ class PgSampler:
         """
         t = self.clock()
         started = time.perf_counter()
-        above = self.locks_above
-        from_locks = above is not None and (above == 0 or self._waiters > above)
         try:
-            with self.conn.cursor(row_factory=dict_row) as cur:
-                sql = ACTIVITY_SQL_LOCKS if from_locks else self.activity_sql
-                rows = cur.execute(sql, {"chars": QUERY_CHARS}).fetchall()
+            self._rows_read = 0
+            with self.conn.transaction():  # one snapshot of the backends' status for every statement
+                idle, server_now, rows, calls = self._read()
+            rows_read = self._rows_read
         except psycopg.errors.QueryCanceled:
             raise SamplerError(
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
                 hint="the server is overloaded; raise the sampling interval",
             ) from None
-        summary = next(row for row in rows if row["pid"] is None)
-        hidden_clients = int(summary["hidden_clients"])
-        hidden_events: dict[str, int] = dict(summary["hidden_events"] or {})
-        rows = sorted((row for row in rows if row["pid"] is not None), key=lambda row: row["pid"])
-        if from_locks:
-            _blockers_from_locks(rows, summary["locks"] or [])
-        blocking_calls = 0 if from_locks else sum(1 for row in rows if row["wait_event_type"] == "Lock")
-        backends = [_backend_record(t, row) for row in rows]
-        forest = build_forest(backends)
+        blockers = {pid for blocked_by, _ in self._edges.values() for pid in blocked_by}
+        backends, hidden_clients, hidden = [], idle, Counter({"Client:ClientRead": idle} if idle else {})
+        for row in rows:  # a row read as idle is counted with the idle sessions, unless it blocks
+            if row["state"] == "idle" and row["pid"] not in blockers and row["wait_event_type"] != "Lock":
+                hidden_clients += row["backend_type"] == "client backend"
+                if row["wait_event_type"]:
+                    hidden[f"{row['wait_event_type']}:{row['wait_event']}"] += 1
+                continue
+            blocked_by, waitstart = self._edges.get(row["pid"], ([], None))
+            backends.append(_backend_record(t, server_now, row, blocked_by, waitstart))
+        shape = (self._edges_read, [(b["pid"], b["wait_event_type"]) for b in backends])
+        if shape != self._shape:  # the forest follows the edges and who waits on a lock
+            self._shape, self._forest = shape, build_forest(backends)
+        forest = self._forest
         by_pid = {b["pid"]: b for b in backends}
         locked = self._locked_relations(frozenset(forest.roots))
         cost_ms = (time.perf_counter() - started) * 1000.0
-        idle = [b for b in backends if b["state"] == "idle in transaction"]
-        self._waiters = forest.blocked
+        idle_tx = [b for b in backends if b["state"] == "idle in transaction"]
         tick = {
             "t": t,
-            "backends": sum(1 for b in backends if b["backend_type"] == "client backend")
-            + hidden_clients,
+            "backends": sum(1 for b in backends if b["backend_type"] == "client backend") + hidden_clients,
             "edges": forest.edges,
             "blocked": forest.blocked,
             "depth": forest.depth,
             "roots": [_root(pid, blocks, by_pid.get(pid)) for pid, blocks in forest.roots.items()],
-            "idle_in_tx": len(idle),
-            "idle_in_tx_max_age": max((b["xact_age"] or 0.0 for b in idle), default=0.0),
+            "idle_in_tx": len(idle_tx),
+            "idle_in_tx_max_age": max((b["xact_age"] or 0.0 for b in idle_tx), default=0.0),
             "locked_relations": locked,
             "wait_events": dict(sorted((Counter(
                 f"{b['wait_event_type']}:{b['wait_event']}" for b in backends if b["wait_event_type"]
-            ) + Counter(hidden_events)).items())),
+            ) + hidden).items())),
             "idle_hidden": hidden_clients,
             "cost_ms": round(cost_ms, 3),
             "late_ms": round(late_ms, 3),
             "interval_s": None if interval_s is None else round(interval_s, 4),
-            "server_now": rows[0]["server_now"] if rows else None,
-            "blocking_calls": blocking_calls,
-            "wait_graph": "pg_locks" if from_locks else "pg_blocking_pids",
+            "server_now": server_now,
+            "blocking_calls": calls,
+            "rows_read": rows_read,
+            "wait_graph": self._wait_graph,
             # Each lock wait's exact start (server clock, the wait's identity) and its age at this
             # tick, so its start on the samplers' clock is t - age (docs/metrics.md, "Lock waits").
             "waits": [
-                {"pid": row["pid"], "waitstart": row["waitstart"],
-                 "age": round(row["server_now"] - row["waitstart"], 6)}
-                for row in rows if row["waitstart"] is not None
+                {"pid": b["pid"], "waitstart": b["waitstart"], "age": round(server_now - b["waitstart"], 6)}
+                for b in backends if b["waitstart"] is not None
             ],
         }
         return tick, backends
 
+    def _read(self) -> tuple[int, float, list[dict[str, Any]], int]:
+        """Read what changed: return the idle sessions counted, the server's clock, the rows of every
+        other backend (read again or kept) and the pg_blocking_pids() calls made.
 
-def _blockers_from_locks(rows: list[dict[str, Any]], lock_rows: list[list[Any]]) -> None:
-    """Set ``blocked_by`` and ``waitstart`` of the Lock waiters among ``rows`` from the lock rows."""
-    locks = [Lock(*lock) for lock in lock_rows]
+        Updates the kept rows and, when a waiter or a blocker changed, the edges (``self._edges``).
+        """
+        waiters_before = set(self._edges)
+        blockers_before = {pid for blocked_by, _ in self._edges.values() for pid in blocked_by}
+        with self.conn.cursor() as cur:
+            # Blockers outside a transaction (a session-level advisory lock) stay read row by row.
+            keep = sorted(pid for pid in blockers_before
+                          if (row := self._records.get(pid)) is None or row["xact_start"] is None)
+            keys = cur.execute(KEYS_SQL, {"keep": keep, "all": self.can_see_all}).fetchall()
+        _, _, _, _, server_now, idle = keys[0]
+        current = {pid: key for pid, *key, _ in keys[1:]}
+        now = time.monotonic()
+        full = now - self._rows_at >= self.rows_full_every_s
+        if full:
+            self._rows_at = now
+        changed = {pid for pid, key in current.items()
+                   if full or (row := self._records.get(pid)) is None or _key(row) != tuple(key)}
+        self._records = {pid: row for pid, row in self._records.items() if pid in current}
+        self._fetch(changed)
+        waiters = {pid for pid, row in self._records.items() if row["wait_event_type"] == "Lock"}
+        involved = waiters | waiters_before | blockers_before
+        calls = 0
+        if not waiters:
+            if self._edges:
+                self._edges, self._edges_read = {}, self._edges_read + 1
+        elif changed & involved or involved - set(current) or now - self._edges_at >= self.edges_max_age_s:
+            self._edges_at, self._edges_read = now, self._edges_read + 1
+            calls = self._read_edges(waiters)
+            blockers = {pid for blocked_by, _ in self._edges.values() for pid in blocked_by}
+            idle_blockers = blockers - set(self._records)  # counted idle: a session-level advisory lock
+            self._fetch(idle_blockers)
+            idle -= len(idle_blockers & set(self._records))
+        return int(idle), float(server_now), [self._records[pid] for pid in sorted(self._records)], calls
+
+    def _fetch(self, pids: set[int]) -> None:
+        """Read the full rows of ``pids`` into the kept rows; a backend gone meanwhile has none."""
+        if not pids:
+            return
+        sql = self.rows_sql[ROWS_SQL if len(pids) <= ROWS_BY_PID_MAX else ROWS_SQL_MANY]
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(sql, {"pids": sorted(pids), "chars": QUERY_CHARS}).fetchall()
+            self._rows_read += len(rows)
+            for row in rows:
+                row["fingerprint"] = fingerprint(row["query"])
+                # Kept apart: the query text is cut and its fingerprint drops literals, the comment's values.
+                row["comment"] = sqlcomment.parse(row.pop("query_comment"))
+                self._records[row["pid"]] = row
+
+    def _read_edges(self, waiters: set[int]) -> int:
+        """Read who blocks each waiter into ``self._edges``; return the pg_blocking_pids() calls made."""
+        above = self.locks_above
+        pids = sorted(waiters)
+        with self.conn.cursor() as cur:
+            if above is not None and (above == 0 or len(waiters) > above):
+                self._wait_graph = "pg_locks"
+                leaders = {pid: row["leader_pid"] or pid for pid, row in self._records.items()}
+                locks = [Lock(pid, leaders.get(pid, pid), target, mode, granted, start)
+                         for pid, target, mode, granted, start in cur.execute(LOCKS_SQL).fetchall()]
+                self._edges = _edges_from_locks(pids, locks)
+                return 0
+            self._wait_graph = "pg_blocking_pids"
+            rows = cur.execute(self.edges_sql, {"pids": pids}).fetchall()
+        # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
+        self._edges = {pid: (sorted(set(blocked_by or ()) - {0}), start) for pid, blocked_by, start in rows}
+        return len(pids)
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What KEYS_SQL reads of a backend: a row is read again when this changed."""
+    return row["wait_event_type"], row["wait_event"], row["xact_start"], row["query_start"]
+
+
+def _edges_from_locks(waiters: list[int], locks: list[Lock]) -> dict[int, tuple[list[int], float | None]]:
     blocked_by = blockers_from_locks(locks)
     waitstart: dict[int, float] = {}
     for lock in locks:
         if not lock.granted and lock.waitstart is not None:
             waitstart[lock.pid] = min(lock.waitstart, waitstart.get(lock.pid, lock.waitstart))
-    for row in rows:
-        if row["wait_event_type"] == "Lock":
-            row["blocked_by"] = blocked_by.get(row["pid"], [])
-            row["waitstart"] = waitstart.get(row["pid"])
+    return {pid: (sorted(set(blocked_by.get(pid, ())) - {0}), waitstart.get(pid)) for pid in waiters}
 
 
-def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
-    blocked_by: Sequence[int] = row["blocked_by"] or ()
+def _backend_record(t: float, server_now: float, row: dict[str, Any], blocked_by: list[int],
+                    waitstart: float | None) -> dict[str, Any]:
     return {
         "t": t,
         "pid": row["pid"],
@@ -341,20 +429,18 @@ def _backend_record(t: float, row: dict[str, Any]) -> dict[str, Any]:
         "wait_event_type": row["wait_event_type"],
         "wait_event": row["wait_event"],
         # Ages from the starts (server clock), so that a record by change keeps the starts only.
-        "xact_age": age(row["server_now"], row["xact_start"]),
-        "query_age": age(row["server_now"], row["query_start"]),
-        "state_age": age(row["server_now"], row["state_change"]),
+        "xact_age": age(server_now, row["xact_start"]),
+        "query_age": age(server_now, row["query_start"]),
+        "state_age": age(server_now, row["state_change"]),
         "xact_start": row["xact_start"],
         "query_start": row["query_start"],
         "state_change": row["state_change"],
         "has_xid": row["has_xid"],
         "query": row["query"],
-        "fingerprint": fingerprint(row["query"]),
-        # Kept apart: the query text is cut and its fingerprint drops literals, the comment's values.
-        "comment": sqlcomment.parse(row["query_comment"]),
-        # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
-        "blocked_by": sorted(set(blocked_by) - {0}) if blocked_by else [],
-        "waitstart": row["waitstart"],
+        "fingerprint": row["fingerprint"],
+        "comment": row["comment"],
+        "blocked_by": blocked_by,
+        "waitstart": waitstart,
     }
 
 
