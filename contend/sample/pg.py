@@ -38,7 +38,7 @@ from contend.diagnosis.forest import build_forest
 from contend.diagnosis.locks import Lock, blockers_from_locks
 from contend.errors import SamplerError
 from contend.redact import redact_message
-from contend.sample.backends import age
+from contend.sample.backends import AGES, age
 from contend.sample.ticker import Ticker as Ticker  # where the sampler loops import it from
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ class PgSampler:
         self.locks_above = locks_above if version >= 140000 else None
         self._records: dict[int, dict[str, Any]] = {}  # the last record of each backend shown or kept
         self._edges: dict[int, tuple[list[int], float | None]] = {}  # waiter: (blocked_by, waitstart)
+        self._blockers: set[int] = set()  # the pids in the edges' blocked_by
+        self._leaders: dict[int, int | None] = {}  # a parallel worker's leader
         self._edges_at = self._rows_at = float("-inf")
         self.edges_max_age_s, self.rows_full_every_s = edges_max_age_s, rows_full_every_s
         self._rows_read = 0
@@ -283,7 +285,7 @@ class PgSampler:
                 f"reading pg_stat_activity took more than {STATEMENT_TIMEOUT_MS} ms",
                 hint="the server is overloaded; raise the sampling interval",
             ) from None
-        blockers = {pid for blocked_by, _ in self._edges.values() for pid in blocked_by}
+        blockers = self._blockers
         backends, hidden_clients, hidden = [], idle, Counter({"Client:ClientRead": idle} if idle else {})
         for row in rows:  # a row read as idle is counted with the idle sessions, unless it blocks
             if row["state"] == "idle" and row["pid"] not in blockers and row["wait_event_type"] != "Lock":
@@ -291,8 +293,12 @@ class PgSampler:
                 if row["wait_event_type"]:
                     hidden[f"{row['wait_event_type']}:{row['wait_event']}"] += 1
                 continue
-            blocked_by, waitstart = self._edges.get(row["pid"], ([], None))
-            backends.append(_backend_record(t, server_now, row, blocked_by, waitstart))
+            record = row.copy()  # the kept record, its ages and edges brought to this tick
+            record["t"] = t
+            for name, start in AGES.items():
+                record[name] = age(server_now, record[start])
+            record["blocked_by"], record["waitstart"] = self._edges.get(row["pid"], ([], None))
+            backends.append(record)
         shape = (self._edges_read, [(b["pid"], b["wait_event_type"]) for b in backends])
         if shape != self._shape:  # the forest follows the edges and who waits on a lock
             self._shape, self._forest = shape, build_forest(backends)
@@ -338,7 +344,7 @@ class PgSampler:
         Updates the kept rows and, when a waiter or a blocker changed, the edges (``self._edges``).
         """
         waiters_before = set(self._edges)
-        blockers_before = {pid for blocked_by, _ in self._edges.values() for pid in blocked_by}
+        blockers_before = self._blockers
         with self.conn.cursor() as cur:
             # Blockers outside a transaction (a session-level advisory lock) stay read row by row.
             keep = sorted(pid for pid in blockers_before
@@ -353,21 +359,25 @@ class PgSampler:
         changed = {pid for pid, key in current.items()
                    if full or (row := self._records.get(pid)) is None or _key(row) != tuple(key)}
         self._records = {pid: row for pid, row in self._records.items() if pid in current}
+        self._leaders = {pid: leader for pid, leader in self._leaders.items() if pid in current}
         self._fetch(changed)
         waiters = {pid for pid, row in self._records.items() if row["wait_event_type"] == "Lock"}
         involved = waiters | waiters_before | blockers_before
         calls = 0
         if not waiters:
             if self._edges:
-                self._edges, self._edges_read = {}, self._edges_read + 1
+                self._set_edges({})
         elif changed & involved or involved - set(current) or now - self._edges_at >= self.edges_max_age_s:
-            self._edges_at, self._edges_read = now, self._edges_read + 1
+            self._edges_at = now
             calls = self._read_edges(waiters)
-            blockers = {pid for blocked_by, _ in self._edges.values() for pid in blocked_by}
-            idle_blockers = blockers - set(self._records)  # counted idle: a session-level advisory lock
+            idle_blockers = self._blockers - set(self._records)  # counted idle: a session-level advisory lock
             self._fetch(idle_blockers)
             idle -= len(idle_blockers & set(self._records))
         return int(idle), float(server_now), [self._records[pid] for pid in sorted(self._records)], calls
+
+    def _set_edges(self, edges: dict[int, tuple[list[int], float | None]]) -> None:
+        self._edges, self._edges_read = edges, self._edges_read + 1
+        self._blockers = {pid for blocked_by, _ in edges.values() for pid in blocked_by}
 
     def _fetch(self, pids: set[int]) -> None:
         """Read the full rows of ``pids`` into the kept rows; a backend gone meanwhile has none."""
@@ -381,7 +391,8 @@ class PgSampler:
                 row["fingerprint"] = fingerprint(row["query"])
                 # Kept apart: the query text is cut and its fingerprint drops literals, the comment's values.
                 row["comment"] = sqlcomment.parse(row.pop("query_comment"))
-                self._records[row["pid"]] = row
+                self._leaders[row["pid"]] = row.pop("leader_pid")
+                self._records[row["pid"]] = _backend_record(row)
 
     def _read_edges(self, waiters: set[int]) -> int:
         """Read who blocks each waiter into ``self._edges``; return the pg_blocking_pids() calls made."""
@@ -390,15 +401,16 @@ class PgSampler:
         with self.conn.cursor() as cur:
             if above is not None and (above == 0 or len(waiters) > above):
                 self._wait_graph = "pg_locks"
-                leaders = {pid: row["leader_pid"] or pid for pid, row in self._records.items()}
+                leaders = {pid: self._leaders.get(pid) or pid for pid in self._records}
                 locks = [Lock(pid, leaders.get(pid, pid), target, mode, granted, start)
                          for pid, target, mode, granted, start in cur.execute(LOCKS_SQL).fetchall()]
-                self._edges = _edges_from_locks(pids, locks)
+                self._set_edges(_edges_from_locks(pids, locks))
                 return 0
             self._wait_graph = "pg_blocking_pids"
             rows = cur.execute(self.edges_sql, {"pids": pids}).fetchall()
         # Parallel query may repeat a leader pid; pid 0 is a prepared transaction (no backend).
-        self._edges = {pid: (sorted(set(blocked_by or ()) - {0}), start) for pid, blocked_by, start in rows}
+        self._set_edges({pid: (sorted(set(blocked_by or ()) - {0}), start)
+                         for pid, blocked_by, start in rows})
         return len(pids)
 
 
@@ -416,10 +428,10 @@ def _edges_from_locks(waiters: list[int], locks: list[Lock]) -> dict[int, tuple[
     return {pid: (sorted(set(blocked_by.get(pid, ())) - {0}), waitstart.get(pid)) for pid in waiters}
 
 
-def _backend_record(t: float, server_now: float, row: dict[str, Any], blocked_by: list[int],
-                    waitstart: float | None) -> dict[str, Any]:
+def _backend_record(row: dict[str, Any]) -> dict[str, Any]:
+    """The record of a row read, in its keys' order; ``t``, the ages and the edges are set per tick."""
     return {
-        "t": t,
+        "t": None,
         "pid": row["pid"],
         "app": row["app"],
         "client_addr": row["client_addr"],
@@ -429,9 +441,9 @@ def _backend_record(t: float, server_now: float, row: dict[str, Any], blocked_by
         "wait_event_type": row["wait_event_type"],
         "wait_event": row["wait_event"],
         # Ages from the starts (server clock), so that a record by change keeps the starts only.
-        "xact_age": age(server_now, row["xact_start"]),
-        "query_age": age(server_now, row["query_start"]),
-        "state_age": age(server_now, row["state_change"]),
+        "xact_age": None,
+        "query_age": None,
+        "state_age": None,
         "xact_start": row["xact_start"],
         "query_start": row["query_start"],
         "state_change": row["state_change"],
@@ -439,8 +451,8 @@ def _backend_record(t: float, server_now: float, row: dict[str, Any], blocked_by
         "query": row["query"],
         "fingerprint": row["fingerprint"],
         "comment": row["comment"],
-        "blocked_by": blocked_by,
-        "waitstart": waitstart,
+        "blocked_by": [],
+        "waitstart": None,
     }
 
 
