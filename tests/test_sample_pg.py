@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -180,20 +182,26 @@ def test_idle_sessions_are_counted_in_sql_not_returned(sample_dsn: str, sampler:
 @pytest.mark.integration
 def test_an_idle_session_holding_a_lock_is_still_returned(sample_dsn: str, sampler: PgSampler) -> None:
     # A session-level advisory lock outlives its transaction: its idle holder blocks, so it is shown.
-    with psycopg.connect(sample_dsn, autocommit=True) as holder, \
-            psycopg.connect(sample_dsn, autocommit=True) as waiter:
-        holder.execute("SELECT pg_advisory_lock(4242)")
-        blocked = threading.Thread(target=lambda: waiter.execute("SELECT pg_advisory_lock(4242)"))
+    with advisory_lock_waited_on(sample_dsn, 4242) as holder:
+        wait_for(lambda: sampler.tick()[0]["blocked"] == 1, timeout=10)
+        tick, backends = sampler.tick()
+        by_pid = {b["pid"]: b for b in backends}
+        assert by_pid[holder]["state"] == "idle"
+        assert [r["pid"] for r in tick["roots"]] == [holder]
+
+
+@contextlib.contextmanager
+def advisory_lock_waited_on(dsn: str, key: int) -> Iterator[int]:
+    """An idle session holding a session-level advisory lock, one waiting for it; yields the holder's pid."""
+    with psycopg.connect(dsn, autocommit=True) as holder, psycopg.connect(dsn, autocommit=True) as waiter:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        blocked = threading.Thread(target=lambda: waiter.execute("SELECT pg_advisory_lock(%s)", (key,)))
         blocked.start()
         try:
-            wait_for(lambda: sampler.tick()[0]["blocked"] == 1, timeout=10)
-            tick, backends = sampler.tick()
-            by_pid = {b["pid"]: b for b in backends}
-            assert by_pid[holder.info.backend_pid]["state"] == "idle"
-            assert [r["pid"] for r in tick["roots"]] == [holder.info.backend_pid]
+            yield holder.info.backend_pid
         finally:
-            holder.execute("SELECT pg_advisory_unlock(4242)")
-            blocked.join(timeout=10)
+            holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            blocked.join(timeout=20)
 
 
 @pytest.mark.integration
@@ -279,18 +287,10 @@ def test_rows_and_edges_kept_from_tick_to_tick_equal_a_fresh_read(
                     conn.close()
             wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
         # A session-level advisory lock held by an idle session, outside any transaction.
-        with psycopg.connect(sample_dsn, autocommit=True) as holder, \
-                psycopg.connect(sample_dsn, autocommit=True) as other:
-            holder.execute("SELECT pg_advisory_lock(4243)")
-            blocked = threading.Thread(target=lambda: other.execute("SELECT pg_advisory_lock(4243)"))
-            blocked.start()
-            try:
-                wait_for(lambda: _seen(kept)[0]["blocked"] == 1, timeout=20)
-                wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
-                assert [r["pid"] for r in kept.tick()[0]["roots"]] == [holder.info.backend_pid]
-            finally:
-                holder.execute("SELECT pg_advisory_unlock(4243)")
-                blocked.join(timeout=20)
+        with advisory_lock_waited_on(sample_dsn, 4243) as holder:
+            wait_for(lambda: _seen(kept)[0]["blocked"] == 1, timeout=20)
             wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
+            assert [r["pid"] for r in kept.tick()[0]["roots"]] == [holder]
+        wait_for(lambda: _same_as_a_fresh_read(kept, sample_dsn), timeout=20)
     finally:
         kept.conn.close()
