@@ -176,6 +176,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _longest_first(items)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a pytest whose test ids pytest-xdist cannot change: its loadgroup sends a test to its
+    group's worker by the ``@group`` it appends to the id, and with pytest 9.2 it ignores every group
+    without a word, running the ``timing`` tests at the same time (pytest-xdist issue 1386)."""
+    import xdist
+
+    if config.getoption("dist", "no") == "loadgroup" and _version(pytest.__version__) >= (9, 2) \
+            and _version(xdist.__version__) <= (3, 8):
+        raise pytest.UsageError(f"pytest-xdist {xdist.__version__} ignores xdist_group with pytest "
+                                f"{pytest.__version__}: install the pytest pyproject.toml asks for "
+                                "(make install)")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
 def _group(item: pytest.Item) -> str | None:
     mark = item.get_closest_marker("xdist_group")
     return str(mark.args[0]) if mark else None
