@@ -22,6 +22,11 @@ parallel-safe when it
 
 Tests that share a module- or class-scoped fixture (a reference stack started once for them) stay on
 one worker, in their module's order (``_shared_fixtures_stay_together``), so it still starts once.
+Both rest on pytest-xdist's groups, which pytest 9.2 breaks: pyproject.toml keeps pytest below it,
+and a run with such a pytest stops at once (``pytest_configure``).
+
+A test waits for conditions, not for time: a long client timeout, drain or connection-attempt count
+that only waits for something the test does not look at is cut in the test's own scenario or flags.
 """
 
 from __future__ import annotations
