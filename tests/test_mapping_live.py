@@ -129,10 +129,7 @@ def kinds_and_functions(findings: list[dict[str, Any]]) -> dict[str, set[str]]:
 @pytest.mark.slow
 def test_log_persist_logs_on_gives_the_same_findings_without_application_name(tmp_path: Path) -> None:
     data = yaml.safe_load((SCENARIOS / "log-persist.yaml").read_text())
-    # The deadlock stands from the first POSTs until statement_timeout (30 s) breaks it: a 30 s client
-    # timeout and a short drain see all of it; longer ones only wait for the cancellations to end.
-    data.update(warm_up_s=1, cool_down_s=1, drain_timeout_s=5, thresholds=[])
-    data["workloads"][0].update(timeout_s=30)
+    data.update(warm_up_s=1, cool_down_s=1, thresholds=[])
     data["variants"] = [
         {"name": "named", "baseline": True, "flags": {"JOB_LOG_PERSIST_ENABLED": True}},
         {"name": "unnamed", "flags": {"JOB_LOG_PERSIST_ENABLED": True, "APPLICATION_NAME": "off"}},
