@@ -87,11 +87,12 @@ def test_ack_wait_short_redelivers_and_long_does_not(tmp_path: Path) -> None:
 @pytest.mark.timing  # compares when jobs start between two variants run one after the other
 def test_poll_fairness_random_limit_1_starts_every_job_sooner(tmp_path: Path) -> None:
     # Its metrics come from the load's own records, written before the drain: a short one will do.
-    # Half the images per job at twice the time each: a job keeps its length (6 pollers drain one in
-    # about 5 s, one poller in 30 s), and the result workers keep up with half the results, so the
-    # final counts do not wait half a minute for a backlog.
+    # Half the images per job and per batch, at twice the time each: every length stays (a job takes
+    # 6 pollers about 5 s and one poller 30 s, a batch 1.2 s, a poller reserves 3.6 s of work ahead)
+    # and so does the request rate, but the result workers get half the results and keep up, so the
+    # final counts do not wait 40 s for a backlog.
     scenario = _shortened(tmp_path, "poll-fairness", {**PULL_CHANGE, "drain_timeout_s": 5},
-                          {"duration_s": 35, "per_image_s": 0.2}, {"images_per_job": 150})
+                          {"duration_s": 35, "per_image_s": 0.2, "batch_size": 6}, {"images_per_job": 150})
     _, metrics = _run(scenario, tmp_path)
     newest, random = metrics["newest-10"], metrics["random-1"]
     # Jobs start sooner: the typical job's first result comes much earlier, and no job starves that
