@@ -67,6 +67,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("NATS_TASK_TTR", "300", "ack_wait of each job's task consumer, seconds (30 before PR #1261)",
          minimum=1),
     Flag("NATS_MAX_DELIVER", "2", "deliveries of a task before NATS gives up on it", minimum=1),
+    Flag("NATS_CONNECT_ATTEMPTS", "60",
+         "attempts of a request's NATS connection, 2 s apart, before it answers 503 (nats-py's "
+         "default, which Antenna keeps: about 2 minutes when NATS is down)",
+         minimum=1),
     Flag("JOBS_POLL_ORDER", "random",
          "order of GET /api/v2/jobs/?ids_only=1: newest (-created_at, before PR #1261), oldest, random",
          choices=("newest", "oldest", "random")),

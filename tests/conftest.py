@@ -22,6 +22,11 @@ parallel-safe when it
 
 Tests that share a module- or class-scoped fixture (a reference stack started once for them) stay on
 one worker, in their module's order (``_shared_fixtures_stay_together``), so it still starts once.
+Both rest on pytest-xdist's groups, which pytest 9.2 breaks: pyproject.toml keeps pytest below it,
+and a run with such a pytest stops at once (``pytest_configure``).
+
+A test waits for conditions, not for time: a long client timeout, drain or connection-attempt count
+that only waits for something the test does not look at is cut in the test's own scenario or flags.
 """
 
 from __future__ import annotations
@@ -174,6 +179,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _shared_fixtures_stay_together(items)
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: the order is the one tests are handed out in
         _longest_first(items)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a pytest whose test ids pytest-xdist cannot change: its loadgroup sends a test to its
+    group's worker by the ``@group`` it appends to the id, and with pytest 9.2 it ignores every group
+    without a word, running the ``timing`` tests at the same time (pytest-xdist issue 1386)."""
+    import xdist
+
+    if config.getoption("dist", "no") == "loadgroup" and _version(pytest.__version__) >= (9, 2) \
+            and _version(xdist.__version__) <= (3, 8):
+        raise pytest.UsageError(f"pytest-xdist {xdist.__version__} ignores xdist_group with pytest "
+                                f"{pytest.__version__}: install the pytest pyproject.toml asks for "
+                                "(make install)")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
 
 
 def _group(item: pytest.Item) -> str | None:

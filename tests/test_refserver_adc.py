@@ -1,8 +1,8 @@
 """What an unchanged ADC worker needs from the reference server: images it can fetch, task fetches that
 answer ``{"tasks": []}`` when nothing is left (never 503), and registration answers as Antenna's.
 
-One stack (1 web process, 1 worker, 2 jobs of 6 images) is shared by the tests of this module; the
-last one stops its NATS.
+One stack (1 web process, 1 worker, 2 jobs of 6 images) is shared by the tests of this module but
+the last one, which stops the NATS of a stack of its own.
 """
 
 from __future__ import annotations
@@ -147,13 +147,18 @@ def test_registration_lists_what_antennas_create_pipelines_lists(api):
     assert register(api, other, [new])["pipelines_created"] == []
 
 
-@pytest.mark.slow  # about 2 minutes: nats-py tries to connect 60 times, 2 s apart, before it gives up
-def test_a_task_fetch_answers_503_when_nats_is_down_and_the_log_line_names_the_cause(api):
-    """Last in the module: it stops the stack's NATS. Antenna connects with the same options
-    (connect_timeout 5 s, allow_reconnect off, nats-py's 60 attempts), so it answers as late."""
-    job = api.info["job_ids"][0]
-    api.stack.nats.stop()
-    response = api.client.post(f"/jobs/{job}/tasks/", json={"batch_size": 4}, timeout=300)
+def test_a_task_fetch_answers_503_when_nats_is_down_and_the_log_line_names_the_cause(tmp_path):
+    """Its own stack, whose NATS it stops. Antenna connects with the same options (connect_timeout
+    5 s, allow_reconnect off) and nats-py's 60 attempts 2 s apart, so it answers after 2 minutes;
+    NATS_CONNECT_ATTEMPTS=3 gives the same answer after 4 s."""
+    with refstack(tmp_path, preset="pr-1261", web_concurrency=1, worker_concurrency=1, jobs=1,
+                  images_per_job=2, flags={"NATS_CONNECT_ATTEMPTS": "3"}) as stack:
+        api = Api(stack)
+        job = api.info["job_ids"][0]
+        assert stack.nats is not None
+        stack.nats.stop()
+        response = api.client.post(f"/jobs/{job}/tasks/", json={"batch_size": 4}, timeout=300)
+        api.client.close()
     assert response.status_code == 503
     assert response.json() == {"error": "Task queue temporarily unavailable"}
     web_log = (api.run_dir / "refserver" / "refserver-web-0.log").read_text()

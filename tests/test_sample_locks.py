@@ -71,6 +71,7 @@ def lock_waits(dsn: str,
 def _quietly(conn: psycopg.Connection[Any], sql: str) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.execute(sql)
+        conn.rollback()  # the lock goes once granted: the next in the queue gets its own and ends
 
 
 def _waits(dsn: str, pid: int) -> bool:

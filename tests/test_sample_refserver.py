@@ -37,7 +37,10 @@ def test_root_blockers_of_the_reference_server_are_attributed(
         config = SamplerConfig(dsn=stack.dsn, pyspy_pids=pids, nats_monitor_url=info["nats"]["monitor_url"],
                                attribution_threshold_s=0.3)
         with SamplerSet(config, tmp_path):
-            run_load([BatchedPost(batch=20, concurrency=6, duration_s=12)], target, tmp_path / "load")
+            # The POSTs deadlock at once and stay so until statement_timeout (30 s) breaks it; the
+            # default 120 s client timeout would only wait for the cancellations to end.
+            run_load([BatchedPost(batch=20, concurrency=6, duration_s=12, timeout_s=30)], target,
+                     tmp_path / "load")
     samples = tmp_path / "samples"
     ticks = lines(samples / "pg_ticks.jsonl")
     assert max(t["edges"] for t in ticks) > 0 and max(t["idle_in_tx"] for t in ticks) > 0

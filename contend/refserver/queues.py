@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import nats
 from nats.js import api
 
+from contend.flags import resolve_flags
+
 ML_RESULTS = "ml_results"
 ML_RESULTS_CONSUMER = "ml-results-workers"
 MAX_ACK_PENDING = 1000
@@ -47,8 +49,16 @@ def consumer_name(job_id: int) -> str:
     return f"job-{job_id}-consumer"
 
 
+def _connect_attempts() -> int:
+    """The NATS_CONNECT_ATTEMPTS flag of this process (its default outside the server's processes)."""
+    name = "NATS_CONNECT_ATTEMPTS"
+    return int(resolve_flags(None, {name: os.environ[name]} if name in os.environ else {})[name])
+
+
 async def _connect() -> Any:
-    return await nats.connect(nats_url(), connect_timeout=5, allow_reconnect=False)
+    # nats-py makes max_reconnect_attempts attempts, 2 s apart, before it raises NoServersError.
+    return await nats.connect(nats_url(), connect_timeout=5, allow_reconnect=False,
+                              max_reconnect_attempts=_connect_attempts())
 
 
 async def _with_connection(work: Callable[[Any], Awaitable[T]]) -> T:
