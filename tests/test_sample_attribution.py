@@ -7,6 +7,7 @@ sample_hot idle in its transaction, another waits on it inside a query.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -179,3 +180,48 @@ def test_a_root_episode_ends_when_a_tick_lacks_it() -> None:
     assert attributor.due({"t": 1.6, "roots": []}) == []
     assert attributor.due({"t": 2.0, "roots": [root]}) == []  # a new episode starts its clock again
     assert attributor.due({"t": 3.0, "roots": [root]}) == [(root, 1.0)]
+
+
+# A server that accepts one connection and keeps it; and a client that connects from a given local
+# port (SO_REUSEADDR: Linux lets connections to different servers share a local port).
+ONE_CONNECTION_SERVER = """
+import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True)
+conn, _ = s.accept(); time.sleep(120)
+"""
+CLIENT_FROM_PORT = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.connect(("127.0.0.1", int(sys.argv[2])))
+print("connected", flush=True); time.sleep(120)
+"""
+
+
+@pytest.mark.integration
+def test_a_local_port_shared_by_two_connections_is_told_apart_by_the_backend_it_reaches() -> None:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(script: str, *args: int) -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        return proc, proc.stdout.readline().strip()
+
+    try:
+        backend, backend_port = start(ONE_CONNECTION_SERVER)
+        other, other_port = start(ONE_CONNECTION_SERVER)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        ours, said = start(CLIENT_FROM_PORT, port, int(backend_port))
+        theirs, said_too = start(CLIENT_FROM_PORT, port, int(other_port))
+        assert (said, said_too) == ("connected", "connected")
+        wait_for(lambda: pid_of_socket("127.0.0.1", port, backend.pid) is not None, timeout=10)
+        assert pid_of_socket("127.0.0.1", port, backend.pid) == ours.pid
+        assert pid_of_socket("127.0.0.1", port, other.pid) == theirs.pid
+        assert pid_of_socket("127.0.0.1", port) is None  # two processes have that address
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()

@@ -20,11 +20,16 @@ from contend.diagnosis.clients import Client, parse_app_name, pick_thread
 from contend.errors import SamplerError
 
 
-def pid_of_socket(client_addr: str | None, client_port: int | None) -> int | None:
+def pid_of_socket(client_addr: str | None, client_port: int | None,
+                  backend_pid: int | None = None) -> int | None:
     """Return the local pid whose TCP socket has local address (client_addr, client_port).
 
-    None for a Unix-socket client (port -1 or NULL address), a client on another host, or a
-    process of another user when not root.
+    Linux gives one local port to several connections when they go to different servers, so with
+    ``backend_pid`` (the Postgres backend of that client) only the socket connected to that
+    backend's own end counts; when the backend's socket is not visible here (a server in another
+    network namespace or host), the local address alone, if one process has it. None for a
+    Unix-socket client (port -1 or NULL address), a client on another host, a process of another
+    user when not root, or an address that several processes share.
     """
     if not client_addr or client_port is None or client_port < 0:
         return None
@@ -32,10 +37,13 @@ def pid_of_socket(client_addr: str | None, client_port: int | None) -> int | Non
         connections = psutil.net_connections(kind="tcp")
     except psutil.AccessDenied:
         return None
-    for conn in connections:
-        if conn.laddr and conn.laddr.ip == client_addr and conn.laddr.port == client_port and conn.pid:
-            return int(conn.pid)
-    return None
+    client = (client_addr, client_port)
+    server_ends = {tuple(c.laddr) for c in connections
+                   if backend_pid and c.pid == backend_pid and c.raddr and tuple(c.raddr) == client}
+    pids = {int(c.pid) for c in connections
+            if c.pid and c.pid != backend_pid and c.laddr and tuple(c.laddr) == client
+            and (not server_ends or (c.raddr and tuple(c.raddr) in server_ends))}
+    return pids.pop() if len(pids) == 1 else None
 
 
 def resolve_client(backend: Mapping[str, Any]) -> Client | None:
@@ -43,7 +51,7 @@ def resolve_client(backend: Mapping[str, Any]) -> Client | None:
     client = parse_app_name(backend.get("app"))
     if client is not None:
         return client
-    pid = pid_of_socket(backend.get("client_addr"), backend.get("client_port"))
+    pid = pid_of_socket(backend.get("client_addr"), backend.get("client_port"), backend.get("pid"))
     if pid is None:
         return None
     return Client(pid=pid, via="socket")
