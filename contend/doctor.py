@@ -54,8 +54,12 @@ def check_pyspy() -> Check:
         return Check("py-spy", False, "not found", "pip install py-spy")
     fix = ("run contend as root, or in a container add the SYS_PTRACE capability "
            "(docker run --cap-add SYS_PTRACE), or set kernel.yama.ptrace_scope=0")
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # Dumped once it says it runs: py-spy cannot read an interpreter that is still starting.
+    script = "import time; print('ready', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout is not None
+        child.stdout.readline()
         out = subprocess.run([pyspy, "dump", "--pid", str(child.pid)], capture_output=True,
                              text=True, timeout=20, check=False)
     except subprocess.TimeoutExpired:
