@@ -357,7 +357,7 @@ class PgSampler:
         if full:
             self._rows_at = now
         changed = {pid for pid, key in current.items()
-                   if full or (row := self._records.get(pid)) is None or _key(row) != tuple(key)}
+                   if full or (row := self._records.get(pid)) is None or _key_of(row) != tuple(key)}
         self._records = {pid: row for pid, row in self._records.items() if pid in current}
         self._leaders = {pid: leader for pid, leader in self._leaders.items() if pid in current}
         self._fetch(changed)
@@ -414,7 +414,7 @@ class PgSampler:
         return len(pids)
 
 
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+def _key_of(row: dict[str, Any]) -> tuple[Any, ...]:
     """What KEYS_SQL reads of a backend: a row is read again when this changed."""
     return row["wait_event_type"], row["wait_event"], row["xact_start"], row["query_start"]
 
