@@ -358,6 +358,7 @@ class PgSampler:
             self._rows_at = now
         changed = {pid for pid, key in current.items()
                    if full or (row := self._records.get(pid)) is None or _key_of(row) != tuple(key)}
+        gone = set(self._records) - set(current)
         self._records = {pid: row for pid, row in self._records.items() if pid in current}
         self._leaders = {pid: leader for pid, leader in self._leaders.items() if pid in current}
         self._fetch(changed)
@@ -367,7 +368,7 @@ class PgSampler:
         if not waiters:
             if self._edges:
                 self._set_edges({})
-        elif changed & involved or involved - set(current) or now - self._edges_at >= self.edges_max_age_s:
+        elif (changed | gone) & involved or now - self._edges_at >= self.edges_max_age_s:
             self._edges_at = now
             calls = self._read_edges(waiters)
             idle_blockers = self._blockers - set(self._records)  # counted idle: a session-level advisory lock
@@ -415,7 +416,14 @@ class PgSampler:
 
 
 def _key_of(row: dict[str, Any]) -> tuple[Any, ...]:
-    """What KEYS_SQL reads of a backend: a row is read again when this changed."""
+    """What KEYS_SQL reads of a backend: a row is read again when this changed.
+
+    A row's state comes from the transaction's snapshot of the backends' status, its wait event from
+    the process as it is read: a move from ``active`` to ``idle in transaction`` caught between the two
+    shows ``active`` waiting for its client, and changes no start. Such a row is read again next tick.
+    """
+    if row["state"] == "active" and row["wait_event"] == "ClientRead":
+        return ()
     return row["wait_event_type"], row["wait_event"], row["xact_start"], row["query_start"]
 
 
