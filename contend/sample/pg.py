@@ -2,19 +2,15 @@
 
 A polite observer (field-notes section 8): its own connection, named ``contend-sampler``, short
 ``statement_timeout`` and ``lock_timeout``, read-only, its own backend excluded. A tick is one
-transaction, so that its statements read one snapshot of the backends' status (Postgres keeps it
-for the transaction):
+transaction (one snapshot of the backends' status, which Postgres keeps for the transaction):
 
-1. ``KEYS_SQL`` reads every backend of the database through the per-backend functions, which build
-   no row of thirty columns for each: an idle session (waiting for its client's next command,
-   outside a transaction) is only counted; every other backend returns its key (wait event,
-   transaction start, query start).
-2. ``ROWS_SQL`` reads the full row (state, query, client, ...) of each backend that is new or whose
-   key changed since its record; the others keep their record. Every ``ROWS_FULL_EVERY_S`` all rows
-   are read again.
-3. The lock-wait edges are read again only when a waiter or a blocker changed, came or went, or
-   the edges are ``EDGES_MAX_AGE_S`` old: ``pg_blocking_pids()`` per waiter (each call takes every
-   lock-manager partition lock), or above ``LOCKS_PATH_WAITERS`` waiters one read of ``pg_locks``.
+1. ``KEYS_SQL``: every backend of the database through the per-backend functions; an idle session is
+   only counted, every other backend returns its key (wait event, transaction and query start).
+2. ``ROWS_SQL``: the full row of each backend that is new or whose key changed (all every
+   ``ROWS_FULL_EVERY_S``); the others keep their record.
+3. The lock-wait edges, only when a waiter or a blocker changed, came or went, or every
+   ``EDGES_MAX_AGE_S``: ``pg_blocking_pids()`` per waiter (each call takes every lock-manager
+   partition lock), or above ``LOCKS_PATH_WAITERS`` waiters one read of ``pg_locks``.
 
 A query that fails for lack of privileges is reported once and then skipped. The SQL of every
 metric is in docs/metrics.md.
