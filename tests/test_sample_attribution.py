@@ -6,11 +6,11 @@ sample_hot idle in its transaction, another waits on it inside a query.
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from contend.diagnosis.clients import app_name, parse_app_name
 from contend.sample import pyspy
 from contend.sample.attribution import Attributor, pid_of_socket, resolve_client
 from contend.sample.pg import PgSampler, connect
-from tests.conftest import HOT_UPDATE, wait_for
+from tests.conftest import HOT_UPDATE, helper_processes, wait_for
 
 CLIENT = '''
 import json, os, sys, threading, time
@@ -72,28 +72,15 @@ else:
 
 
 @pytest.fixture()
-def client(sample_dsn: str, tmp_path: Path):
-    """Start the client script in a mode; return its info (pids, thread ids); always stopped."""
+def client(sample_dsn: str, tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """Start the client script in a mode; return its info (pids, thread ids, its script); always stopped."""
     with psycopg.connect(sample_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS sample_hot (id int PRIMARY KEY, n int NOT NULL)")
         conn.execute("INSERT INTO sample_hot VALUES (1, 0) ON CONFLICT DO NOTHING")
     script = tmp_path / "client_under_test.py"
     script.write_text(CLIENT)
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(mode: str) -> dict[str, Any]:
-        info_path = tmp_path / f"info-{mode}.json"
-        procs.append(subprocess.Popen([sys.executable, str(script), mode, str(info_path)],
-                                      env={"SAMPLE_DSN": sample_dsn, "PATH": "/usr/bin:/bin"}))
-        wait_for(info_path.exists, timeout=30)
-        info = json.loads(wait_for(info_path.read_text, timeout=5))
-        info["script"] = str(script)
-        return info
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait(10)
+    with helper_processes(sample_dsn, script, tmp_path) as start:
+        yield lambda mode: {**start(mode), "script": str(script)}
 
 
 def test_application_name_round_trip() -> None:
