@@ -156,15 +156,15 @@ def test_sqlcommenter_comments_are_parsed_with_url_decoding() -> None:
 
 
 def test_a_thread_found_by_its_socket_keeps_its_backend_for_the_rest_of_that_transaction() -> None:
-    """A blocking dump leaves a thread's poll() as restart_syscall: the next read sees no socket wait."""
+    """A thread between two statements of its transaction (off its socket) keeps its backend."""
     from contend.sample import crosslayer, sockets
 
     on_socket = [sockets.SocketWait(pid=7, tid=21, syscall="poll", fds=(3,), ports=(5001,),
                                     addrs=("127.0.0.1",))]
-    reads = iter([(on_socket, []), ([], []), ([], [])])
+    reads = iter([(on_socket, [])])
     dumps = {7: [HOLDER, WAITER_1, IDLE]}
     cross = crosslayer.CrossLayer([7], {}, lambda records: None, dumper=lambda pid, **kw: dumps[pid],
-                                  socket_reader=lambda pids: next(reads),
+                                  socket_reader=lambda pids: next(reads, ([], [])),
                                   resolver=lambda b: Client(pid=7, via="socket"),
                                   sources=Sources(read=lambda filename: SOURCE))
 
@@ -190,6 +190,34 @@ def test_a_thread_found_by_its_socket_keeps_its_backend_for_the_rest_of_that_tra
     # thread in a transaction that does not wait in Python
     other = moment(102.0, 0.5)
     assert other["threads"]["7:21"]["mapped_by"] == "elimination"
+
+
+def test_a_lock_waiters_thread_between_two_polls_is_read_again() -> None:
+    """psycopg 3 leaves its poll every 100 ms: a read may catch the thread off its socket."""
+    from contend.sample import crosslayer, sockets
+
+    on_socket = [sockets.SocketWait(pid=7, tid=21, syscall="poll", fds=(3,), ports=(5001,),
+                                    addrs=("127.0.0.1",))]
+    reads: list[int] = []
+
+    def read(pids: Any) -> tuple[list[sockets.SocketWait], list[str]]:
+        reads.append(1)
+        return (on_socket if len(reads) == 3 else []), []
+
+    cross = crosslayer.CrossLayer([7], {}, lambda records: None, dumper=lambda pid, **kw: [HOLDER, WAITER_1],
+                                  socket_reader=read, resolver=lambda b: Client(pid=7, via="socket"),
+                                  sources=Sources(read=lambda filename: SOURCE))
+    holder = {"t": 100.0, "pid": 201, "state": "active", "xact_age": 3.0, "wait_event_type": "Lock",
+              "blocked_by": [202], "client_addr": "127.0.0.1", "client_port": 5001}
+    idle = {"t": 100.0, "pid": 202, "state": "idle in transaction", "xact_age": 9.0, "blocked_by": []}
+    cross.observe({"t": 100.0, "roots": []}, [holder, idle])
+    record = cross.moment(cross.dump_all(with_locals=False)[0])
+    assert record is not None and record["threads"]["7:21"]["mapped_by"] == "socket"
+    assert len(reads) == 3  # read until the waiter's thread was seen on its connection
+    cross.observe({"t": 101.0, "roots": []}, [idle])  # no lock waiter: one read
+    reads.clear()
+    cross.dump_all(with_locals=False)
+    assert len(reads) == 1
 
 
 def test_a_blocker_whose_client_is_not_known_is_said_so() -> None:

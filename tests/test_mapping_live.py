@@ -154,7 +154,6 @@ DJANGO_APP = Path(__file__).with_name("mapping_django.py")
 
 
 @pytest.mark.slow
-@pytest.mark.timing  # the holder is found by its socket only at the moment it first waits on it
 def test_watch_finds_a_convoy_behind_a_logging_handler_in_a_threaded_django_server(
         map_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(map_dsn, autocommit=True) as conn:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import shutil
 import socket
 import struct
@@ -28,7 +29,9 @@ import psycopg.waiting
 import pytest
 from psycopg.rows import dict_row
 
+from contend.sample import pyspy
 from contend.sample.procfs import (
+    SYSCALLS,
     epoll_targets,
     fdset_fds,
     inet_diag_request,
@@ -345,6 +348,24 @@ def test_psycopg2_thread_waiting_for_a_row_lock_is_mapped(held_row: str) -> None
         assert isinstance(found, dict)
         assert found[waiter.backend_pid].tid == waiter.native_id
         assert found[waiter.backend_pid].syscall in {"poll", "ppoll", "select", "pselect6"}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="poll is resumed as restart_syscall on x86-64")
+def test_a_wait_interrupted_by_a_blocking_dump_is_still_seen_on_its_socket(held_row: str) -> None:
+    """A blocking py-spy dump stops every thread: libpq's poll() comes back as restart_syscall, with the
+    arguments of the first call."""
+    with waiting(held_row, psycopg2_) as waiter:
+        wait_for(lambda: mapped(held_row, os.getpid(), [waiter.backend_pid]))
+        pyspy.dump(os.getpid())
+
+        def resumed() -> bool:  # the thread runs for a moment after the dump lets it go
+            call = parse_syscall(Path(f"/proc/{os.getpid()}/task/{waiter.native_id}/syscall").read_text())
+            return call is not None and SYSCALLS["x86_64"].get(call[0]) == "restart_syscall"
+
+        wait_for(resumed)
+        found = mapped(held_row, os.getpid(), [waiter.backend_pid])
+        assert found is not None and found[waiter.backend_pid].tid == waiter.native_id
 
 
 @pytest.mark.integration

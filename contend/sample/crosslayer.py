@@ -44,6 +44,11 @@ def locals_reason(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]]
     return None
 
 
+SOCKET_READS = 4
+"""A process with a lock waiter whose connection no thread was seen on is read up to this many times,
+``SOCKET_REREAD_S`` apart: psycopg 3 leaves its poll every 100 ms, and on a busy machine the thread
+may wait for a core before it polls again."""
+SOCKET_REREAD_S = 0.01
 SOCKETS_BEFORE_DUMP_S = 15.0
 """Socket waits read this long before a dump (py-spy's timeout and more) still go with it."""
 SAME_XACT_S = 0.25
@@ -141,14 +146,31 @@ class CrossLayer:
 
     def read_sockets(self, pids: Sequence[int]) -> None:
         """Read which threads of ``pids`` wait on sockets, before they are dumped: a blocking py-spy
-        dump interrupts a thread's system call, which the kernel then shows as ``restart_syscall``
-        without its file descriptors until the call returns."""
+        dump interrupts a thread's system call, which only a resumed ``poll`` keeps readable."""
         for pid in pids:
             started = time.perf_counter()
             waits, problems = self.socket_reader([pid])
+            for _ in range(SOCKET_READS - 1):
+                if problems or not self._lock_waiters_off_socket(pid, waits):  # rights, a process gone
+                    break
+                time.sleep(SOCKET_REREAD_S)
+                more, problems = self.socket_reader([pid])
+                waits = list({(w.pid, w.tid): w for w in [*waits, *more]}.values())
             with self._lock:
                 self._waits[pid] = (time.time(), waits, problems)
                 self._sockets_s += time.perf_counter() - started
+
+    def _lock_waiters_off_socket(self, pid: int, waits: Sequence[sockets.SocketWait]) -> bool:
+        """Tell whether a backend of ``pid`` waits on a lock in the latest snapshot while no thread
+        of ``pid`` is seen on its connection (its client waits for the result all that time)."""
+        with self._lock:
+            latest = self._latest
+        if latest is None:
+            return False
+        waiters = [b for b in latest[1] if b.get("wait_event_type") == "Lock"
+                   and (client := self._client(b)) is not None and client.pid == pid]
+        return bool(waiters) and not set(sockets.backends_by_socket(waits, waiters)) >= {
+            int(b["pid"]) for b in waiters}
 
     def reading_sockets(self, dumper: Dumper) -> Dumper:
         """Return ``dumper`` that reads the process's socket waits just before each dump."""

@@ -16,8 +16,8 @@ from collections.abc import Container
 SYSCALLS: dict[str, dict[int, str]] = {
     "x86_64": {
         0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 23: "select", 44: "sendto",
-        45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
-        281: "epoll_pwait", 299: "recvmmsg", 441: "epoll_pwait2",
+        45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 219: "restart_syscall", 232: "epoll_wait",
+        270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 299: "recvmmsg", 441: "epoll_pwait2",
     },
     "aarch64": {  # the generic table: no poll, select or epoll_wait of its own
         22: "epoll_pwait", 63: "read", 64: "write", 65: "readv", 66: "writev", 72: "pselect6",
@@ -28,6 +28,10 @@ SYSCALLS: dict[str, dict[int, str]] = {
 POLLS = {"poll", "ppoll"}
 SELECTS = {"select", "pselect6"}
 EPOLLS = {"epoll_wait", "epoll_pwait", "epoll_pwait2"}
+RESTARTED = "restart_syscall"
+"""A call interrupted (a blocking py-spy dump stops the thread) and resumed by the kernel: x86-64's
+``poll`` comes back as this, with the registers, and so /proc's arguments, of the first call. Which
+call it resumes is read from ``/proc/<pid>/task/<tid>/wchan``: ``poll_schedule_timeout`` for poll."""
 MAX_FDS = 1 << 16
 """At most this many pollfd entries or fd-set bits are read: more is not a client's wait."""
 

@@ -31,6 +31,7 @@ from contend.sample.procfs import (
     MAX_FDS,
     NETLINK_SOCK_DIAG,
     POLLS,
+    RESTARTED,
     SELECTS,
     SYSCALLS,
     epoll_targets,
@@ -180,6 +181,10 @@ def _blocked_thread(pid: int, tid: int, table: Mapping[int, str]) -> _Blocked | 
     if call is None or call[0] not in table:
         return None
     name = table[call[0]]
+    if name == RESTARTED:
+        if "poll" not in _read(f"/proc/{pid}/task/{tid}/wchan"):
+            return None  # a sleep or a futex wait resumed, not a poll
+        name = "poll"
     try:
         fds = _waited_fds(pid, name, call[1])
     except OSError as exc:
