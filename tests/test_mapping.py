@@ -220,6 +220,44 @@ def test_a_lock_waiters_thread_between_two_polls_is_read_again() -> None:
     assert len(reads) == 1
 
 
+def test_each_process_of_a_round_is_joined_to_the_postgres_snapshot_nearest_its_dump() -> None:
+    """A round dumps its processes one after another; a loaded machine makes it last seconds. Here the
+    web process is dumped at 100.0 and a worker at 101.5, after statement_timeout has cancelled the
+    row wait of the thread holding LOCK (backend 201) and the next thread (backend 203) has queued
+    on the same row: the web process's stacks must be read with the snapshot of 100.0, where the
+    thread blocked on its socket is the one whose backend waits for the idle-in-transaction root."""
+    from contend.sample import crosslayer, sockets
+
+    on_socket = [sockets.SocketWait(pid=7, tid=21, syscall="poll", fds=(3,), ports=(5001,),
+                                    addrs=("127.0.0.1",))]
+    cross = crosslayer.CrossLayer([7, 8], {}, lambda records: None,
+                                  socket_reader=lambda pids: (on_socket if list(pids) == [7] else [], []),
+                                  resolver=lambda b: Client(pid=7, via="socket"),
+                                  sources=Sources(read=lambda filename: SOURCE))
+
+    def row(t: float, pid: int, state: str, blocked_by: list[int], port: int) -> dict[str, Any]:
+        return {"t": t, "pid": pid, "state": state, "xact_age": t - 90.0 - pid % 10, "blocked_by": blocked_by,
+                "wait_event_type": "Lock" if blocked_by else "Client", "client_addr": "127.0.0.1",
+                "client_port": port}
+
+    before = [row(100.0, 201, "active", [202], 5001), row(100.0, 202, "idle in transaction", [], 5002),
+              row(100.0, 203, "idle in transaction", [], 5003)]
+    after = [row(101.5, 201, "idle in transaction (aborted)", [], 5001),
+             row(101.5, 202, "idle in transaction", [], 5002), row(101.5, 203, "active", [202], 5003)]
+    cross.observe({"t": 100.0, "roots": [{"pid": 202}]}, before)
+    cross.observe({"t": 101.5, "roots": [{"pid": 202}]}, after)
+    record = cross.moment([{"t": 100.0, "pid": 7, "threads": [HOLDER, WAITER_1, WAITER_2]},
+                           {"t": 101.5, "pid": 8, "threads": [thread(31, "idle", 11)]}])
+    assert record is not None and record["pg_t"] == 101.5
+    kinds = {f["kind"]: f for f in record["findings"]}
+    assert set(kinds) == {"cross_layer_deadlock", "python_lock_convoy", "idle_in_tx_waiting_on_app"}
+    idle = kinds["idle_in_tx_waiting_on_app"]
+    # the root's one waiter is the thread in LOCK's block, found by its socket (with the snapshot taken
+    # after the round: a backend whose candidates all queue for LOCK, and no deadlock)
+    assert [t["key"] for t in idle["threads"]] == ["backend:202", "7:21"]
+    assert idle["threads"][1]["mapped_by"] == "socket" and idle["threads"][1]["backend_pid"] == 201
+
+
 def test_a_blocker_whose_client_is_not_known_is_said_so() -> None:
     backends = [{"pid": 201, "state": "active", "xact_age": 3.0, "wait_event_type": "Lock",
                  "blocked_by": [299]},

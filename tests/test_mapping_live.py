@@ -127,7 +127,6 @@ def kinds_and_functions(findings: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timing  # which threads a moment catches idle in transaction depends on the machine's load
 def test_log_persist_logs_on_gives_the_same_findings_without_application_name(tmp_path: Path) -> None:
     data = yaml.safe_load((SCENARIOS / "log-persist.yaml").read_text())
     data.update(warm_up_s=1, cool_down_s=1, thresholds=[])

@@ -236,6 +236,25 @@ def test_aggregate_counts_samples_and_episodes() -> None:
     assert seen_at == (3, 2, 1.0, 4.0)
 
 
+def test_aggregate_keeps_the_worst_moment_whose_threads_are_best_known() -> None:
+    """log-persist: the idle-in-transaction root blocks one backend at every moment, the web thread
+    that holds the job log handler's lock, or after a statement timeout a result worker's that queued
+    first on the row, whose process that round did not dump (no function: its stack is not known)."""
+    def idle(t: float, waiter: dict[str, Any], blocks: int = 1) -> dict[str, Any]:
+        root = {"key": "backend:11", "function": None}
+        return {"t": t, "findings": [{"kind": "idle_in_tx_waiting_on_app", "key": "backend:11|None",
+                                      "blocks": blocks, "threads": [root, waiter], "text": f"at {t}"}]}
+
+    web = {"key": "7:21", "function": "_cachalot"}
+    worker = {"key": "backend:31", "function": None}
+    (merged,) = findings.aggregate([idle(1.0, web), idle(2.0, web), idle(3.0, worker)])
+    assert [t["function"] for t in merged["threads"]] == [None, "_cachalot"] and merged["t_worst"] == 2.0
+    assert (merged["samples"], merged["last_seen"], merged["size_max"]) == (3, 3.0, 1)
+    # a worse moment wins however little is known of its threads
+    (merged,) = findings.aggregate([idle(1.0, web), idle(3.0, worker, blocks=2), idle(4.0, web)])
+    assert merged["t_worst"] == 3.0 and merged["size_max"] == 2
+
+
 @pytest.mark.slow
 def test_crosslayer_takes_locals_when_the_forest_shows_a_reason_and_records_their_cost(
         server, wg_dsn: str) -> None:

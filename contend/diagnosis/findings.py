@@ -352,9 +352,13 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Merge the findings of ``waitgraph.jsonl`` records into one per (kind, key), most important first.
 
     An episode is a run of consecutive records that show the finding; ``samples`` counts records.
+    Its words and threads are those of its worst moment (the most threads waiting or blocked); of
+    several as bad, the one whose threads are best known (the most seen in a dump: a waiter's process
+    is not dumped in every round), then the latest.
     """
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     last_index: dict[tuple[str, str], int] = {}
+    kept: dict[tuple[str, str], tuple[int, int]] = {}
     for index, record in enumerate(sorted(records, key=lambda r: float(r["t"]))):
         for found in record.get("findings") or ():
             ident = (str(found["kind"]), str(found["key"]))
@@ -370,7 +374,9 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             last_index[ident] = index
             entry["last_seen"] = record["t"]
             entry["samples"] += 1
-            if size >= entry["size_max"]:  # keep the words and the threads of the worst moment
+            known = sum(1 for thread in found.get("threads") or () if thread.get("function"))
+            if (size, known) >= kept.get(ident, (0, 0)):  # the worst moment, then the best known
+                kept[ident] = (size, known)
                 entry.update(size_max=size, t_worst=record["t"], candidates=found.get("candidates") or [],
                              **{k: found.get(k) for k in ("threads", "text", "short", "edges", "ends")})
             # proven once, proven: a moment whose mapping was weaker does not undo it

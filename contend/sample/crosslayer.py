@@ -1,8 +1,10 @@
 """The cross-layer wait-for graph during a run: built whenever stacks are taken, findings written as records.
 
-``CrossLayer`` keeps the latest Postgres snapshot (``observe``, from the Postgres loop). Each time
-the py-spy sampler hands over dumps (``on_dumps``) it builds the graph of that moment
-(``waitgraph.build``) and writes one ``samples/waitgraph.jsonl`` record with its findings and how
+``CrossLayer`` keeps the Postgres snapshots of the last seconds (``observe``, from the Postgres loop).
+Each time the py-spy sampler hands over dumps (``on_dumps``) it builds the graph of that moment
+(``waitgraph.build``), the backends of each dumped process read from the snapshot nearest that
+process's dump (a round dumps its processes one after another), and writes one
+``samples/waitgraph.jsonl`` record with its findings and how
 its backends were mapped to threads: the threads blocked on sockets are read just before each dump
 (``sockets``), and a thread found for a transaction is remembered for the rest of it. Dumps
 with locals tell lock objects apart but cost more: ``run`` takes them only when the forest shows
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +30,8 @@ from contend.sample.namespaces import resolver_in_our_namespace, source_reader
 
 Dumper = Callable[..., list[dict[str, Any]]]
 SocketReader = Callable[[Sequence[int]], tuple[list[sockets.SocketWait], list[str]]]
+Snapshot = tuple[dict[str, Any], list[dict[str, Any]]]
+"""A Postgres tick and its backend rows."""
 
 
 def locals_reason(tick: Mapping[str, Any], backends: Iterable[Mapping[str, Any]],
@@ -51,6 +56,10 @@ may wait for a core before it polls again."""
 SOCKET_REREAD_S = 0.01
 SOCKETS_BEFORE_DUMP_S = 15.0
 """Socket waits read this long before a dump (py-spy's timeout and more) still go with it."""
+SNAPSHOTS_S = 5.0
+"""Postgres snapshots are kept this long, to join each dump to its nearest (a round of dumps under load
+takes a second or two; a slower dump gets the oldest kept). At 10 Hz with 200 backends shown that is
+about 15 MB."""
 SAME_XACT_S = 0.25
 """Two snapshots see the same transaction of a backend when their starts differ by less than this."""
 
@@ -92,7 +101,9 @@ class CrossLayer:
         self.sources = sources or Sources(source_reader(self.pids))
         self.disabled = False
         self._lock = threading.Lock()
-        self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+        self._latest: Snapshot | None = None
+        self._snapshots: deque[Snapshot] = deque()
+        """The snapshots of the last ``SNAPSHOTS_S``, oldest first."""
         self._clients: dict[tuple[Any, ...], Client | None] = {}
         self._last_locals = float("-inf")
         self._waits: dict[int, tuple[float, list[sockets.SocketWait], list[str]]] = {}
@@ -105,9 +116,13 @@ class CrossLayer:
         known for the rest of that transaction."""
 
     def observe(self, tick: dict[str, Any], backends: list[dict[str, Any]]) -> None:
-        """Keep the latest Postgres snapshot (called by the Postgres loop at every tick)."""
+        """Keep the latest Postgres snapshot and those of the last seconds (called by the Postgres loop
+        at every tick)."""
         with self._lock:
             self._latest = (tick, backends)
+            self._snapshots.append((tick, backends))
+            while float(tick["t"]) - float(self._snapshots[0][0]["t"]) > SNAPSHOTS_S:
+                self._snapshots.popleft()
 
     def moment(self, records: Sequence[Mapping[str, Any]],
                extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -118,9 +133,9 @@ class CrossLayer:
             latest = self._latest
         if not dumps or latest is None:
             return None
-        tick, backends = latest
-        clients = {int(b["pid"]): self._client(b) for b in backends}
         t = max(float(r["t"]) for r in dumps)
+        tick, backends = self._joined(dumps, latest)
+        clients = {int(b["pid"]): self._client(b) for b in backends}
         started = time.perf_counter()
         waits, problems = self._socket_waits(dumps)
         on_socket = sockets.backends_by_socket(waits, backends)
@@ -134,6 +149,26 @@ class CrossLayer:
         record["mapping"]["problems"] = problems[:5]
         return record | {"pg_t": tick["t"], "gauges": findings.gauges(graph), "findings": found,
                          "sockets_s": round(sockets_s, 4), **(extra or {})}
+
+    def _joined(self, dumps: Sequence[Mapping[str, Any]], latest: Snapshot) -> Snapshot:
+        """Return the tick nearest the newest dump and the backend rows to join to these dumps: a dumped
+        process's backends as the snapshot nearest its dump saw them, the others' as the latest did.
+
+        A round dumps its processes one after another, and a loaded machine makes each dump slower: a
+        snapshot taken after the round can show a lock already passed to another thread, which the
+        first process's stacks do not show yet (its new waiter's thread still queues for it)."""
+        with self._lock:
+            snapshots = list(self._snapshots) or [latest]
+
+        def nearest(t: float) -> Snapshot:
+            return min(snapshots, key=lambda snapshot: abs(float(snapshot[0]["t"]) - t))
+
+        at = {int(d["pid"]): nearest(float(d["t"]))[1] for d in dumps}
+        rows = {int(b["pid"]): b for b in latest[1] if self._client_pid(b) not in at}
+        for pid, backends in at.items():
+            rows.update((int(b["pid"]), b) for b in backends if self._client_pid(b) == pid)
+        newest = max(dumps, key=lambda d: float(d["t"]))
+        return nearest(float(newest["t"]))[0], list(rows.values())
 
     def on_dumps(self, records: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> None:
         """Build and write the graph of the moment these ``pyspy.jsonl`` records were taken.
@@ -213,6 +248,10 @@ class CrossLayer:
             if holder.thread is not None and holder.evidence in ("socket", "elimination")
             and (start := starts.get(bpid)) is not None
         }
+
+    def _client_pid(self, backend: Mapping[str, Any]) -> int | None:
+        client = self._client(backend)
+        return None if client is None else client.pid
 
     def _client(self, backend: Mapping[str, Any]) -> Client | None:
         # The socket table is read once per connection, not at every moment (psutil walks /proc).
