@@ -81,6 +81,8 @@ def test_a_cycle_through_candidates_that_all_lead_to_one_thread_is_proven() -> N
     convoy = next(f for f in findings.of_graph(graph) if f["kind"] == "python_lock_convoy")
     assert convoy["waiters"] == 2 and convoy["holder"]["tid"] == 21
     assert graph.record()["mapping"]["candidates"] == 2
+    idle = next(f for f in findings.of_graph(graph) if f["kind"] == "idle_in_tx_waiting_on_app")
+    assert idle["short"].startswith("backend 202 of one of 2 threads, idle in transaction 9.0 s, blocks 1")
 
 
 def test_a_cycle_through_candidates_that_lead_to_different_threads_is_inferred() -> None:

@@ -323,7 +323,9 @@ def idle_waiting_on_app(graph: Graph) -> list[dict[str, Any]]:
                 f"transaction for "
                 f"{float(node.backend.get('xact_age') or 0):.1f} s: its {describe(graph, key)} is blocked "
                 f"{where}, and {activity(graph, key)}.")
-        short = (f"backend {node.backend['pid']} of {_fn(graph, key)}, idle in transaction "
+        owner = f" of {_fn(graph, key)}" if node.tid is not None else (
+            f" of one of {len(node.candidates)} threads" if node.candidates else "")
+        short = (f"backend {node.backend['pid']}{owner}, idle in transaction "
                  f"{float(node.backend.get('xact_age') or 0):.1f} s, blocks {len(blocked)} while its thread "
                  f"is blocked {where}.")
         findings.append(_finding("idle_in_tx_waiting_on_app", f"{key}|{site['function']}", graph,
