@@ -4,12 +4,12 @@
 Each time the py-spy sampler hands over dumps (``on_dumps``) it builds the graph of that moment
 (``waitgraph.build``), the backends of each dumped process read from the snapshot nearest that
 process's dump (a round dumps its processes one after another), and writes one
-``samples/waitgraph.jsonl`` record with its findings and how
-its backends were mapped to threads: the threads blocked on sockets are read just before each dump
-(``sockets``), and a thread found for a transaction is remembered for the rest of it. Dumps
-with locals tell lock objects apart but cost more: ``run`` takes them only when the forest shows
-a reason (a root blocker idle in transaction, or a lock waiter older than ``waiter_age_s``), at
-most once per ``locals_interval_s``, and records their count and CPU time in the same records.
+``samples/waitgraph.jsonl`` record with its findings and how its backends were mapped to threads:
+the threads blocked on sockets are read just before each dump (``sockets``), and a thread found for
+a transaction is remembered for the rest of it. Dumps with locals tell lock objects apart but cost
+more: ``run`` takes them only when the forest shows a reason (a root blocker idle in transaction, or
+a lock waiter older than ``waiter_age_s``), at most once per ``locals_interval_s``, and records their
+count and CPU time in the same records.
 """
 
 from __future__ import annotations
